@@ -1,0 +1,8 @@
+//! Server side of the messaging API: wire types, response enums, the `MessagingApi` trait and
+//! the poem-openapi glue, all generated from `openapi/messaging.yaml` by `cargo xtask codegen`.
+//!
+//! This crate knows HTTP and JSON and nothing of storage.
+
+mod generated;
+
+pub use generated::*;

@@ -1,0 +1,591 @@
+//! The poem-openapi generator: wire types, one response enum per operation, the security
+//! scheme, the `MessagingApi` trait and the `#[OpenApi]` glue that delegates to it.
+//!
+//! It supports the subset of OpenAPI 3.0 the spec uses and fails loudly on anything else, so a
+//! spec change it cannot express is caught here rather than silently dropped.
+
+use anyhow::{Context, anyhow, bail};
+use openapiv3::{
+    OpenAPI, Operation, Parameter, ParameterSchemaOrContent, ReferenceOr, Response, Schema,
+    SchemaKind, SecurityScheme, StatusCode, StringFormat, Type, VariantOrUnknownOrEmpty,
+};
+use proc_macro2::{Literal, TokenStream};
+use quote::{format_ident, quote};
+
+use super::{pascal_case, snake_case};
+
+/// The schema every error response must use.
+const ERROR_SCHEMA: &str = "Problem";
+
+pub fn generate(spec: &OpenAPI) -> anyhow::Result<TokenStream> {
+    let components = spec.components.as_ref().ok_or_else(|| anyhow!("spec has no components"))?;
+    let ctx = Ctx { spec };
+
+    let tags = tags(spec);
+    let security = security_scheme(spec)?;
+
+    let mut types = Vec::new();
+    for (name, schema) in &components.schemas {
+        let schema = schema.as_item().ok_or_else(|| anyhow!("schema {name} is a bare $ref"))?;
+        types.push(ctx.schema_type(name, schema).with_context(|| format!("schema {name}"))?);
+    }
+
+    let mut trait_methods = Vec::new();
+    let mut glue_methods = Vec::new();
+    let mut op_items = Vec::new();
+    for (path, method, op) in spec.operations() {
+        let id = op.operation_id.as_deref().ok_or_else(|| anyhow!("{method} {path} has no operationId"))?;
+        let generated = ctx.operation(path, method, op).with_context(|| format!("operation {id}"))?;
+        trait_methods.push(generated.trait_method);
+        glue_methods.push(generated.glue_method);
+        op_items.push(generated.items);
+    }
+
+    Ok(quote! {
+        //! Server side of the messaging API, generated from `openapi/messaging.yaml`.
+        #![allow(clippy::all, clippy::pedantic, unused_qualifications, missing_docs)]
+
+        use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme, Tags};
+        use poem_openapi::param::{Header, Path, Query};
+        use poem_openapi::payload::Json;
+
+        #tags
+        #security
+        #(#types)*
+        #(#op_items)*
+
+        /// One async method per operation of the spec. Implement it, wrap the implementation in
+        /// [`Api`], and hand that to `poem_openapi::OpenApiService`.
+        pub trait MessagingApi: Send + Sync + 'static {
+            #(#trait_methods)*
+        }
+
+        /// The poem-openapi glue: routes each operation to the [`MessagingApi`] implementation.
+        pub struct Api<T>(pub T);
+
+        #[OpenApi]
+        impl<T: MessagingApi> Api<T> {
+            #(#glue_methods)*
+        }
+    })
+}
+
+struct Ctx<'a> {
+    spec: &'a OpenAPI,
+}
+
+struct OperationCode {
+    trait_method: TokenStream,
+    glue_method: TokenStream,
+    items: TokenStream,
+}
+
+fn doc_lines(text: Option<&str>) -> TokenStream {
+    let Some(text) = text else { return quote!() };
+    let lines = text.trim().lines().map(|l| format!(" {}", l.trim()));
+    quote!(#(#[doc = #lines])*)
+}
+
+fn tags(spec: &OpenAPI) -> TokenStream {
+    let variants = spec.tags.iter().map(|tag| {
+        let ident = format_ident!("{}", pascal_case(&tag.name));
+        let name = &tag.name;
+        let doc = doc_lines(tag.description.as_deref());
+        quote!(#doc #[oai(rename = #name)] #ident,)
+    });
+    quote! {
+        /// Operation groups, as the spec's `tags`.
+        #[derive(Tags)]
+        pub enum ApiTags { #(#variants)* }
+    }
+}
+
+fn security_scheme(spec: &OpenAPI) -> anyhow::Result<TokenStream> {
+    let schemes = &spec.components.as_ref().unwrap().security_schemes;
+    let [(name, scheme)] = schemes.iter().collect::<Vec<_>>()[..] else {
+        bail!("the generator supports exactly one security scheme (an HTTP bearer scheme)");
+    };
+    let Some(SecurityScheme::HTTP { scheme, description, .. }) = scheme.as_item() else {
+        bail!("security scheme {name} must be an inline HTTP scheme");
+    };
+    if scheme != "bearer" {
+        bail!("security scheme {name} must use the bearer scheme");
+    }
+    let doc = doc_lines(description.as_deref());
+    Ok(quote! {
+        #doc
+        #[derive(SecurityScheme)]
+        #[oai(rename = #name, ty = "bearer")]
+        pub struct ApiKeyAuth(pub poem_openapi::auth::Bearer);
+    })
+}
+
+/// Rust type of a schema used as a field, parameter or array item.
+fn is_required_wrapper(required: bool, ty: TokenStream) -> TokenStream {
+    if required { ty } else { quote!(Option<#ty>) }
+}
+
+impl Ctx<'_> {
+    fn resolve<'b, T>(&'b self, item: &'b ReferenceOr<T>, kind: &str) -> anyhow::Result<&'b T>
+    where
+        Self: Lookup<T>,
+    {
+        match item {
+            ReferenceOr::Item(item) => Ok(item),
+            ReferenceOr::Reference { reference } => {
+                let name = reference
+                    .strip_prefix(&format!("#/components/{kind}/"))
+                    .ok_or_else(|| anyhow!("unsupported $ref {reference}"))?;
+                self.lookup(name).ok_or_else(|| anyhow!("dangling $ref {reference}"))
+            }
+        }
+    }
+
+    /// The Rust type for a schema reference or an inline primitive.
+    fn field_type(&self, schema: &ReferenceOr<Schema>) -> anyhow::Result<TokenStream> {
+        match schema {
+            ReferenceOr::Reference { reference } => {
+                let name = reference
+                    .strip_prefix("#/components/schemas/")
+                    .ok_or_else(|| anyhow!("unsupported $ref {reference}"))?;
+                let ident = format_ident!("{}", name);
+                Ok(quote!(#ident))
+            }
+            ReferenceOr::Item(schema) => self.inline_type(schema),
+        }
+    }
+
+    fn inline_type(&self, schema: &Schema) -> anyhow::Result<TokenStream> {
+        Ok(match &schema.schema_kind {
+            SchemaKind::Type(Type::String(s)) => {
+                if !s.enumeration.is_empty() {
+                    bail!("inline enums are not supported: declare the enum under components/schemas");
+                }
+                match &s.format {
+                    VariantOrUnknownOrEmpty::Item(StringFormat::DateTime) => {
+                        quote!(chrono::DateTime<chrono::Utc>)
+                    }
+                    VariantOrUnknownOrEmpty::Unknown(f) if f == "uuid" => quote!(uuid::Uuid),
+                    VariantOrUnknownOrEmpty::Empty => quote!(String),
+                    other => bail!("unsupported string format {other:?}"),
+                }
+            }
+            SchemaKind::Type(Type::Integer(i)) => match &i.format {
+                VariantOrUnknownOrEmpty::Item(openapiv3::IntegerFormat::Int32) => quote!(i32),
+                _ => quote!(i64),
+            },
+            SchemaKind::Type(Type::Number(_)) => quote!(f64),
+            SchemaKind::Type(Type::Boolean(_)) => quote!(bool),
+            SchemaKind::Type(Type::Array(a)) => {
+                let items = a.items.as_ref().ok_or_else(|| anyhow!("array without items"))?;
+                let item = match items {
+                    ReferenceOr::Reference { reference } => self.field_type(&ReferenceOr::Reference {
+                        reference: reference.clone(),
+                    })?,
+                    ReferenceOr::Item(schema) => self.inline_type(schema)?,
+                };
+                quote!(Vec<#item>)
+            }
+            other => bail!("unsupported inline schema {other:?}: declare objects under components/schemas"),
+        })
+    }
+
+    /// `#[oai(validator(...))]` contents for a schema's constraints.
+    fn validators(&self, schema: &ReferenceOr<Schema>) -> Vec<TokenStream> {
+        let ReferenceOr::Item(schema) = schema else { return vec![] };
+        let mut v = Vec::new();
+        match &schema.schema_kind {
+            SchemaKind::Type(Type::String(s)) => {
+                if let Some(n) = s.max_length {
+                    let n = Literal::usize_unsuffixed(n);
+                    v.push(quote!(max_length = #n));
+                }
+                if let Some(n) = s.min_length {
+                    let n = Literal::usize_unsuffixed(n);
+                    v.push(quote!(min_length = #n));
+                }
+                if let Some(p) = &s.pattern {
+                    v.push(quote!(pattern = #p));
+                }
+            }
+            SchemaKind::Type(Type::Integer(i)) => {
+                if let Some(n) = i.minimum {
+                    let n = n.to_string();
+                    v.push(quote!(minimum(value = #n)));
+                }
+                if let Some(n) = i.maximum {
+                    let n = n.to_string();
+                    v.push(quote!(maximum(value = #n)));
+                }
+            }
+            SchemaKind::Type(Type::Array(a)) => {
+                if let Some(n) = a.max_items {
+                    let n = Literal::usize_unsuffixed(n);
+                    v.push(quote!(max_items = #n));
+                }
+                if let Some(n) = a.min_items {
+                    let n = Literal::usize_unsuffixed(n);
+                    v.push(quote!(min_items = #n));
+                }
+            }
+            _ => {}
+        }
+        v
+    }
+
+    fn schema_type(&self, name: &str, schema: &Schema) -> anyhow::Result<TokenStream> {
+        let ident = format_ident!("{}", name);
+        let doc = doc_lines(schema.schema_data.description.as_deref());
+        match &schema.schema_kind {
+            SchemaKind::Type(Type::String(s)) if !s.enumeration.is_empty() => {
+                let variants = s.enumeration.iter().map(|value| {
+                    let value = value.as_deref().unwrap_or_default();
+                    let variant = format_ident!("{}", pascal_case(value));
+                    quote!(#[oai(rename = #value)] #variant,)
+                });
+                let as_str = s.enumeration.iter().map(|value| {
+                    let value = value.as_deref().unwrap_or_default();
+                    let variant = format_ident!("{}", pascal_case(value));
+                    quote!(Self::#variant => #value,)
+                });
+                let from_str = s.enumeration.iter().map(|value| {
+                    let value = value.as_deref().unwrap_or_default();
+                    let variant = format_ident!("{}", pascal_case(value));
+                    quote!(#value => Ok(Self::#variant),)
+                });
+                Ok(quote! {
+                    #doc
+                    #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+                    pub enum #ident { #(#variants)* }
+
+                    impl #ident {
+                        /// The wire name of this value.
+                        pub fn as_str(self) -> &'static str {
+                            match self { #(#as_str)* }
+                        }
+                    }
+
+                    impl ::std::str::FromStr for #ident {
+                        type Err = String;
+                        fn from_str(s: &str) -> Result<Self, Self::Err> {
+                            match s { #(#from_str)* other => Err(format!("unknown {} value `{other}`", #name)) }
+                        }
+                    }
+                })
+            }
+            SchemaKind::Type(Type::Object(obj)) => {
+                let mut fields = Vec::new();
+                for (prop, prop_schema) in &obj.properties {
+                    let required = obj.required.contains(prop);
+                    let unboxed = unbox(prop_schema);
+                    let ty = is_required_wrapper(required, self.field_type(&unboxed)?);
+                    let field = rust_ident(&snake_case(prop));
+                    let prop_doc = match &unboxed {
+                        ReferenceOr::Item(s) => doc_lines(s.schema_data.description.as_deref()),
+                        ReferenceOr::Reference { .. } => quote!(),
+                    };
+                    let mut attrs = vec![quote!(rename = #prop)];
+                    if !required {
+                        attrs.push(quote!(skip_serializing_if_is_none));
+                    }
+                    let validators = self.validators(&unboxed);
+                    if !validators.is_empty() {
+                        attrs.push(quote!(validator(#(#validators),*)));
+                    }
+                    fields.push(quote!(#prop_doc #[oai(#(#attrs),*)] pub #field: #ty,));
+                }
+                let (example_attr, example_impl) = match &schema.schema_data.example {
+                    Some(example) => {
+                        let json = serde_json::to_string(example)?;
+                        let message = format!("the example of {name} in the spec must be valid");
+                        (
+                            quote!(#[oai(example)]),
+                            quote! {
+                                impl poem_openapi::types::Example for #ident {
+                                    fn example() -> Self {
+                                        let value: serde_json::Value = serde_json::from_str(#json).expect(#message);
+                                        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+                                            .expect(#message)
+                                    }
+                                }
+                            },
+                        )
+                    }
+                    None => (quote!(), quote!()),
+                };
+                let default_derive = if obj.required.is_empty() { quote!(, Default) } else { quote!() };
+                Ok(quote! {
+                    #doc
+                    #[derive(Object, Debug, Clone, PartialEq #default_derive)]
+                    #example_attr
+                    pub struct #ident { #(#fields)* }
+                    #example_impl
+                })
+            }
+            other => bail!("unsupported top-level schema {other:?}"),
+        }
+    }
+
+    fn operation(&self, path: &str, method: &str, op: &Operation) -> anyhow::Result<OperationCode> {
+        let op_id = op.operation_id.as_deref().unwrap();
+        let fn_name = format_ident!("{}", snake_case(op_id));
+        let type_prefix = pascal_case(op_id);
+        let response_ident = format_ident!("{}Response", type_prefix);
+        let params_ident = format_ident!("{}Params", type_prefix);
+
+        let summary = op.summary.as_deref().ok_or_else(|| anyhow!("operation needs a summary"))?;
+        let mut doc_text = summary.to_string();
+        if let Some(description) = &op.description {
+            doc_text.push_str("\n\n");
+            doc_text.push_str(description.trim());
+        }
+        let doc = doc_lines(Some(&doc_text));
+        let tag = match op.tags.as_slice() {
+            [tag] => format!("ApiTags::{}", pascal_case(tag)),
+            _ => bail!("each operation needs exactly one tag"),
+        };
+        let security = op.security.as_ref().or(self.spec.security.as_ref());
+        let secured = security.is_some_and(|s| !s.is_empty());
+        let poem_path = path.replace('{', ":").replace('}', "");
+
+        // Parameters: glue arguments, the params struct, and the conversion between them.
+        let mut glue_args = Vec::new();
+        let mut param_fields = Vec::new();
+        let mut param_inits = Vec::new();
+        let mut defaults = Vec::new();
+        for param in &op.parameters {
+            let param = self.resolve(param, "parameters")?;
+            let (data, wrapper) = match param {
+                Parameter::Query { parameter_data, .. } => (parameter_data, quote!(Query)),
+                Parameter::Path { parameter_data, .. } => (parameter_data, quote!(Path)),
+                Parameter::Header { parameter_data, .. } => (parameter_data, quote!(Header)),
+                Parameter::Cookie { .. } => bail!("cookie parameters are not supported"),
+            };
+            let ParameterSchemaOrContent::Schema(schema) = &data.format else {
+                bail!("parameter {} must have a schema", data.name);
+            };
+            let ident = rust_ident(&snake_case(&data.name));
+            let name = &data.name;
+            let base_ty = self.field_type(schema)?;
+            let default = schema.as_item().and_then(|s| s.schema_data.default.clone());
+            let mut attrs = vec![quote!(name = #name)];
+            let validators = self.validators(schema);
+            if !validators.is_empty() {
+                attrs.push(quote!(validator(#(#validators),*)));
+            }
+            let ty = if let Some(default) = default {
+                let default_fn = format_ident!("default_{}_{}", snake_case(op_id), snake_case(&data.name));
+                let literal: TokenStream = default.to_string().parse().map_err(|_| anyhow!("bad default"))?;
+                let default_path = default_fn.to_string();
+                defaults.push(quote!(fn #default_fn() -> #base_ty { #literal }));
+                attrs.push(quote!(default = #default_path));
+                base_ty
+            } else {
+                is_required_wrapper(data.required, base_ty)
+            };
+            let pdoc = doc_lines(data.description.as_deref());
+            glue_args.push(quote!(#pdoc #[oai(#(#attrs),*)] #ident: #wrapper<#ty>));
+            param_fields.push(quote!(#pdoc pub #ident: #ty,));
+            param_inits.push(quote!(#ident: #ident.0,));
+        }
+
+        let mut trait_args = Vec::new();
+        let mut call_args = Vec::new();
+        let mut glue_head = Vec::new();
+        if secured {
+            glue_head.push(quote!(auth: ApiKeyAuth));
+            trait_args.push(quote!(api_key: String));
+            call_args.push(quote!(auth.0.token));
+        }
+        let params_struct = if param_fields.is_empty() {
+            quote!()
+        } else {
+            let doc = format!(" Parameters of `{op_id}`.");
+            trait_args.push(quote!(params: #params_ident));
+            call_args.push(quote!(#params_ident { #(#param_inits)* }));
+            quote! {
+                #[doc = #doc]
+                #[derive(Debug, Clone)]
+                pub struct #params_ident { #(#param_fields)* }
+            }
+        };
+        if let Some(body) = &op.request_body {
+            let body = self.resolve(body, "requestBodies")?;
+            let media = body
+                .content
+                .get("application/json")
+                .ok_or_else(|| anyhow!("request bodies must be application/json"))?;
+            let schema = media.schema.as_ref().ok_or_else(|| anyhow!("request body without schema"))?;
+            let ty = self.field_type(schema)?;
+            let bdoc = doc_lines(body.description.as_deref());
+            glue_args.push(quote!(#bdoc body: Json<#ty>));
+            trait_args.push(quote!(body: #ty));
+            call_args.push(quote!(body.0));
+        }
+
+        // Responses: one enum per operation, plus the Problem conversion for its error statuses.
+        let mut variants = Vec::new();
+        let mut problem_arms = Vec::new();
+        let mut has_500 = false;
+        for (status, response) in &op.responses.responses {
+            let StatusCode::Code(code) = status else { bail!("status ranges are not supported") };
+            let response = self.resolve(response, "responses")?;
+            let variant = format_ident!("{}", status_variant(*code)?);
+            let rdoc = doc_lines(Some(&response.description));
+            let headers = self.response_headers(response)?;
+            let (content_type, payload) = response_payload(self, response)?;
+            let status_lit = Literal::u16_unsuffixed(*code);
+            let mut attrs = vec![quote!(status = #status_lit)];
+            if let Some(ct) = &content_type {
+                if ct != "application/json" {
+                    attrs.push(quote!(content_type = #ct));
+                }
+            }
+            attrs.extend(headers);
+            let fields = match &payload {
+                Some((ty, _)) => quote!((Json<#ty>)),
+                None => quote!(),
+            };
+            variants.push(quote!(#rdoc #[oai(#(#attrs),*)] #variant #fields,));
+            if *code >= 400 {
+                match &payload {
+                    Some((_, schema)) if schema == ERROR_SCHEMA => {}
+                    _ => bail!("error response {code} must carry the {ERROR_SCHEMA} schema"),
+                }
+                has_500 |= *code == 500;
+                problem_arms.push(quote!(#code => Self::#variant(Json(problem)),));
+            }
+        }
+        if !has_500 {
+            bail!("every operation must declare a 500 response");
+        }
+        let problem_ident = format_ident!("{}", ERROR_SCHEMA);
+        let response_doc = format!(" Responses of `{op_id}`.");
+        let conversion_doc = format!(
+            " Picks the variant for `problem.status`; a status `{op_id}` does not declare becomes a 500."
+        );
+        let items = quote! {
+            #params_struct
+            #[doc = #response_doc]
+            #[derive(ApiResponse, Debug)]
+            pub enum #response_ident { #(#variants)* }
+
+            impl From<#problem_ident> for #response_ident {
+                #[doc = #conversion_doc]
+                fn from(mut problem: #problem_ident) -> Self {
+                    match problem.status as u16 {
+                        #(#problem_arms)*
+                        _ => {
+                            problem.status = 500;
+                            Self::InternalServerError(Json(problem))
+                        }
+                    }
+                }
+            }
+            #(#defaults)*
+        };
+
+        let method_ident = method.to_string();
+        let trait_method = quote! {
+            #doc
+            fn #fn_name(&self, #(#trait_args),*) -> impl ::std::future::Future<Output = #response_ident> + Send;
+        };
+        let glue_method = quote! {
+            #doc
+            #[oai(path = #poem_path, method = #method_ident, operation_id = #op_id, tag = #tag)]
+            async fn #fn_name(&self, #(#glue_head,)* #(#glue_args),*) -> #response_ident {
+                self.0.#fn_name(#(#call_args),*).await
+            }
+        };
+        Ok(OperationCode { trait_method, glue_method, items })
+    }
+
+    /// Documentation-only response headers: whoever answers with this status sets them.
+    fn response_headers(&self, response: &Response) -> anyhow::Result<Vec<TokenStream>> {
+        let mut out = Vec::new();
+        for (name, header) in &response.headers {
+            let header = self.resolve(header, "headers")?;
+            let ParameterSchemaOrContent::Schema(schema) = &header.format else {
+                bail!("header {name} must have a schema");
+            };
+            let ty = self.field_type(schema)?;
+            let ty = is_required_wrapper(header.required, ty).to_string().replace(' ', "");
+            let description = header.description.clone().unwrap_or_default();
+            out.push(quote!(header(name = #name, ty = #ty, description = #description)));
+        }
+        Ok(out)
+    }
+}
+
+/// The media type of a response and the Rust type and schema name of its body.
+fn response_payload(
+    ctx: &Ctx<'_>,
+    response: &Response,
+) -> anyhow::Result<(Option<String>, Option<(TokenStream, String)>)> {
+    let Some((content_type, media)) = response.content.iter().next() else { return Ok((None, None)) };
+    if response.content.len() > 1 {
+        bail!("responses carry a single media type");
+    }
+    let schema = media.schema.as_ref().ok_or_else(|| anyhow!("response without schema"))?;
+    let ReferenceOr::Reference { reference } = schema else {
+        bail!("response bodies must $ref a component schema");
+    };
+    let name = reference.trim_start_matches("#/components/schemas/").to_string();
+    Ok((Some(content_type.clone()), Some((ctx.field_type(schema)?, name))))
+}
+
+fn status_variant(code: u16) -> anyhow::Result<&'static str> {
+    Ok(match code {
+        200 => "Ok",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "NoContent",
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "NotFound",
+        409 => "Conflict",
+        413 => "PayloadTooLarge",
+        422 => "UnprocessableEntity",
+        429 => "TooManyRequests",
+        500 => "InternalServerError",
+        503 => "ServiceUnavailable",
+        other => bail!("status {other} has no variant name yet: add it to status_variant"),
+    })
+}
+
+/// A field or argument name, raw only where it is a Rust keyword (`type` -> `r#type`).
+fn rust_ident(name: &str) -> proc_macro2::Ident {
+    const KEYWORDS: &[&str] = &[
+        "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
+        "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
+        "ref", "return", "static", "struct", "trait", "true", "type", "unsafe", "use", "where", "while",
+    ];
+    if KEYWORDS.contains(&name) { format_ident!("r#{}", name) } else { format_ident!("{}", name) }
+}
+
+fn unbox(schema: &ReferenceOr<Box<Schema>>) -> ReferenceOr<Schema> {
+    match schema {
+        ReferenceOr::Reference { reference } => ReferenceOr::Reference { reference: reference.clone() },
+        ReferenceOr::Item(schema) => ReferenceOr::Item((**schema).clone()),
+    }
+}
+
+/// Looks up a named component of one kind.
+trait Lookup<T> {
+    fn lookup(&self, name: &str) -> Option<&T>;
+}
+
+macro_rules! lookup {
+    ($ty:ty, $field:ident) => {
+        impl Lookup<$ty> for Ctx<'_> {
+            fn lookup(&self, name: &str) -> Option<&$ty> {
+                self.spec.components.as_ref()?.$field.get(name)?.as_item()
+            }
+        }
+    };
+}
+lookup!(Parameter, parameters);
+lookup!(Response, responses);
+lookup!(openapiv3::RequestBody, request_bodies);
+lookup!(openapiv3::Header, headers);
