@@ -1,0 +1,10 @@
+//! SeaORM entities: the rows the service stores. Never wire types; `wire` converts explicitly.
+
+pub mod api_key;
+pub mod customer;
+pub mod message;
+pub mod otp_code;
+pub mod refresh_token;
+pub mod server_secret;
+pub mod store;
+pub mod thread;

@@ -1,0 +1,233 @@
+//! Messages: a thread's history in keyset pages, sending (with the thread's counters in the same
+//! transaction), editing and soft deletion under gateByMessageId.
+
+use messaging_api::{
+    DeletedMessage, Message, MessageList, Pagination, SenderType, SortOrder, ThreadStatus,
+};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use uuid::Uuid;
+
+use crate::{
+    MessagingService,
+    auth::{Actor, Caller},
+    cursor::{self, Position},
+    entity::{message, thread},
+    error::ServiceError,
+    now,
+    threads::{from_micros, micros, new_message, sender_of},
+    wire,
+};
+
+fn message_not_found() -> ServiceError {
+    ServiceError::not_found("message_not_found", "No message with that id.")
+}
+
+impl MessagingService {
+    pub(crate) async fn thread_messages(
+        &self,
+        caller: &Caller,
+        thread_id: Uuid,
+        order: SortOrder,
+        limit: u64,
+        cursor_text: Option<&str>,
+    ) -> Result<MessageList, ServiceError> {
+        let thread = self.load_thread(self.db(), caller, thread_id).await?;
+        let scope = format!("messages|{}|{}", thread.id, order.as_str());
+        let position = cursor_text
+            .map(|c| cursor::decode(&self.inner.keys, &scope, c))
+            .transpose()?;
+
+        let mut select = message::Entity::find()
+            .filter(message::Column::ThreadId.eq(thread.id))
+            .filter(message::Column::IsDeleted.eq(false));
+        if let Some(position) = position {
+            let key = Expr::tuple([
+                Expr::col(message::Column::CreatedAt),
+                Expr::col(message::Column::Id),
+            ]);
+            let after = Expr::tuple([
+                Expr::val(from_micros(position.micros)?),
+                Expr::val(position.id),
+            ]);
+            select = select.filter(match order {
+                SortOrder::Asc => key.gt(after),
+                SortOrder::Desc => key.lt(after),
+            });
+        }
+        select = match order {
+            SortOrder::Asc => select
+                .order_by_asc(message::Column::CreatedAt)
+                .order_by_asc(message::Column::Id),
+            SortOrder::Desc => select
+                .order_by_desc(message::Column::CreatedAt)
+                .order_by_desc(message::Column::Id),
+        };
+        let mut rows = select.limit(limit + 1).all(self.db()).await?;
+        let has_more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = match rows.last() {
+            Some(last) if has_more => Some(cursor::encode(
+                &self.inner.keys,
+                &scope,
+                Position {
+                    pinned: None,
+                    micros: micros(last.created_at),
+                    id: last.id,
+                },
+            )),
+            _ => None,
+        };
+        let messages = rows
+            .into_iter()
+            .map(wire::message)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MessageList {
+            messages,
+            pagination: Pagination {
+                limit: limit as i32,
+                next_cursor,
+                has_more,
+            },
+        })
+    }
+
+    /// Writes the message and moves the thread's last-message fields, unread count and status in
+    /// one transaction, with atomic increments so concurrent senders never lose a count.
+    pub(crate) async fn send_message(
+        &self,
+        caller: &Caller,
+        thread_id: Uuid,
+        text: String,
+    ) -> Result<Message, ServiceError> {
+        if text.trim().is_empty() {
+            return Err(ServiceError::bad_request(
+                "blank_text",
+                "message must not be blank.",
+            ));
+        }
+        let (sender_type, sender_id) = sender_of(caller);
+        let txn = self.db().begin().await?;
+        let thread = self.load_thread(&txn, caller, thread_id).await?;
+        if thread.status == ThreadStatus::Closed.as_str() {
+            return Err(ServiceError::conflict(
+                "thread_closed",
+                "The thread is closed; start a new conversation.",
+            ));
+        }
+        let at = now();
+        let message = new_message(&thread, sender_type, Some(sender_id), text, at)
+            .insert(&txn)
+            .await?;
+        let mut update = thread::Entity::update_many()
+            .col_expr(thread::Column::LastMessageAt, Expr::value(at))
+            .col_expr(
+                thread::Column::LastMessageBy,
+                Expr::value(sender_type.as_str()),
+            )
+            .col_expr(thread::Column::UpdatedAt, Expr::value(at))
+            .filter(thread::Column::Id.eq(thread.id));
+        update = match sender_type {
+            SenderType::Customer => update.col_expr(
+                thread::Column::UnreadCountStore,
+                Expr::col(thread::Column::UnreadCountStore).add(1),
+            ),
+            SenderType::Store | SenderType::System => update.col_expr(
+                thread::Column::UnreadCountCustomer,
+                Expr::col(thread::Column::UnreadCountCustomer).add(1),
+            ),
+        };
+        if sender_type == SenderType::Customer && thread.status == ThreadStatus::Resolved.as_str() {
+            update = update.col_expr(
+                thread::Column::Status,
+                Expr::value(ThreadStatus::Active.as_str()),
+            );
+        }
+        update.exec(&txn).await?;
+        txn.commit().await?;
+        wire::message(message)
+    }
+
+    /// Loads a live message of the caller's store and mode and applies gateByMessageId.
+    async fn load_own_message(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<message::Model, ServiceError> {
+        let message = message::Entity::find_by_id(id)
+            .filter(message::Column::StoreId.eq(caller.store_id))
+            .filter(message::Column::Mode.eq(caller.mode.as_str()))
+            .filter(message::Column::IsDeleted.eq(false))
+            .one(self.db())
+            .await?
+            .ok_or_else(message_not_found)?;
+        let allowed = match caller.actor {
+            Actor::Customer(customer) => {
+                message.sender_type == SenderType::Customer.as_str()
+                    && message.sender_id == Some(customer)
+            }
+            Actor::Store => message.sender_type == SenderType::Store.as_str(),
+        };
+        if !allowed {
+            return Err(ServiceError::forbidden(
+                "message_not_owned",
+                "Only the message's author may change it.",
+            ));
+        }
+        Ok(message)
+    }
+
+    pub(crate) async fn edit_message(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        content: String,
+    ) -> Result<Message, ServiceError> {
+        if content.trim().is_empty() {
+            return Err(ServiceError::bad_request(
+                "blank_text",
+                "message_content must not be blank.",
+            ));
+        }
+        let message = self.load_own_message(caller, id).await?;
+        let at = now();
+        let mut row: message::ActiveModel = message.into();
+        row.message_content = Set(content);
+        row.is_edited = Set(true);
+        row.edited_at = Set(Some(at));
+        row.updated_at = Set(at);
+        wire::message(row.update(self.db()).await?)
+    }
+
+    /// Soft delete: the row stays for audit. Only the request that flips `is_deleted` succeeds,
+    /// so a second delete is 404 even when two race.
+    pub(crate) async fn delete_message(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<DeletedMessage, ServiceError> {
+        let message = self.load_own_message(caller, id).await?;
+        let at = now();
+        let affected = message::Entity::update_many()
+            .col_expr(message::Column::IsDeleted, Expr::value(true))
+            .col_expr(message::Column::DeletedAt, Expr::value(at))
+            .col_expr(message::Column::UpdatedAt, Expr::value(at))
+            .filter(message::Column::Id.eq(message.id))
+            .filter(message::Column::IsDeleted.eq(false))
+            .exec(self.db())
+            .await?
+            .rows_affected;
+        if affected != 1 {
+            return Err(message_not_found());
+        }
+        Ok(DeletedMessage {
+            success: true,
+            message_id: message.id,
+            deleted_at: at,
+        })
+    }
+}

@@ -1,0 +1,384 @@
+//! Threads: listing with filters and keyset pages, reading, lifecycle updates, read state, and
+//! starting a conversation. The ownership gates live here (gateByCustomerId, gateByThreadId).
+
+use chrono::{DateTime, Utc};
+use messaging_api::{
+    Conversation, CreateConversationRequest, Pagination, SenderType, Thread, ThreadList,
+    ThreadPriority, ThreadStatus, ThreadType, UpdateThreadRequest,
+};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use uuid::Uuid;
+
+use crate::{
+    MessagingService,
+    auth::{Actor, Caller},
+    cursor::{self, Position},
+    entity::{customer, message, thread},
+    error::ServiceError,
+    now, wire,
+    wire::ThreadFields,
+};
+
+/// Filters and paging of `listThreads`, already validated by the generated layer.
+pub struct ThreadQuery {
+    pub customer_id: Option<Uuid>,
+    pub status: Option<ThreadStatus>,
+    pub priority: Option<ThreadPriority>,
+    pub thread_type: Option<ThreadType>,
+    pub archived: Option<bool>,
+    pub unread: Option<bool>,
+    pub limit: u64,
+    pub cursor: Option<String>,
+    pub fields: Option<String>,
+}
+
+pub fn thread_not_found() -> ServiceError {
+    ServiceError::not_found("thread_not_found", "No thread with that id.")
+}
+
+/// The sender type a caller writes as.
+pub fn sender_of(caller: &Caller) -> (SenderType, Uuid) {
+    match caller.actor {
+        Actor::Customer(id) => (SenderType::Customer, id),
+        Actor::Store => (SenderType::Store, caller.store_id),
+    }
+}
+
+/// Microseconds since the epoch, the unit cursors use.
+pub fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+pub fn from_micros(micros: i64) -> Result<DateTime<Utc>, ServiceError> {
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| {
+        ServiceError::bad_request(
+            "invalid_cursor",
+            "cursor was not issued for this list; start again without it.",
+        )
+    })
+}
+
+impl MessagingService {
+    /// Loads a thread of the caller's store and mode, applying gateByThreadId for customers.
+    /// Another store's or mode's thread is 404, never 403.
+    pub(crate) async fn load_thread<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<thread::Model, ServiceError> {
+        let thread = thread::Entity::find_by_id(id)
+            .filter(thread::Column::StoreId.eq(caller.store_id))
+            .filter(thread::Column::Mode.eq(caller.mode.as_str()))
+            .one(conn)
+            .await?
+            .ok_or_else(thread_not_found)?;
+        if let Some(customer) = caller.customer_id() {
+            if thread.customer_id != customer {
+                return Err(ServiceError::forbidden(
+                    "thread_not_owned",
+                    "This thread belongs to another customer.",
+                ));
+            }
+        }
+        Ok(thread)
+    }
+
+    pub(crate) async fn list_threads(
+        &self,
+        caller: &Caller,
+        query: ThreadQuery,
+    ) -> Result<ThreadList, ServiceError> {
+        let fields = ThreadFields::parse(query.fields.as_deref())?;
+        // gateByCustomerId: a customer lists its own threads; the store may list its whole inbox.
+        let customer_id = match (caller.customer_id(), query.customer_id) {
+            (Some(own), Some(asked)) if own != asked => {
+                return Err(ServiceError::forbidden(
+                    "customer_mismatch",
+                    "customer_id is not the token's customer.",
+                ));
+            }
+            (Some(own), _) => Some(own),
+            (None, asked) => asked,
+        };
+        let unread_column = match caller.actor {
+            Actor::Customer(_) => thread::Column::UnreadCountCustomer,
+            Actor::Store => thread::Column::UnreadCountStore,
+        };
+        let scope = format!(
+            "threads|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            caller.store_id,
+            caller.mode.as_str(),
+            caller.actor,
+            customer_id,
+            query.status.map(|s| s.as_str()),
+            query.priority.map(|p| p.as_str()),
+            query.thread_type.map(|t| t.as_str()),
+            query.archived,
+            query.unread,
+        );
+        let position = query
+            .cursor
+            .as_deref()
+            .map(|c| cursor::decode(&self.inner.keys, &scope, c))
+            .transpose()?;
+
+        let mut select = thread::Entity::find()
+            .filter(thread::Column::StoreId.eq(caller.store_id))
+            .filter(thread::Column::Mode.eq(caller.mode.as_str()));
+        if let Some(customer_id) = customer_id {
+            select = select.filter(thread::Column::CustomerId.eq(customer_id));
+        }
+        if let Some(status) = query.status {
+            select = select.filter(thread::Column::Status.eq(status.as_str()));
+        }
+        if let Some(priority) = query.priority {
+            select = select.filter(thread::Column::Priority.eq(priority.as_str()));
+        }
+        if let Some(thread_type) = query.thread_type {
+            select = select.filter(thread::Column::ThreadType.eq(thread_type.as_str()));
+        }
+        if let Some(archived) = query.archived {
+            select = select.filter(thread::Column::IsArchived.eq(archived));
+        }
+        match query.unread {
+            Some(true) => select = select.filter(unread_column.gt(0)),
+            Some(false) => select = select.filter(unread_column.eq(0)),
+            None => {}
+        }
+        if let Some(position) = position {
+            let pinned = position.pinned.unwrap_or(false);
+            let at = from_micros(position.micros)?;
+            select = select.filter(
+                Expr::tuple([
+                    Expr::col(thread::Column::IsPinned),
+                    Expr::col(thread::Column::LastMessageAt),
+                    Expr::col(thread::Column::Id),
+                ])
+                .lt(Expr::tuple([
+                    Expr::val(pinned),
+                    Expr::val(at),
+                    Expr::val(position.id),
+                ])),
+            );
+        }
+        let mut rows = select
+            .order_by_desc(thread::Column::IsPinned)
+            .order_by_desc(thread::Column::LastMessageAt)
+            .order_by_desc(thread::Column::Id)
+            .limit(query.limit + 1)
+            .all(self.db())
+            .await?;
+        let has_more = rows.len() as u64 > query.limit;
+        rows.truncate(query.limit as usize);
+        let next_cursor = match rows.last() {
+            Some(last) if has_more => Some(cursor::encode(
+                &self.inner.keys,
+                &scope,
+                Position {
+                    pinned: Some(last.is_pinned),
+                    micros: micros(last.last_message_at),
+                    id: last.id,
+                },
+            )),
+            _ => None,
+        };
+        let threads = rows
+            .into_iter()
+            .map(|row| wire::thread(row, caller).map(|t| fields.apply(t)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ThreadList {
+            threads,
+            pagination: Pagination {
+                limit: query.limit as i32,
+                next_cursor,
+                has_more,
+            },
+        })
+    }
+
+    pub(crate) async fn get_thread(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        fields: Option<&str>,
+    ) -> Result<Thread, ServiceError> {
+        let fields = ThreadFields::parse(fields)?;
+        let thread = self.load_thread(self.db(), caller, id).await?;
+        Ok(fields.apply(wire::thread(thread, caller)?))
+    }
+
+    pub(crate) async fn update_thread(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        body: UpdateThreadRequest,
+    ) -> Result<Thread, ServiceError> {
+        if body == UpdateThreadRequest::default() {
+            return Err(ServiceError::bad_request(
+                "empty_update",
+                "Give at least one of status, priority, archived, muted, pinned.",
+            ));
+        }
+        if caller.customer_id().is_some() && (body.status.is_some() || body.priority.is_some()) {
+            return Err(ServiceError::forbidden(
+                "store_only_field",
+                "Only the store may change status or priority.",
+            ));
+        }
+        let thread = self.load_thread(self.db(), caller, id).await?;
+        let mut row: thread::ActiveModel = thread.into();
+        if let Some(status) = body.status {
+            row.status = Set(status.as_str().to_owned());
+        }
+        if let Some(priority) = body.priority {
+            row.priority = Set(priority.as_str().to_owned());
+        }
+        if let Some(archived) = body.archived {
+            row.is_archived = Set(archived);
+        }
+        if let Some(muted) = body.muted {
+            row.is_muted = Set(muted);
+        }
+        if let Some(pinned) = body.pinned {
+            row.is_pinned = Set(pinned);
+        }
+        row.updated_at = Set(now());
+        wire::thread(row.update(self.db()).await?, caller)
+    }
+
+    /// Reader-relative: a customer clears its own count, the store clears the store's.
+    pub(crate) async fn mark_thread_read(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<Thread, ServiceError> {
+        let thread = self.load_thread(self.db(), caller, id).await?;
+        let column = match caller.actor {
+            Actor::Customer(_) => thread::Column::UnreadCountCustomer,
+            Actor::Store => thread::Column::UnreadCountStore,
+        };
+        thread::Entity::update_many()
+            .col_expr(column, Expr::value(0i64))
+            .filter(thread::Column::Id.eq(thread.id))
+            .exec(self.db())
+            .await?;
+        let thread = self.load_thread(self.db(), caller, id).await?;
+        wire::thread(thread, caller)
+    }
+
+    pub(crate) async fn create_conversation(
+        &self,
+        caller: &Caller,
+        body: CreateConversationRequest,
+    ) -> Result<Conversation, ServiceError> {
+        // gateByCustomerId on the body; the store must say whose conversation it starts.
+        let customer_id = match (caller.customer_id(), body.customer_id) {
+            (Some(own), Some(asked)) if own != asked => {
+                return Err(ServiceError::forbidden(
+                    "customer_mismatch",
+                    "customer_id is not the token's customer.",
+                ));
+            }
+            (Some(own), _) => own,
+            (None, Some(asked)) => asked,
+            (None, None) => {
+                return Err(ServiceError::bad_request(
+                    "customer_id_required",
+                    "The store must give customer_id.",
+                ));
+            }
+        };
+        let subject = body.subject.trim().to_owned();
+        if subject.is_empty() || body.message.trim().is_empty() {
+            return Err(ServiceError::bad_request(
+                "blank_text",
+                "subject and message must not be blank.",
+            ));
+        }
+        let customer = customer::Entity::find_by_id(customer_id)
+            .filter(customer::Column::StoreId.eq(caller.store_id))
+            .filter(customer::Column::Mode.eq(caller.mode.as_str()))
+            .one(self.db())
+            .await?
+            .ok_or_else(|| {
+                ServiceError::not_found("customer_not_found", "No customer with that id.")
+            })?;
+        let (sender_type, sender_id) = sender_of(caller);
+        let at = now();
+        let from_customer = sender_type == SenderType::Customer;
+        let thread_row = thread::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            store_id: Set(caller.store_id),
+            mode: Set(caller.mode.as_str().to_owned()),
+            customer_id: Set(customer.id),
+            customer_name: Set(Some(body.customer_name.unwrap_or(customer.name))),
+            customer_email: Set(Some(body.customer_email.unwrap_or(customer.email))),
+            customer_phone: Set(customer.phone),
+            order_id: Set(body.order_id),
+            product_id: Set(body.product_id),
+            subject: Set(subject),
+            thread_type: Set(body
+                .thread_type
+                .unwrap_or(ThreadType::General)
+                .as_str()
+                .to_owned()),
+            status: Set(ThreadStatus::Active.as_str().to_owned()),
+            priority: Set(body
+                .priority
+                .unwrap_or(ThreadPriority::Normal)
+                .as_str()
+                .to_owned()),
+            last_message_at: Set(at),
+            last_message_by: Set(Some(sender_type.as_str().to_owned())),
+            unread_count_customer: Set(i64::from(!from_customer)),
+            unread_count_store: Set(i64::from(from_customer)),
+            is_archived: Set(false),
+            is_muted: Set(false),
+            is_pinned: Set(false),
+            created_at: Set(at),
+            updated_at: Set(at),
+        };
+        let txn = self.db().begin().await?;
+        let thread = thread_row.insert(&txn).await?;
+        let message = new_message(&thread, sender_type, Some(sender_id), body.message, at)
+            .insert(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(Conversation {
+            thread: wire::thread(thread, caller)?,
+            message: wire::message(message)?,
+        })
+    }
+}
+
+/// A new, live message row in `thread`.
+pub fn new_message(
+    thread: &thread::Model,
+    sender_type: SenderType,
+    sender_id: Option<Uuid>,
+    content: String,
+    at: DateTime<Utc>,
+) -> message::ActiveModel {
+    message::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        thread_id: Set(thread.id),
+        store_id: Set(thread.store_id),
+        mode: Set(thread.mode.clone()),
+        sender_type: Set(sender_type.as_str().to_owned()),
+        sender_id: Set(sender_id),
+        message_content: Set(content),
+        is_edited: Set(false),
+        edited_at: Set(None),
+        is_deleted: Set(false),
+        deleted_at: Set(None),
+        created_at: Set(at),
+        updated_at: Set(at),
+    }
+}

@@ -1,0 +1,160 @@
+//! Explicit conversions from entities to wire types, and the `fields` projection of threads.
+
+use std::str::FromStr;
+
+use messaging_api::{
+    Customer, Message, SenderType, Thread, ThreadPriority, ThreadStatus, ThreadType,
+};
+
+use crate::{
+    auth::Caller,
+    entity::{customer, message, thread},
+    error::ServiceError,
+};
+
+/// Parses an enum value the service itself wrote. A value it cannot read is corruption: 500.
+fn stored<T: FromStr<Err = String>>(value: &str) -> Result<T, ServiceError> {
+    T::from_str(value)
+        .map_err(|e| ServiceError::internal(std::io::Error::other(format!("stored value: {e}"))))
+}
+
+pub fn customer(row: customer::Model) -> Customer {
+    Customer {
+        id: row.id,
+        email: row.email,
+        name: row.name,
+        phone: row.phone,
+    }
+}
+
+pub fn thread(row: thread::Model, caller: &Caller) -> Result<Thread, ServiceError> {
+    Ok(Thread {
+        id: row.id,
+        customer_id: Some(row.customer_id),
+        customer_name: row.customer_name,
+        customer_email: row.customer_email,
+        customer_phone: row.customer_phone,
+        store_name: Some(caller.store_name.clone()),
+        store_avatar: caller.store_avatar.clone(),
+        order_id: row.order_id,
+        product_id: row.product_id,
+        subject: Some(row.subject),
+        thread_type: Some(stored::<ThreadType>(&row.thread_type)?),
+        status: Some(stored::<ThreadStatus>(&row.status)?),
+        priority: Some(stored::<ThreadPriority>(&row.priority)?),
+        last_message_at: Some(row.last_message_at),
+        last_message_by: row
+            .last_message_by
+            .as_deref()
+            .map(stored::<SenderType>)
+            .transpose()?,
+        unread_count_customer: Some(row.unread_count_customer),
+        unread_count_store: Some(row.unread_count_store),
+        is_archived: Some(row.is_archived),
+        is_muted: Some(row.is_muted),
+        is_pinned: Some(row.is_pinned),
+        created_at: Some(row.created_at),
+        updated_at: Some(row.updated_at),
+    })
+}
+
+pub fn message(row: message::Model) -> Result<Message, ServiceError> {
+    Ok(Message {
+        id: row.id,
+        thread_id: row.thread_id,
+        message_content: row.message_content,
+        sender_type: stored::<SenderType>(&row.sender_type)?,
+        sender_id: row.sender_id,
+        is_edited: row.is_edited,
+        edited_at: row.edited_at,
+        is_deleted: row.is_deleted,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+/// The thread fields a client may ask for with `fields` (seed 001's list).
+pub const THREAD_FIELDS: &[&str] = &[
+    "id",
+    "customer_id",
+    "customer_name",
+    "customer_email",
+    "customer_phone",
+    "store_name",
+    "store_avatar",
+    "order_id",
+    "product_id",
+    "subject",
+    "thread_type",
+    "status",
+    "priority",
+    "last_message_at",
+    "last_message_by",
+    "unread_count_customer",
+    "unread_count_store",
+    "is_archived",
+    "is_muted",
+    "is_pinned",
+    "created_at",
+    "updated_at",
+];
+
+/// A validated `fields` selection. `None` inside means every field.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadFields(Option<Vec<&'static str>>);
+
+impl ThreadFields {
+    /// Parses `fields`; an unknown name is a 400 that lists the allowed ones.
+    pub fn parse(fields: Option<&str>) -> Result<Self, ServiceError> {
+        let Some(fields) = fields else {
+            return Ok(Self(None));
+        };
+        let mut selected = Vec::new();
+        for name in fields.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let known = THREAD_FIELDS.iter().find(|f| **f == name).ok_or_else(|| {
+                ServiceError::bad_request(
+                    "invalid_fields",
+                    format!(
+                        "unknown field `{name}` in fields; allowed: {}",
+                        THREAD_FIELDS.join(", ")
+                    ),
+                )
+            })?;
+            selected.push(*known);
+        }
+        Ok(Self(Some(selected)))
+    }
+
+    /// Clears every field that was not asked for; `id` always stays.
+    pub fn apply(&self, mut t: Thread) -> Thread {
+        let Some(selected) = &self.0 else { return t };
+        let keep = |name: &str| selected.contains(&name);
+        macro_rules! project {
+            ($($field:ident),*) => { $( if !keep(stringify!($field)) { t.$field = None; } )* };
+        }
+        project!(
+            customer_id,
+            customer_name,
+            customer_email,
+            customer_phone,
+            store_name,
+            store_avatar,
+            order_id,
+            product_id,
+            subject,
+            thread_type,
+            status,
+            priority,
+            last_message_at,
+            last_message_by,
+            unread_count_customer,
+            unread_count_store,
+            is_archived,
+            is_muted,
+            is_pinned,
+            created_at,
+            updated_at
+        );
+        t
+    }
+}
