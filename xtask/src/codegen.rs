@@ -22,17 +22,27 @@ pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
     let spec: openapiv3::OpenAPI =
         serde_yaml::from_str(&spec_text).with_context(|| format!("parsing {SPEC_PATH}"))?;
     if !spec.openapi.starts_with("3.0.") {
-        bail!("{SPEC_PATH} must be OpenAPI 3.0.x (progenitor reads 3.0 only), found {}", spec.openapi);
+        bail!(
+            "{SPEC_PATH} must be OpenAPI 3.0.x (progenitor reads 3.0 only), found {}",
+            spec.openapi
+        );
     }
 
     let outputs = [
-        ("crates/messaging-api/src/generated.rs", server::generate(&spec)?),
-        ("crates/messaging-client/src/generated.rs", client::generate(&spec_text)?),
+        (
+            "crates/messaging-api/src/generated.rs",
+            server::generate(&spec)?,
+        ),
+        (
+            "crates/messaging-client/src/generated.rs",
+            client::generate(&spec_text)?,
+        ),
     ];
 
     let mut stale = Vec::new();
     for (path, tokens) in outputs {
-        let file: syn::File = syn::parse2(tokens).with_context(|| format!("generated {path} does not parse"))?;
+        let file: syn::File =
+            syn::parse2(tokens).with_context(|| format!("generated {path} does not parse"))?;
         let content = format!("{STAMP}{}", prettyplease::unparse(&file));
         let full = root.join(path);
         let current = std::fs::read_to_string(&full).unwrap_or_default();

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Workspace automation for the messaging API")]
+#[command(
+    name = "cargo xtask",
+    about = "Workspace automation for the messaging API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -3,6 +3,7 @@
 //!
 //! This crate knows HTTP and JSON and nothing of storage.
 
+#[rustfmt::skip]
 mod generated;
 
 pub use generated::*;

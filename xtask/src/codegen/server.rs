@@ -18,7 +18,10 @@ use super::{pascal_case, snake_case};
 const ERROR_SCHEMA: &str = "Problem";
 
 pub fn generate(spec: &OpenAPI) -> anyhow::Result<TokenStream> {
-    let components = spec.components.as_ref().ok_or_else(|| anyhow!("spec has no components"))?;
+    let components = spec
+        .components
+        .as_ref()
+        .ok_or_else(|| anyhow!("spec has no components"))?;
     let ctx = Ctx { spec };
 
     let tags = tags(spec);
@@ -26,16 +29,26 @@ pub fn generate(spec: &OpenAPI) -> anyhow::Result<TokenStream> {
 
     let mut types = Vec::new();
     for (name, schema) in &components.schemas {
-        let schema = schema.as_item().ok_or_else(|| anyhow!("schema {name} is a bare $ref"))?;
-        types.push(ctx.schema_type(name, schema).with_context(|| format!("schema {name}"))?);
+        let schema = schema
+            .as_item()
+            .ok_or_else(|| anyhow!("schema {name} is a bare $ref"))?;
+        types.push(
+            ctx.schema_type(name, schema)
+                .with_context(|| format!("schema {name}"))?,
+        );
     }
 
     let mut trait_methods = Vec::new();
     let mut glue_methods = Vec::new();
     let mut op_items = Vec::new();
     for (path, method, op) in spec.operations() {
-        let id = op.operation_id.as_deref().ok_or_else(|| anyhow!("{method} {path} has no operationId"))?;
-        let generated = ctx.operation(path, method, op).with_context(|| format!("operation {id}"))?;
+        let id = op
+            .operation_id
+            .as_deref()
+            .ok_or_else(|| anyhow!("{method} {path} has no operationId"))?;
+        let generated = ctx
+            .operation(path, method, op)
+            .with_context(|| format!("operation {id}"))?;
         trait_methods.push(generated.trait_method);
         glue_methods.push(generated.glue_method);
         op_items.push(generated.items);
@@ -105,7 +118,12 @@ fn security_scheme(spec: &OpenAPI) -> anyhow::Result<TokenStream> {
     let [(name, scheme)] = schemes.iter().collect::<Vec<_>>()[..] else {
         bail!("the generator supports exactly one security scheme (an HTTP bearer scheme)");
     };
-    let Some(SecurityScheme::HTTP { scheme, description, .. }) = scheme.as_item() else {
+    let Some(SecurityScheme::HTTP {
+        scheme,
+        description,
+        ..
+    }) = scheme.as_item()
+    else {
         bail!("security scheme {name} must be an inline HTTP scheme");
     };
     if scheme != "bearer" {
@@ -136,7 +154,8 @@ impl Ctx<'_> {
                 let name = reference
                     .strip_prefix(&format!("#/components/{kind}/"))
                     .ok_or_else(|| anyhow!("unsupported $ref {reference}"))?;
-                self.lookup(name).ok_or_else(|| anyhow!("dangling $ref {reference}"))
+                self.lookup(name)
+                    .ok_or_else(|| anyhow!("dangling $ref {reference}"))
             }
         }
     }
@@ -159,7 +178,9 @@ impl Ctx<'_> {
         Ok(match &schema.schema_kind {
             SchemaKind::Type(Type::String(s)) => {
                 if !s.enumeration.is_empty() {
-                    bail!("inline enums are not supported: declare the enum under components/schemas");
+                    bail!(
+                        "inline enums are not supported: declare the enum under components/schemas"
+                    );
                 }
                 match &s.format {
                     VariantOrUnknownOrEmpty::Item(StringFormat::DateTime) => {
@@ -177,22 +198,31 @@ impl Ctx<'_> {
             SchemaKind::Type(Type::Number(_)) => quote!(f64),
             SchemaKind::Type(Type::Boolean(_)) => quote!(bool),
             SchemaKind::Type(Type::Array(a)) => {
-                let items = a.items.as_ref().ok_or_else(|| anyhow!("array without items"))?;
+                let items = a
+                    .items
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("array without items"))?;
                 let item = match items {
-                    ReferenceOr::Reference { reference } => self.field_type(&ReferenceOr::Reference {
-                        reference: reference.clone(),
-                    })?,
+                    ReferenceOr::Reference { reference } => {
+                        self.field_type(&ReferenceOr::Reference {
+                            reference: reference.clone(),
+                        })?
+                    }
                     ReferenceOr::Item(schema) => self.inline_type(schema)?,
                 };
                 quote!(Vec<#item>)
             }
-            other => bail!("unsupported inline schema {other:?}: declare objects under components/schemas"),
+            other => bail!(
+                "unsupported inline schema {other:?}: declare objects under components/schemas"
+            ),
         })
     }
 
     /// `#[oai(validator(...))]` contents for a schema's constraints.
     fn validators(&self, schema: &ReferenceOr<Schema>) -> Vec<TokenStream> {
-        let ReferenceOr::Item(schema) = schema else { return vec![] };
+        let ReferenceOr::Item(schema) = schema else {
+            return vec![];
+        };
         let mut v = Vec::new();
         match &schema.schema_kind {
             SchemaKind::Type(Type::String(s)) => {
@@ -313,7 +343,11 @@ impl Ctx<'_> {
                     }
                     None => (quote!(), quote!()),
                 };
-                let default_derive = if obj.required.is_empty() { quote!(, Default) } else { quote!() };
+                let default_derive = if obj.required.is_empty() {
+                    quote!(, Default)
+                } else {
+                    quote!()
+                };
                 Ok(quote! {
                     #doc
                     #[derive(Object, Debug, Clone, PartialEq #default_derive)]
@@ -333,7 +367,10 @@ impl Ctx<'_> {
         let response_ident = format_ident!("{}Response", type_prefix);
         let params_ident = format_ident!("{}Params", type_prefix);
 
-        let summary = op.summary.as_deref().ok_or_else(|| anyhow!("operation needs a summary"))?;
+        let summary = op
+            .summary
+            .as_deref()
+            .ok_or_else(|| anyhow!("operation needs a summary"))?;
         let mut doc_text = summary.to_string();
         if let Some(description) = &op.description {
             doc_text.push_str("\n\n");
@@ -374,8 +411,12 @@ impl Ctx<'_> {
                 attrs.push(quote!(validator(#(#validators),*)));
             }
             let ty = if let Some(default) = default {
-                let default_fn = format_ident!("default_{}_{}", snake_case(op_id), snake_case(&data.name));
-                let literal: TokenStream = default.to_string().parse().map_err(|_| anyhow!("bad default"))?;
+                let default_fn =
+                    format_ident!("default_{}_{}", snake_case(op_id), snake_case(&data.name));
+                let literal: TokenStream = default
+                    .to_string()
+                    .parse()
+                    .map_err(|_| anyhow!("bad default"))?;
                 let default_path = default_fn.to_string();
                 defaults.push(quote!(fn #default_fn() -> #base_ty { #literal }));
                 attrs.push(quote!(default = #default_path));
@@ -415,7 +456,10 @@ impl Ctx<'_> {
                 .content
                 .get("application/json")
                 .ok_or_else(|| anyhow!("request bodies must be application/json"))?;
-            let schema = media.schema.as_ref().ok_or_else(|| anyhow!("request body without schema"))?;
+            let schema = media
+                .schema
+                .as_ref()
+                .ok_or_else(|| anyhow!("request body without schema"))?;
             let ty = self.field_type(schema)?;
             let bdoc = doc_lines(body.description.as_deref());
             glue_args.push(quote!(#bdoc body: Json<#ty>));
@@ -428,7 +472,9 @@ impl Ctx<'_> {
         let mut problem_arms = Vec::new();
         let mut has_500 = false;
         for (status, response) in &op.responses.responses {
-            let StatusCode::Code(code) = status else { bail!("status ranges are not supported") };
+            let StatusCode::Code(code) = status else {
+                bail!("status ranges are not supported")
+            };
             let response = self.resolve(response, "responses")?;
             let variant = format_ident!("{}", status_variant(*code)?);
             let rdoc = doc_lines(Some(&response.description));
@@ -497,7 +543,11 @@ impl Ctx<'_> {
                 self.0.#fn_name(#(#call_args),*).await
             }
         };
-        Ok(OperationCode { trait_method, glue_method, items })
+        Ok(OperationCode {
+            trait_method,
+            glue_method,
+            items,
+        })
     }
 
     /// Documentation-only response headers: whoever answers with this status sets them.
@@ -509,7 +559,9 @@ impl Ctx<'_> {
                 bail!("header {name} must have a schema");
             };
             let ty = self.field_type(schema)?;
-            let ty = is_required_wrapper(header.required, ty).to_string().replace(' ', "");
+            let ty = is_required_wrapper(header.required, ty)
+                .to_string()
+                .replace(' ', "");
             let description = header.description.clone().unwrap_or_default();
             out.push(quote!(header(name = #name, ty = #ty, description = #description)));
         }
@@ -522,16 +574,26 @@ fn response_payload(
     ctx: &Ctx<'_>,
     response: &Response,
 ) -> anyhow::Result<(Option<String>, Option<(TokenStream, String)>)> {
-    let Some((content_type, media)) = response.content.iter().next() else { return Ok((None, None)) };
+    let Some((content_type, media)) = response.content.iter().next() else {
+        return Ok((None, None));
+    };
     if response.content.len() > 1 {
         bail!("responses carry a single media type");
     }
-    let schema = media.schema.as_ref().ok_or_else(|| anyhow!("response without schema"))?;
+    let schema = media
+        .schema
+        .as_ref()
+        .ok_or_else(|| anyhow!("response without schema"))?;
     let ReferenceOr::Reference { reference } = schema else {
         bail!("response bodies must $ref a component schema");
     };
-    let name = reference.trim_start_matches("#/components/schemas/").to_string();
-    Ok((Some(content_type.clone()), Some((ctx.field_type(schema)?, name))))
+    let name = reference
+        .trim_start_matches("#/components/schemas/")
+        .to_string();
+    Ok((
+        Some(content_type.clone()),
+        Some((ctx.field_type(schema)?, name)),
+    ))
 }
 
 fn status_variant(code: u16) -> anyhow::Result<&'static str> {
@@ -557,16 +619,23 @@ fn status_variant(code: u16) -> anyhow::Result<&'static str> {
 /// A field or argument name, raw only where it is a Rust keyword (`type` -> `r#type`).
 fn rust_ident(name: &str) -> proc_macro2::Ident {
     const KEYWORDS: &[&str] = &[
-        "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
-        "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub",
-        "ref", "return", "static", "struct", "trait", "true", "type", "unsafe", "use", "where", "while",
+        "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum",
+        "extern", "false", "fn", "for", "if", "impl", "in", "let", "loop", "match", "mod", "move",
+        "mut", "pub", "ref", "return", "static", "struct", "trait", "true", "type", "unsafe",
+        "use", "where", "while",
     ];
-    if KEYWORDS.contains(&name) { format_ident!("r#{}", name) } else { format_ident!("{}", name) }
+    if KEYWORDS.contains(&name) {
+        format_ident!("r#{}", name)
+    } else {
+        format_ident!("{}", name)
+    }
 }
 
 fn unbox(schema: &ReferenceOr<Box<Schema>>) -> ReferenceOr<Schema> {
     match schema {
-        ReferenceOr::Reference { reference } => ReferenceOr::Reference { reference: reference.clone() },
+        ReferenceOr::Reference { reference } => ReferenceOr::Reference {
+            reference: reference.clone(),
+        },
         ReferenceOr::Item(schema) => ReferenceOr::Item((**schema).clone()),
     }
 }
