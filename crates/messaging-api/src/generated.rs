@@ -1902,7 +1902,7 @@ impl<T: MessagingApi> Api<T> {
         auth: ApiKeyAuth,
         /// Customer session `access_token`. With it the caller acts as that customer and the
         /// ownership gates apply; without it a secret key acts as the store.
-        #[oai(name = "x-auth-token", validator(max_length = 4096))]
+        #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
         /// Customer whose threads to list. Must match the token's customer.
         #[oai(name = "customer_id")]
@@ -1975,7 +1975,7 @@ impl<T: MessagingApi> Api<T> {
         auth: ApiKeyAuth,
         /// Customer session `access_token`. With it the caller acts as that customer and the
         /// ownership gates apply; without it a secret key acts as the store.
-        #[oai(name = "x-auth-token", validator(max_length = 4096))]
+        #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
         body: Json<CreateConversationRequest>,
     ) -> CreateConversationResponse {
@@ -2003,7 +2003,7 @@ impl<T: MessagingApi> Api<T> {
         auth: ApiKeyAuth,
         /// Customer session `access_token`. With it the caller acts as that customer and the
         /// ownership gates apply; without it a secret key acts as the store.
-        #[oai(name = "x-auth-token", validator(max_length = 4096))]
+        #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
         /// Thread id.
         #[oai(name = "id")]
@@ -2038,7 +2038,7 @@ impl<T: MessagingApi> Api<T> {
         auth: ApiKeyAuth,
         /// Customer session `access_token`. With it the caller acts as that customer and the
         /// ownership gates apply; without it a secret key acts as the store.
-        #[oai(name = "x-auth-token", validator(max_length = 4096))]
+        #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
         /// Thread id.
         #[oai(name = "id")]
@@ -2071,7 +2071,7 @@ impl<T: MessagingApi> Api<T> {
         auth: ApiKeyAuth,
         /// Customer session `access_token`. With it the caller acts as that customer and the
         /// ownership gates apply; without it a secret key acts as the store.
-        #[oai(name = "x-auth-token", validator(max_length = 4096))]
+        #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
         /// Thread id.
         #[oai(name = "id")]
@@ -2102,7 +2102,7 @@ impl<T: MessagingApi> Api<T> {
         auth: ApiKeyAuth,
         /// Customer session `access_token`. With it the caller acts as that customer and the
         /// ownership gates apply; without it a secret key acts as the store.
-        #[oai(name = "x-auth-token", validator(max_length = 4096))]
+        #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
         /// Thread id.
         #[oai(name = "id")]
@@ -2151,7 +2151,7 @@ impl<T: MessagingApi> Api<T> {
         auth: ApiKeyAuth,
         /// Customer session `access_token`. With it the caller acts as that customer and the
         /// ownership gates apply; without it a secret key acts as the store.
-        #[oai(name = "x-auth-token", validator(max_length = 4096))]
+        #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
         /// Thread id.
         #[oai(name = "id")]
@@ -2184,7 +2184,7 @@ impl<T: MessagingApi> Api<T> {
         auth: ApiKeyAuth,
         /// Customer session `access_token`. With it the caller acts as that customer and the
         /// ownership gates apply; without it a secret key acts as the store.
-        #[oai(name = "x-auth-token", validator(max_length = 4096))]
+        #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
@@ -2216,7 +2216,7 @@ impl<T: MessagingApi> Api<T> {
         auth: ApiKeyAuth,
         /// Customer session `access_token`. With it the caller acts as that customer and the
         /// ownership gates apply; without it a secret key acts as the store.
-        #[oai(name = "x-auth-token", validator(max_length = 4096))]
+        #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]

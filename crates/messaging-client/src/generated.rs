@@ -414,61 +414,6 @@ pub mod types {
                 })
         }
     }
-    ///`CreateConversationXAuthToken`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct CreateConversationXAuthToken(::std::string::String);
-    impl ::std::ops::Deref for CreateConversationXAuthToken {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<CreateConversationXAuthToken> for ::std::string::String {
-        fn from(value: CreateConversationXAuthToken) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for CreateConversationXAuthToken {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for CreateConversationXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String>
-    for CreateConversationXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for CreateConversationXAuthToken {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
     ///A customer of the store.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Customer {
@@ -485,60 +430,6 @@ pub mod types {
     impl Customer {
         pub fn builder() -> builder::Customer {
             Default::default()
-        }
-    }
-    ///`DeleteMessageXAuthToken`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct DeleteMessageXAuthToken(::std::string::String);
-    impl ::std::ops::Deref for DeleteMessageXAuthToken {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<DeleteMessageXAuthToken> for ::std::string::String {
-        fn from(value: DeleteMessageXAuthToken) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for DeleteMessageXAuthToken {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for DeleteMessageXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for DeleteMessageXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for DeleteMessageXAuthToken {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
         }
     }
     ///Result of a soft delete.
@@ -615,60 +506,6 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for EditMessageRequestMessageContent {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
-    ///`EditMessageXAuthToken`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct EditMessageXAuthToken(::std::string::String);
-    impl ::std::ops::Deref for EditMessageXAuthToken {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<EditMessageXAuthToken> for ::std::string::String {
-        fn from(value: EditMessageXAuthToken) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for EditMessageXAuthToken {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for EditMessageXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for EditMessageXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for EditMessageXAuthToken {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -788,114 +625,6 @@ pub mod types {
                 })
         }
     }
-    ///`GetThreadMessagesXAuthToken`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct GetThreadMessagesXAuthToken(::std::string::String);
-    impl ::std::ops::Deref for GetThreadMessagesXAuthToken {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<GetThreadMessagesXAuthToken> for ::std::string::String {
-        fn from(value: GetThreadMessagesXAuthToken) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for GetThreadMessagesXAuthToken {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for GetThreadMessagesXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for GetThreadMessagesXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for GetThreadMessagesXAuthToken {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
-    ///`GetThreadXAuthToken`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct GetThreadXAuthToken(::std::string::String);
-    impl ::std::ops::Deref for GetThreadXAuthToken {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<GetThreadXAuthToken> for ::std::string::String {
-        fn from(value: GetThreadXAuthToken) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for GetThreadXAuthToken {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for GetThreadXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for GetThreadXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for GetThreadXAuthToken {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
     ///`ListThreadsCursor`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -993,60 +722,6 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for ListThreadsFields {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
-    ///`ListThreadsXAuthToken`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct ListThreadsXAuthToken(::std::string::String);
-    impl ::std::ops::Deref for ListThreadsXAuthToken {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<ListThreadsXAuthToken> for ::std::string::String {
-        fn from(value: ListThreadsXAuthToken) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for ListThreadsXAuthToken {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for ListThreadsXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for ListThreadsXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for ListThreadsXAuthToken {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -1168,60 +843,6 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for LoginRequestPassword {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
-    ///`MarkThreadReadXAuthToken`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct MarkThreadReadXAuthToken(::std::string::String);
-    impl ::std::ops::Deref for MarkThreadReadXAuthToken {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<MarkThreadReadXAuthToken> for ::std::string::String {
-        fn from(value: MarkThreadReadXAuthToken) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for MarkThreadReadXAuthToken {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for MarkThreadReadXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for MarkThreadReadXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for MarkThreadReadXAuthToken {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -1834,60 +1455,6 @@ pub mod types {
                 })
         }
     }
-    ///`SendMessageXAuthToken`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct SendMessageXAuthToken(::std::string::String);
-    impl ::std::ops::Deref for SendMessageXAuthToken {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<SendMessageXAuthToken> for ::std::string::String {
-        fn from(value: SendMessageXAuthToken) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for SendMessageXAuthToken {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for SendMessageXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for SendMessageXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for SendMessageXAuthToken {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
-        }
-    }
     ///Who wrote a message.
     #[derive(
         ::serde::Deserialize,
@@ -2349,60 +1916,6 @@ listed fields (and `id`) are present.
     impl UpdateThreadRequest {
         pub fn builder() -> builder::UpdateThreadRequest {
             Default::default()
-        }
-    }
-    ///`UpdateThreadXAuthToken`
-    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-    #[serde(transparent)]
-    pub struct UpdateThreadXAuthToken(::std::string::String);
-    impl ::std::ops::Deref for UpdateThreadXAuthToken {
-        type Target = ::std::string::String;
-        fn deref(&self) -> &::std::string::String {
-            &self.0
-        }
-    }
-    impl ::std::convert::From<UpdateThreadXAuthToken> for ::std::string::String {
-        fn from(value: UpdateThreadXAuthToken) -> Self {
-            value.0
-        }
-    }
-    impl ::std::str::FromStr for UpdateThreadXAuthToken {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            if value.chars().count() > 4096usize {
-                return Err("longer than 4096 characters".into());
-            }
-            Ok(Self(value.to_string()))
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for UpdateThreadXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for UpdateThreadXAuthToken {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl<'de> ::serde::Deserialize<'de> for UpdateThreadXAuthToken {
-        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
-        where
-            D: ::serde::Deserializer<'de>,
-        {
-            ::std::string::String::deserialize(deserializer)?
-                .parse()
-                .map_err(|e: self::error::ConversionError| {
-                    <D::Error as ::serde::de::Error>::custom(e.to_string())
-                })
         }
     }
     ///A one-time code and where it was sent; exactly one of `email` and `phone`.
@@ -5954,7 +5467,7 @@ pub mod builder {
     pub struct DeleteMessage<'a> {
         client: &'a super::Client,
         id: Result<::uuid::Uuid, String>,
-        x_auth_token: Result<Option<types::DeleteMessageXAuthToken>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> DeleteMessage<'a> {
         pub fn new(client: &'a super::Client) -> Self {
@@ -5977,13 +5490,13 @@ pub mod builder {
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<types::DeleteMessageXAuthToken>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.x_auth_token = value
                 .try_into()
                 .map(Some)
                 .map_err(|_| {
-                    "conversion to `DeleteMessageXAuthToken` for x_auth_token failed"
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
                         .to_string()
                 });
             self
@@ -6082,7 +5595,7 @@ pub mod builder {
     pub struct EditMessage<'a> {
         client: &'a super::Client,
         id: Result<::uuid::Uuid, String>,
-        x_auth_token: Result<Option<types::EditMessageXAuthToken>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::EditMessageRequest, String>,
     }
     impl<'a> EditMessage<'a> {
@@ -6107,13 +5620,13 @@ pub mod builder {
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<types::EditMessageXAuthToken>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.x_auth_token = value
                 .try_into()
                 .map(Some)
                 .map_err(|_| {
-                    "conversion to `EditMessageXAuthToken` for x_auth_token failed"
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
                         .to_string()
                 });
             self
@@ -6257,7 +5770,7 @@ pub mod builder {
         status: Result<Option<types::ThreadStatus>, String>,
         thread_type: Result<Option<types::ThreadType>, String>,
         unread: Result<Option<bool>, String>,
-        x_auth_token: Result<Option<types::ListThreadsXAuthToken>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> ListThreads<'a> {
         pub fn new(client: &'a super::Client) -> Self {
@@ -6382,13 +5895,13 @@ pub mod builder {
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<types::ListThreadsXAuthToken>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.x_auth_token = value
                 .try_into()
                 .map(Some)
                 .map_err(|_| {
-                    "conversion to `ListThreadsXAuthToken` for x_auth_token failed"
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
                         .to_string()
                 });
             self
@@ -6505,7 +6018,7 @@ pub mod builder {
     #[derive(Debug, Clone)]
     pub struct CreateConversation<'a> {
         client: &'a super::Client,
-        x_auth_token: Result<Option<types::CreateConversationXAuthToken>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::CreateConversationRequest, String>,
     }
     impl<'a> CreateConversation<'a> {
@@ -6518,13 +6031,13 @@ pub mod builder {
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<types::CreateConversationXAuthToken>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.x_auth_token = value
                 .try_into()
                 .map(Some)
                 .map_err(|_| {
-                    "conversion to `CreateConversationXAuthToken` for x_auth_token failed"
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
                         .to_string()
                 });
             self
@@ -6661,7 +6174,7 @@ pub mod builder {
         client: &'a super::Client,
         id: Result<::uuid::Uuid, String>,
         fields: Result<Option<types::GetThreadFields>, String>,
-        x_auth_token: Result<Option<types::GetThreadXAuthToken>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> GetThread<'a> {
         pub fn new(client: &'a super::Client) -> Self {
@@ -6697,13 +6210,13 @@ pub mod builder {
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<types::GetThreadXAuthToken>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.x_auth_token = value
                 .try_into()
                 .map(Some)
                 .map_err(|_| {
-                    "conversion to `GetThreadXAuthToken` for x_auth_token failed"
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
                         .to_string()
                 });
             self
@@ -6804,7 +6317,7 @@ pub mod builder {
     pub struct UpdateThread<'a> {
         client: &'a super::Client,
         id: Result<::uuid::Uuid, String>,
-        x_auth_token: Result<Option<types::UpdateThreadXAuthToken>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::UpdateThreadRequest, String>,
     }
     impl<'a> UpdateThread<'a> {
@@ -6829,13 +6342,13 @@ pub mod builder {
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<types::UpdateThreadXAuthToken>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.x_auth_token = value
                 .try_into()
                 .map(Some)
                 .map_err(|_| {
-                    "conversion to `UpdateThreadXAuthToken` for x_auth_token failed"
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
                         .to_string()
                 });
             self
@@ -6974,7 +6487,7 @@ pub mod builder {
         cursor: Result<Option<types::GetThreadMessagesCursor>, String>,
         limit: Result<Option<::std::num::NonZeroU32>, String>,
         order: Result<Option<types::SortOrder>, String>,
-        x_auth_token: Result<Option<types::GetThreadMessagesXAuthToken>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> GetThreadMessages<'a> {
         pub fn new(client: &'a super::Client) -> Self {
@@ -7036,13 +6549,13 @@ pub mod builder {
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<types::GetThreadMessagesXAuthToken>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.x_auth_token = value
                 .try_into()
                 .map(Some)
                 .map_err(|_| {
-                    "conversion to `GetThreadMessagesXAuthToken` for x_auth_token failed"
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
                         .to_string()
                 });
             self
@@ -7147,7 +6660,7 @@ pub mod builder {
     pub struct SendMessage<'a> {
         client: &'a super::Client,
         id: Result<::uuid::Uuid, String>,
-        x_auth_token: Result<Option<types::SendMessageXAuthToken>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::SendMessageRequest, String>,
     }
     impl<'a> SendMessage<'a> {
@@ -7172,13 +6685,13 @@ pub mod builder {
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<types::SendMessageXAuthToken>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.x_auth_token = value
                 .try_into()
                 .map(Some)
                 .map_err(|_| {
-                    "conversion to `SendMessageXAuthToken` for x_auth_token failed"
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
                         .to_string()
                 });
             self
@@ -7321,7 +6834,7 @@ pub mod builder {
     pub struct MarkThreadRead<'a> {
         client: &'a super::Client,
         id: Result<::uuid::Uuid, String>,
-        x_auth_token: Result<Option<types::MarkThreadReadXAuthToken>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> MarkThreadRead<'a> {
         pub fn new(client: &'a super::Client) -> Self {
@@ -7344,13 +6857,13 @@ pub mod builder {
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<types::MarkThreadReadXAuthToken>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.x_auth_token = value
                 .try_into()
                 .map(Some)
                 .map_err(|_| {
-                    "conversion to `MarkThreadReadXAuthToken` for x_auth_token failed"
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
                         .to_string()
                 });
             self
