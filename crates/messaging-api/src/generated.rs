@@ -9,18 +9,36 @@ use poem_openapi::payload::Json;
 /// Operation groups, as the spec's `tags`.
 #[derive(Tags)]
 pub enum ApiTags {
-    /// Threads and messages between customers and the store.
-    #[oai(rename = "Messaging")]
-    Messaging,
     /// Customer sessions. Every auth operation requires a secret key.
     #[oai(rename = "Auth")]
     Auth,
+    /// Threads and messages between customers and the store.
+    #[oai(rename = "Messaging")]
+    Messaging,
 }
 /// A store's API key: `tybrite_sk_test_…`, `tybrite_pk_test_…`, `tybrite_sk_live_…` or
 /// `tybrite_pk_live_…`. Secret keys act as the store; publishable keys need `x-auth-token`.
 #[derive(SecurityScheme)]
 #[oai(rename = "apiKey", ty = "bearer")]
 pub struct ApiKeyAuth(pub poem_openapi::auth::Bearer);
+/// Reads a JSON string field strictly: poem-openapi alone would accept a number or a
+/// boolean for a `String` and turn it into text, which hides a client's type error.
+fn strict_string<T: poem_openapi::types::ParseFromJSON>(
+    value: Option<serde_json::Value>,
+) -> poem_openapi::types::ParseResult<T> {
+    let not_text = |v: &serde_json::Value| {
+        matches!(v, serde_json::Value::Number(_) | serde_json::Value::Bool(_))
+    };
+    match &value {
+        Some(v) if not_text(v) => {
+            Err(poem_openapi::types::ParseError::custom("expected a string"))
+        }
+        Some(serde_json::Value::Array(items)) if items.iter().any(not_text) => {
+            Err(poem_openapi::types::ParseError::custom("expected an array of strings"))
+        }
+        _ => T::parse_from_json(value),
+    }
+}
 /// Lifecycle state of a thread.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ThreadStatus {
@@ -220,28 +238,60 @@ pub struct Thread {
     #[oai(rename = "customer_id", skip_serializing_if_is_none)]
     pub customer_id: Option<uuid::Uuid>,
     /// Customer name at the time the thread was created.
-    #[oai(rename = "customer_name", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "customer_name",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub customer_name: Option<String>,
     /// Customer email at the time the thread was created.
-    #[oai(rename = "customer_email", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "customer_email",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub customer_email: Option<String>,
     /// Customer phone at the time the thread was created.
-    #[oai(rename = "customer_phone", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "customer_phone",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub customer_phone: Option<String>,
     /// Name of the store.
-    #[oai(rename = "store_name", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "store_name",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub store_name: Option<String>,
     /// URL of the store's avatar.
-    #[oai(rename = "store_avatar", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "store_avatar",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub store_avatar: Option<String>,
     /// Order the thread is about.
-    #[oai(rename = "order_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "order_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub order_id: Option<String>,
     /// Product the thread is about.
-    #[oai(rename = "product_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "product_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub product_id: Option<String>,
     /// Thread title.
-    #[oai(rename = "subject", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "subject",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub subject: Option<String>,
     #[oai(rename = "thread_type", skip_serializing_if_is_none)]
     pub thread_type: Option<ThreadType>,
@@ -297,7 +347,7 @@ pub struct Message {
     #[oai(rename = "thread_id")]
     pub thread_id: uuid::Uuid,
     /// The text body.
-    #[oai(rename = "message_content")]
+    #[oai(rename = "message_content", deserialize_with = "strict_string")]
     pub message_content: String,
     #[oai(rename = "sender_type")]
     pub sender_type: SenderType,
@@ -337,7 +387,11 @@ pub struct Pagination {
     #[oai(rename = "limit")]
     pub limit: i32,
     /// Opaque cursor for the next page; absent on the last page.
-    #[oai(rename = "next_cursor", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "next_cursor",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub next_cursor: Option<String>,
     /// Whether another page exists.
     #[oai(rename = "has_more")]
@@ -389,6 +443,7 @@ pub struct CreateConversationRequest {
     /// Name to show on the thread; defaults to the customer's name.
     #[oai(
         rename = "customer_name",
+        deserialize_with = "strict_string",
         skip_serializing_if_is_none,
         validator(max_length = 200)
     )]
@@ -396,26 +451,41 @@ pub struct CreateConversationRequest {
     /// Email to show on the thread; defaults to the customer's email.
     #[oai(
         rename = "customer_email",
+        deserialize_with = "strict_string",
         skip_serializing_if_is_none,
         validator(max_length = 320)
     )]
     pub customer_email: Option<String>,
     /// Thread title.
-    #[oai(rename = "subject", validator(max_length = 300, min_length = 1))]
+    #[oai(
+        rename = "subject",
+        deserialize_with = "strict_string",
+        validator(max_length = 300, min_length = 1)
+    )]
     pub subject: String,
     /// The first message.
-    #[oai(rename = "message", validator(max_length = 10000, min_length = 1))]
+    #[oai(
+        rename = "message",
+        deserialize_with = "strict_string",
+        validator(max_length = 10000, min_length = 1)
+    )]
     pub message: String,
     #[oai(rename = "priority", skip_serializing_if_is_none)]
     pub priority: Option<ThreadPriority>,
     #[oai(rename = "thread_type", skip_serializing_if_is_none)]
     pub thread_type: Option<ThreadType>,
     /// Order the conversation is about.
-    #[oai(rename = "order_id", skip_serializing_if_is_none, validator(max_length = 200))]
+    #[oai(
+        rename = "order_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 200)
+    )]
     pub order_id: Option<String>,
     /// Product the conversation is about.
     #[oai(
         rename = "product_id",
+        deserialize_with = "strict_string",
         skip_serializing_if_is_none,
         validator(max_length = 200)
     )]
@@ -466,7 +536,11 @@ impl poem_openapi::types::Example for UpdateThreadRequest {
 #[oai(example)]
 pub struct SendMessageRequest {
     /// The text of the message.
-    #[oai(rename = "message", validator(max_length = 10000, min_length = 1))]
+    #[oai(
+        rename = "message",
+        deserialize_with = "strict_string",
+        validator(max_length = 10000, min_length = 1)
+    )]
     pub message: String,
 }
 impl poem_openapi::types::Example for SendMessageRequest {
@@ -484,7 +558,11 @@ impl poem_openapi::types::Example for SendMessageRequest {
 #[oai(example)]
 pub struct EditMessageRequest {
     /// The new text.
-    #[oai(rename = "message_content", validator(max_length = 10000, min_length = 1))]
+    #[oai(
+        rename = "message_content",
+        deserialize_with = "strict_string",
+        validator(max_length = 10000, min_length = 1)
+    )]
     pub message_content: String,
 }
 impl poem_openapi::types::Example for EditMessageRequest {
@@ -528,26 +606,30 @@ pub struct Customer {
     #[oai(rename = "id")]
     pub id: uuid::Uuid,
     /// Email address (lower case).
-    #[oai(rename = "email")]
+    #[oai(rename = "email", deserialize_with = "strict_string")]
     pub email: String,
     /// Display name.
-    #[oai(rename = "name")]
+    #[oai(rename = "name", deserialize_with = "strict_string")]
     pub name: String,
     /// Phone number in E.164 form.
-    #[oai(rename = "phone", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "phone",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub phone: Option<String>,
 }
 /// A customer session. Send `access_token` as `x-auth-token`.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct Session {
     /// Signed, short-lived token naming the customer, store and mode.
-    #[oai(rename = "access_token")]
+    #[oai(rename = "access_token", deserialize_with = "strict_string")]
     pub access_token: String,
     /// Single-use token for `refreshSession`.
-    #[oai(rename = "refresh_token")]
+    #[oai(rename = "refresh_token", deserialize_with = "strict_string")]
     pub refresh_token: String,
     /// Always `bearer`.
-    #[oai(rename = "token_type")]
+    #[oai(rename = "token_type", deserialize_with = "strict_string")]
     pub token_type: String,
     /// Seconds until `access_token` expires.
     #[oai(rename = "expires_in")]
@@ -569,16 +651,33 @@ pub struct AuthSession {
 #[oai(example)]
 pub struct RegisterRequest {
     /// Email address; unique per store and mode.
-    #[oai(rename = "email", validator(max_length = 320, min_length = 3))]
+    #[oai(
+        rename = "email",
+        deserialize_with = "strict_string",
+        validator(max_length = 320, min_length = 3)
+    )]
     pub email: String,
     /// At least 8 characters.
-    #[oai(rename = "password", validator(max_length = 256, min_length = 8))]
+    #[oai(
+        rename = "password",
+        deserialize_with = "strict_string",
+        validator(max_length = 256, min_length = 8)
+    )]
     pub password: String,
     /// Display name.
-    #[oai(rename = "name", validator(max_length = 200, min_length = 1))]
+    #[oai(
+        rename = "name",
+        deserialize_with = "strict_string",
+        validator(max_length = 200, min_length = 1)
+    )]
     pub name: String,
     /// Phone number in E.164 form, e.g. `+14155550123`.
-    #[oai(rename = "phone", skip_serializing_if_is_none, validator(max_length = 16))]
+    #[oai(
+        rename = "phone",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 16)
+    )]
     pub phone: Option<String>,
 }
 impl poem_openapi::types::Example for RegisterRequest {
@@ -596,10 +695,18 @@ impl poem_openapi::types::Example for RegisterRequest {
 #[oai(example)]
 pub struct LoginRequest {
     /// Email address.
-    #[oai(rename = "email", validator(max_length = 320))]
+    #[oai(
+        rename = "email",
+        deserialize_with = "strict_string",
+        validator(max_length = 320)
+    )]
     pub email: String,
     /// Password.
-    #[oai(rename = "password", validator(max_length = 256))]
+    #[oai(
+        rename = "password",
+        deserialize_with = "strict_string",
+        validator(max_length = 256)
+    )]
     pub password: String,
 }
 impl poem_openapi::types::Example for LoginRequest {
@@ -617,10 +724,20 @@ impl poem_openapi::types::Example for LoginRequest {
 #[oai(example)]
 pub struct OtpRequest {
     /// Email address of a registered customer.
-    #[oai(rename = "email", skip_serializing_if_is_none, validator(max_length = 320))]
+    #[oai(
+        rename = "email",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 320)
+    )]
     pub email: Option<String>,
     /// E.164 phone number of a registered customer.
-    #[oai(rename = "phone", skip_serializing_if_is_none, validator(max_length = 16))]
+    #[oai(
+        rename = "phone",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 16)
+    )]
     pub phone: Option<String>,
 }
 impl poem_openapi::types::Example for OtpRequest {
@@ -645,13 +762,27 @@ pub struct OtpAccepted {
 #[oai(example)]
 pub struct VerifyOtpRequest {
     /// Email address the code was sent to.
-    #[oai(rename = "email", skip_serializing_if_is_none, validator(max_length = 320))]
+    #[oai(
+        rename = "email",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 320)
+    )]
     pub email: Option<String>,
     /// Phone number the code was sent to.
-    #[oai(rename = "phone", skip_serializing_if_is_none, validator(max_length = 16))]
+    #[oai(
+        rename = "phone",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 16)
+    )]
     pub phone: Option<String>,
     /// The six-digit code.
-    #[oai(rename = "code", validator(max_length = 12))]
+    #[oai(
+        rename = "code",
+        deserialize_with = "strict_string",
+        validator(max_length = 12)
+    )]
     pub code: String,
 }
 impl poem_openapi::types::Example for VerifyOtpRequest {
@@ -668,7 +799,11 @@ impl poem_openapi::types::Example for VerifyOtpRequest {
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct RefreshRequest {
     /// The session's `refresh_token`.
-    #[oai(rename = "refresh_token", validator(max_length = 512))]
+    #[oai(
+        rename = "refresh_token",
+        deserialize_with = "strict_string",
+        validator(max_length = 512)
+    )]
     pub refresh_token: String,
 }
 /// An RFC 9457 problem document with a stable `code`.
@@ -676,22 +811,30 @@ pub struct RefreshRequest {
 #[oai(example)]
 pub struct Problem {
     /// URI reference naming the problem type.
-    #[oai(rename = "type")]
+    #[oai(rename = "type", deserialize_with = "strict_string")]
     pub r#type: String,
     /// Short summary of the problem type.
-    #[oai(rename = "title")]
+    #[oai(rename = "title", deserialize_with = "strict_string")]
     pub title: String,
     /// HTTP status code.
     #[oai(rename = "status")]
     pub status: i32,
     /// What went wrong with this request.
-    #[oai(rename = "detail", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "detail",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub detail: Option<String>,
     /// Stable machine-readable error code, e.g. `thread_not_found`.
-    #[oai(rename = "code")]
+    #[oai(rename = "code", deserialize_with = "strict_string")]
     pub code: String,
     /// Id of the request, also in the `x-request-id` response header.
-    #[oai(rename = "request_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "request_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
     pub request_id: Option<String>,
 }
 impl poem_openapi::types::Example for Problem {

@@ -1,1 +1,113 @@
-//! placeholder
+//! The messaging server: the HTTP app around `MessagingService` (the generated poem-openapi API,
+//! the spec documents, Swagger UI, health) with its middleware, and the functions that run it.
+//!
+//! Layers, outermost first: request context (request id, span, access log, every error to
+//! problem+json), panics to 500, body limit, rate limits, then the routes.
+
+mod body_limit;
+mod docs;
+mod health;
+mod problem;
+mod rate_limit;
+mod request_context;
+mod server;
+mod settings;
+mod spec;
+mod telemetry;
+
+use std::sync::Arc;
+
+use messaging_api::Api;
+use messaging_service::MessagingService;
+use poem::{
+    Endpoint, EndpointExt, IntoResponse, Request, Response, Route,
+    endpoint::{make, make_sync},
+    get,
+    middleware::CatchPanic,
+};
+use poem_openapi::OpenApiService;
+
+pub use problem::{PROBLEM_JSON, Problem};
+pub use request_context::{REQUEST_ID_HEADER, RequestId};
+pub use server::{ServeError, ServerConfig, run, serve, shutdown_signal, spawn};
+pub use settings::{DEFAULT_MAX_BODY_BYTES, HttpSettings, RateLimitSettings};
+pub use spec::SPEC_YAML;
+pub use telemetry::{LogFormat, init_tracing};
+
+use crate::{docs::SwaggerUi, rate_limit::RateLimiter, spec::SPEC};
+
+/// The whole HTTP app: API, documents, Swagger UI and health, behind the middleware.
+pub fn app(
+    service: MessagingService,
+    settings: &HttpSettings,
+) -> impl Endpoint<Output = Response> + 'static {
+    with_middleware(routes(service), settings)
+}
+
+/// The poem-openapi service for the generated API, titled and described as the spec is.
+fn api_service(service: MessagingService) -> OpenApiService<Api<MessagingService>, ()> {
+    let info = &SPEC.info;
+    let api = OpenApiService::new(Api(service), &info.title, &info.version);
+    match &info.description {
+        Some(description) => api.description(description),
+        None => api,
+    }
+}
+
+fn routes(service: MessagingService) -> Route {
+    let api = api_service(service.clone());
+    let generated_schema = bytes::Bytes::from(api.spec());
+    let swagger_ui = Arc::new(SwaggerUi::new());
+    Route::new()
+        .at("/healthz", get(make(move |_| health_of(service.clone()))))
+        .at("/openapi.yaml", get(make_sync(|_| docs::spec_yaml())))
+        .at(
+            "/openapi.json",
+            get(make_sync(move |_| {
+                docs::generated_spec(generated_schema.clone())
+            })),
+        )
+        .at("/openapi/spec.json", get(make_sync(|_| docs::spec_json())))
+        .at("/docs", get(make_sync(|_| docs::redirect_to_docs())))
+        .at("/docs/", get(Arc::clone(&swagger_ui)))
+        .at("/docs/*path", get(swagger_ui))
+        .nest("/", api)
+}
+
+async fn health_of(service: MessagingService) -> Response {
+    health::health(&service).await
+}
+
+/// Request context outermost, then panic catching, the body limit and rate limits.
+fn with_middleware<E>(
+    routes: E,
+    settings: &HttpSettings,
+) -> impl Endpoint<Output = Response> + 'static
+where
+    E: Endpoint + 'static,
+{
+    let limiter = settings
+        .rate_limits
+        .as_ref()
+        .map(|limits| Arc::new(RateLimiter::new(limits)));
+    let max_body_bytes = settings.max_body_bytes;
+    routes
+        .around(move |inner, req| enforce_rate_limits(limiter.clone(), inner, req))
+        .before(move |req| body_limit::limit_body(req, max_body_bytes))
+        .with(CatchPanic::new().with_handler(problem::response_for_panic))
+        .around(|inner, req| async move { request_context::handle(inner.as_ref(), req).await })
+}
+
+async fn enforce_rate_limits<E: Endpoint>(
+    limiter: Option<Arc<RateLimiter>>,
+    inner: Arc<E>,
+    req: Request,
+) -> poem::Result<Response> {
+    if let Some(limited) = limiter
+        .as_ref()
+        .and_then(|limiter| limiter.check(&req).err())
+    {
+        return Ok(limited.into_response());
+    }
+    inner.call(req).await.map(IntoResponse::into_response)
+}

@@ -7,7 +7,7 @@ mod api;
 mod auth;
 mod config;
 mod cursor;
-mod entity;
+pub mod entity;
 mod error;
 mod messages;
 mod migration;

@@ -79,13 +79,13 @@ impl MessagingService {
             .one(conn)
             .await?
             .ok_or_else(thread_not_found)?;
-        if let Some(customer) = caller.customer_id() {
-            if thread.customer_id != customer {
-                return Err(ServiceError::forbidden(
-                    "thread_not_owned",
-                    "This thread belongs to another customer.",
-                ));
-            }
+        if let Some(customer) = caller.customer_id()
+            && thread.customer_id != customer
+        {
+            return Err(ServiceError::forbidden(
+                "thread_not_owned",
+                "This thread belongs to another customer.",
+            ));
         }
         Ok(thread)
     }

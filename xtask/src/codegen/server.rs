@@ -64,6 +64,21 @@ pub fn generate(spec: &OpenAPI) -> anyhow::Result<TokenStream> {
 
         #tags
         #security
+
+        /// Reads a JSON string field strictly: poem-openapi alone would accept a number or a
+        /// boolean for a `String` and turn it into text, which hides a client's type error.
+        fn strict_string<T: poem_openapi::types::ParseFromJSON>(
+            value: Option<serde_json::Value>,
+        ) -> poem_openapi::types::ParseResult<T> {
+            let not_text = |v: &serde_json::Value| matches!(v, serde_json::Value::Number(_) | serde_json::Value::Bool(_));
+            match &value {
+                Some(v) if not_text(v) => Err(poem_openapi::types::ParseError::custom("expected a string")),
+                Some(serde_json::Value::Array(items)) if items.iter().any(not_text) => {
+                    Err(poem_openapi::types::ParseError::custom("expected an array of strings"))
+                }
+                _ => T::parse_from_json(value),
+            }
+        }
         #(#types)*
         #(#op_items)*
 
@@ -315,6 +330,9 @@ impl Ctx<'_> {
                         ReferenceOr::Reference { .. } => quote!(),
                     };
                     let mut attrs = vec![quote!(rename = #prop)];
+                    if is_plain_string(&unboxed) {
+                        attrs.push(quote!(deserialize_with = "strict_string"));
+                    }
                     if !required {
                         attrs.push(quote!(skip_serializing_if_is_none));
                     }
@@ -479,23 +497,23 @@ impl Ctx<'_> {
             let variant = format_ident!("{}", status_variant(*code)?);
             let rdoc = doc_lines(Some(&response.description));
             let headers = self.response_headers(response)?;
-            let (content_type, payload) = response_payload(self, response)?;
+            let payload = response_payload(self, response)?;
             let status_lit = Literal::u16_unsuffixed(*code);
             let mut attrs = vec![quote!(status = #status_lit)];
-            if let Some(ct) = &content_type {
-                if ct != "application/json" {
-                    attrs.push(quote!(content_type = #ct));
-                }
+            if let Some(ct) = payload.as_ref().map(|p| &p.content_type)
+                && ct != "application/json"
+            {
+                attrs.push(quote!(content_type = #ct));
             }
             attrs.extend(headers);
             let fields = match &payload {
-                Some((ty, _)) => quote!((Json<#ty>)),
+                Some(Payload { ty, .. }) => quote!((Json<#ty>)),
                 None => quote!(),
             };
             variants.push(quote!(#rdoc #[oai(#(#attrs),*)] #variant #fields,));
             if *code >= 400 {
                 match &payload {
-                    Some((_, schema)) if schema == ERROR_SCHEMA => {}
+                    Some(p) if p.schema == ERROR_SCHEMA => {}
                     _ => bail!("error response {code} must carry the {ERROR_SCHEMA} schema"),
                 }
                 has_500 |= *code == 500;
@@ -569,13 +587,16 @@ impl Ctx<'_> {
     }
 }
 
-/// The media type of a response and the Rust type and schema name of its body.
-fn response_payload(
-    ctx: &Ctx<'_>,
-    response: &Response,
-) -> anyhow::Result<(Option<String>, Option<(TokenStream, String)>)> {
+/// The body of a response: its media type, Rust type and component schema name.
+struct Payload {
+    content_type: String,
+    ty: TokenStream,
+    schema: String,
+}
+
+fn response_payload(ctx: &Ctx<'_>, response: &Response) -> anyhow::Result<Option<Payload>> {
     let Some((content_type, media)) = response.content.iter().next() else {
-        return Ok((None, None));
+        return Ok(None);
     };
     if response.content.len() > 1 {
         bail!("responses carry a single media type");
@@ -587,13 +608,13 @@ fn response_payload(
     let ReferenceOr::Reference { reference } = schema else {
         bail!("response bodies must $ref a component schema");
     };
-    let name = reference
-        .trim_start_matches("#/components/schemas/")
-        .to_string();
-    Ok((
-        Some(content_type.clone()),
-        Some((ctx.field_type(schema)?, name)),
-    ))
+    Ok(Some(Payload {
+        content_type: content_type.clone(),
+        ty: ctx.field_type(schema)?,
+        schema: reference
+            .trim_start_matches("#/components/schemas/")
+            .to_string(),
+    }))
 }
 
 fn status_variant(code: u16) -> anyhow::Result<&'static str> {
@@ -614,6 +635,23 @@ fn status_variant(code: u16) -> anyhow::Result<&'static str> {
         503 => "ServiceUnavailable",
         other => bail!("status {other} has no variant name yet: add it to status_variant"),
     })
+}
+
+/// A string without a format, or an array of them: the fields `strict_string` guards.
+fn is_plain_string(schema: &ReferenceOr<Schema>) -> bool {
+    let ReferenceOr::Item(schema) = schema else {
+        return false;
+    };
+    match &schema.schema_kind {
+        SchemaKind::Type(Type::String(s)) => {
+            s.enumeration.is_empty() && matches!(s.format, VariantOrUnknownOrEmpty::Empty)
+        }
+        SchemaKind::Type(Type::Array(a)) => a.items.as_ref().is_some_and(|items| match items {
+            ReferenceOr::Item(item) => is_plain_string(&unbox(&ReferenceOr::Item(item.clone()))),
+            ReferenceOr::Reference { .. } => false,
+        }),
+        _ => false,
+    }
 }
 
 /// A field or argument name, raw only where it is a Rust keyword (`type` -> `r#type`).

@@ -1,0 +1,452 @@
+//! `cargo bench-api`: fills a database in bulk (not through HTTP) with 100 thousand threads and
+//! first 10 thousand, then 1 million messages, and at each size measures p50, p99 and requests
+//! per second over HTTP for listThreads, getThread, getThreadMessages and sendMessage, beside
+//! `/healthz` as the baseline of the HTTP stack. It then checks the targets of issue 3.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use chrono::{Duration as ChronoDuration, Utc};
+use clap::Parser;
+use messaging_server::HttpSettings;
+use messaging_service::{
+    MessagingService, ServiceConfig,
+    entity::{customer, message, thread},
+};
+use sea_orm::{ActiveValue::Set, EntityTrait, TransactionTrait};
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(about = "Fill a database in bulk and measure the messaging API over HTTP")]
+struct Args {
+    /// Database to fill (a fresh one). Defaults to a new SQLite file in a temporary directory.
+    #[arg(long, env = "BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Threads to create.
+    #[arg(long, default_value_t = 100_000)]
+    threads: usize,
+    /// Total message counts to measure at, in increasing order.
+    #[arg(long, value_delimiter = ',', default_values_t = [10_000usize, 1_000_000])]
+    messages: Vec<usize>,
+    /// Seconds of load per endpoint and size.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+const CUSTOMERS: usize = 1_000;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let tempdir = std::env::temp_dir().join(format!("messaging-bench-{}", Uuid::now_v7().simple()));
+    let database_url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}/bench.db", tempdir.display()),
+    };
+    println!("database: {}", redact(&database_url));
+    let service = MessagingService::connect(&database_url, ServiceConfig::default()).await?;
+    let store = service.create_store("bench").await?;
+    let store_id = store.store_id;
+    let key = store.secret_key_test.clone();
+
+    let started = Instant::now();
+    let fixture = Fixture::create(&service, store_id, args.threads).await?;
+    println!(
+        "filled {} customers and {} threads in {:.1?}",
+        CUSTOMERS,
+        args.threads,
+        started.elapsed()
+    );
+
+    let (address, _server) =
+        messaging_server::spawn(service.clone(), &HttpSettings::without_rate_limits()).await?;
+    let base = format!("http://{address}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let load = Load {
+        http,
+        base,
+        key,
+        seconds: args.seconds,
+        concurrency: args.concurrency,
+    };
+
+    let mut results = Vec::new();
+    let mut messages_so_far = 0;
+    for &target in &args.messages {
+        let started = Instant::now();
+        fixture
+            .add_messages(&service, messages_so_far, target)
+            .await?;
+        messages_so_far = target;
+        println!(
+            "\n== {target} messages over {} threads (filled in {:.1?})",
+            args.threads,
+            started.elapsed()
+        );
+        println!(
+            "{:<20} {:>10} {:>10} {:>10} {:>8}",
+            "endpoint", "req/s", "p50 ms", "p99 ms", "errors"
+        );
+        for endpoint in Endpoint::ALL {
+            let stats = load.run(endpoint, &fixture).await;
+            println!(
+                "{:<20} {:>10.0} {:>10.2} {:>10.2} {:>8}",
+                endpoint.name(),
+                stats.rps,
+                stats.p50_ms,
+                stats.p99_ms,
+                stats.errors
+            );
+            results.push((target, endpoint, stats));
+        }
+    }
+    let verdict = check_targets(&results, &args.messages);
+    if args.database_url.is_none() {
+        let _ = std::fs::remove_dir_all(&tempdir);
+    }
+    verdict
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((_, host)) => format!("postgres://…@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The rows the load draws on.
+struct Fixture {
+    store_id: Uuid,
+    thread_ids: Vec<Uuid>,
+    customer_of_thread: Vec<Uuid>,
+}
+
+impl Fixture {
+    async fn create(
+        service: &MessagingService,
+        store_id: Uuid,
+        threads: usize,
+    ) -> anyhow::Result<Self> {
+        let db = service.database();
+        let now = Utc::now();
+        let customer_ids: Vec<Uuid> = (0..CUSTOMERS).map(|_| Uuid::now_v7()).collect();
+        let txn = db.begin().await?;
+        for chunk in customer_ids.chunks(500) {
+            customer::Entity::insert_many(chunk.iter().enumerate().map(|(i, id)| {
+                customer::ActiveModel {
+                    id: Set(*id),
+                    store_id: Set(store_id),
+                    mode: Set("test".into()),
+                    email: Set(format!("customer-{id}-{i}@example.com")),
+                    name: Set(format!("Customer {i}")),
+                    phone: Set(None),
+                    password_hash: Set(None),
+                    created_at: Set(now),
+                    updated_at: Set(now),
+                }
+            }))
+            .exec(&txn)
+            .await?;
+        }
+        txn.commit().await?;
+
+        let thread_ids: Vec<Uuid> = (0..threads).map(|_| Uuid::now_v7()).collect();
+        let customer_of_thread: Vec<Uuid> =
+            (0..threads).map(|i| customer_ids[i % CUSTOMERS]).collect();
+        let txn = db.begin().await?;
+        for (chunk_index, chunk) in thread_ids.chunks(1_000).enumerate() {
+            let rows = chunk.iter().enumerate().map(|(j, id)| {
+                let i = chunk_index * 1_000 + j;
+                let at = now - ChronoDuration::seconds((threads - i) as i64);
+                thread::ActiveModel {
+                    id: Set(*id),
+                    store_id: Set(store_id),
+                    mode: Set("test".into()),
+                    customer_id: Set(customer_of_thread[i]),
+                    customer_name: Set(Some(format!("Customer {}", i % CUSTOMERS))),
+                    customer_email: Set(None),
+                    customer_phone: Set(None),
+                    order_id: Set(Some(format!("order-{i}"))),
+                    product_id: Set(None),
+                    subject: Set(format!("Order {i}")),
+                    thread_type: Set("order_inquiry".into()),
+                    status: Set("active".into()),
+                    priority: Set("normal".into()),
+                    last_message_at: Set(at),
+                    last_message_by: Set(Some("customer".into())),
+                    unread_count_customer: Set(0),
+                    unread_count_store: Set(1),
+                    is_archived: Set(false),
+                    is_muted: Set(false),
+                    is_pinned: Set(i % 997 == 0),
+                    created_at: Set(at),
+                    updated_at: Set(at),
+                }
+            });
+            thread::Entity::insert_many(rows).exec(&txn).await?;
+        }
+        txn.commit().await?;
+        Ok(Self {
+            store_id,
+            thread_ids,
+            customer_of_thread,
+        })
+    }
+
+    /// Adds messages `from..to`, spread round-robin over the threads.
+    async fn add_messages(
+        &self,
+        service: &MessagingService,
+        from: usize,
+        to: usize,
+    ) -> anyhow::Result<()> {
+        let db = service.database();
+        let base = Utc::now() - ChronoDuration::days(30);
+        let txn = db.begin().await?;
+        let mut start = from;
+        while start < to {
+            let end = (start + 2_000).min(to);
+            let rows = (start..end).map(|n| {
+                let t = n % self.thread_ids.len();
+                let at = base + ChronoDuration::milliseconds(n as i64);
+                message::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    thread_id: Set(self.thread_ids[t]),
+                    store_id: Set(self.store_id),
+                    mode: Set("test".into()),
+                    sender_type: Set("customer".into()),
+                    sender_id: Set(Some(self.customer_of_thread[t])),
+                    message_content: Set(format!("Message {n} about order {t}.")),
+                    is_edited: Set(false),
+                    edited_at: Set(None),
+                    is_deleted: Set(false),
+                    deleted_at: Set(None),
+                    created_at: Set(at),
+                    updated_at: Set(at),
+                }
+            });
+            message::Entity::insert_many(rows).exec(&txn).await?;
+            start = end;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    fn thread(&self, n: usize) -> Uuid {
+        // A fixed stride walks the table so reads do not all hit one page.
+        self.thread_ids[(n.wrapping_mul(7_919)) % self.thread_ids.len()]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Endpoint {
+    Healthz,
+    ListThreads,
+    ListCustomerThreads,
+    GetThread,
+    GetThreadMessages,
+    SendMessage,
+}
+
+impl Endpoint {
+    const ALL: [Self; 6] = [
+        Self::Healthz,
+        Self::ListThreads,
+        Self::ListCustomerThreads,
+        Self::GetThread,
+        Self::GetThreadMessages,
+        Self::SendMessage,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Healthz => "/healthz",
+            Self::ListThreads => "listThreads (inbox)",
+            Self::ListCustomerThreads => "listThreads (cust.)",
+            Self::GetThread => "getThread",
+            Self::GetThreadMessages => "getThreadMessages",
+            Self::SendMessage => "sendMessage",
+        }
+    }
+
+    fn is_list(self) -> bool {
+        matches!(
+            self,
+            Self::ListThreads | Self::ListCustomerThreads | Self::GetThreadMessages
+        )
+    }
+}
+
+struct Load {
+    http: reqwest::Client,
+    base: String,
+    key: String,
+    seconds: u64,
+    concurrency: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+}
+
+impl Load {
+    fn request(&self, endpoint: Endpoint, fixture: &Fixture, n: usize) -> reqwest::RequestBuilder {
+        let thread = fixture.thread(n);
+        let auth = format!("Bearer {}", self.key);
+        let base = &self.base;
+        let request = match endpoint {
+            Endpoint::Healthz => return self.http.get(format!("{base}/healthz")),
+            Endpoint::ListThreads => self
+                .http
+                .get(format!("{base}/v1/messaging/threads?limit=50")),
+            Endpoint::ListCustomerThreads => self.http.get(format!(
+                "{base}/v1/messaging/threads?limit=50&customer_id={}",
+                fixture.customer_of_thread[n % fixture.customer_of_thread.len()]
+            )),
+            Endpoint::GetThread => self
+                .http
+                .get(format!("{base}/v1/messaging/threads/{thread}")),
+            Endpoint::GetThreadMessages => self.http.get(format!(
+                "{base}/v1/messaging/threads/{thread}/messages?order=desc&limit=50"
+            )),
+            Endpoint::SendMessage => self
+                .http
+                .post(format!("{base}/v1/messaging/threads/{thread}/messages"))
+                .json(&serde_json::json!({ "message": format!("Load message {n}") })),
+        };
+        request.header("authorization", auth)
+    }
+
+    async fn run(&self, endpoint: Endpoint, fixture: &Fixture) -> Stats {
+        // Warm up connections and caches for a moment, unmeasured.
+        self.drive(endpoint, fixture, Duration::from_millis(500))
+            .await;
+        let started = Instant::now();
+        let (mut latencies, errors) = self
+            .drive(endpoint, fixture, Duration::from_secs(self.seconds))
+            .await;
+        let elapsed = started.elapsed().as_secs_f64();
+        latencies.sort_unstable();
+        let pick = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1_000.0)
+        };
+        Stats {
+            rps: latencies.len() as f64 / elapsed,
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            errors,
+        }
+    }
+
+    async fn drive(
+        &self,
+        endpoint: Endpoint,
+        fixture: &Fixture,
+        duration: Duration,
+    ) -> (Vec<Duration>, usize) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Instant::now() + duration;
+        let workers = (0..self.concurrency).map(|worker| {
+            let stop = stop.clone();
+            async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                let mut n = worker;
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let started = Instant::now();
+                    match self.request(endpoint, fixture, n).send().await {
+                        Ok(response) if response.status().is_success() => {
+                            let _ = response.bytes().await;
+                            latencies.push(started.elapsed());
+                        }
+                        _ => errors += 1,
+                    }
+                    n += self.concurrency;
+                }
+                (latencies, errors)
+            }
+        });
+        let results = futures::future::join_all(workers).await;
+        stop.store(true, Ordering::Relaxed);
+        results
+            .into_iter()
+            .fold((Vec::new(), 0), |(mut all, errs), (l, e)| {
+                all.extend(l);
+                (all, errs + e)
+            })
+    }
+}
+
+fn check_targets(results: &[(usize, Endpoint, Stats)], sizes: &[usize]) -> anyhow::Result<()> {
+    let (Some(&small), Some(&large)) = (sizes.first(), sizes.last()) else {
+        bail!("no sizes measured")
+    };
+    let find = |size: usize, endpoint: Endpoint| {
+        results
+            .iter()
+            .find(|(s, e, _)| *s == size && *e == endpoint)
+            .map(|(_, _, stats)| *stats)
+    };
+    println!("\n== targets");
+    let mut failed = Vec::new();
+    for endpoint in Endpoint::ALL.into_iter().filter(|e| e.is_list()) {
+        let (a, b) = (
+            find(small, endpoint).context("missing")?,
+            find(large, endpoint).context("missing")?,
+        );
+        let ratio = b.p99_ms / a.p99_ms;
+        let ok = ratio <= 1.3;
+        println!(
+            "{} p99 at {large} / p99 at {small}: {:.2} ms / {:.2} ms = {ratio:.2} (target <= 1.30) {}",
+            endpoint.name(),
+            b.p99_ms,
+            a.p99_ms,
+            if ok { "PASS" } else { "FAIL" }
+        );
+        if !ok {
+            failed.push(endpoint.name());
+        }
+    }
+    for size in [small, large] {
+        let (health, get) = (
+            find(size, Endpoint::Healthz).context("missing")?,
+            find(size, Endpoint::GetThread).context("missing")?,
+        );
+        let ratio = get.rps / health.rps;
+        let ok = ratio >= 0.5;
+        println!(
+            "getThread req/s / healthz req/s at {size}: {:.0} / {:.0} = {ratio:.2} (target >= 0.50) {}",
+            get.rps,
+            health.rps,
+            if ok { "PASS" } else { "FAIL" }
+        );
+        if !ok {
+            failed.push("getThread throughput");
+        }
+    }
+    let errors: usize = results.iter().map(|(_, _, s)| s.errors).sum();
+    if errors > 0 {
+        bail!("{errors} requests failed during the benchmark");
+    }
+    if !failed.is_empty() {
+        bail!("targets missed: {}", failed.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! Running the app: binding, serving until a shutdown signal, and spawning it on an ephemeral
+//! port for tests.
+
+use std::{future::Future, io, net::SocketAddr, time::Duration};
+
+use messaging_service::{MessagingService, ServiceConfig, StartupError};
+use poem::{
+    Endpoint, Response, Server,
+    listener::{Acceptor, Listener, TcpListener},
+};
+use tokio::task::JoinHandle;
+
+use crate::{HttpSettings, app};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything `run` needs.
+pub struct ServerConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub bind: String,
+    /// `sqlite://…`, `sqlite::memory:` or `postgres://…`.
+    pub database_url: String,
+    pub service: ServiceConfig,
+    pub http: HttpSettings,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("could not start the messaging service")]
+    Startup(#[from] StartupError),
+    #[error("could not listen on {address}")]
+    Bind {
+        address: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Serve(#[source] io::Error),
+}
+
+/// Connects to the database (running migrations), listens on `config.bind` and serves until
+/// Ctrl-C or SIGTERM, then lets in-flight requests finish.
+pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
+    let service = MessagingService::connect(&config.database_url, config.service).await?;
+    let acceptor = TcpListener::bind(config.bind.clone())
+        .into_acceptor()
+        .await
+        .map_err(|source| ServeError::Bind {
+            address: config.bind.clone(),
+            source,
+        })?;
+    if let Some(address) = bound_address(&acceptor) {
+        tracing::info!(%address, "messaging-server listening");
+    }
+    serve(acceptor, app(service, &config.http), shutdown_signal())
+        .await
+        .map_err(ServeError::Serve)?;
+    tracing::info!("messaging-server stopped");
+    Ok(())
+}
+
+/// Serves `app` on `acceptor` until `shutdown` completes.
+pub async fn serve<A, E>(acceptor: A, app: E, shutdown: impl Future<Output = ()>) -> io::Result<()>
+where
+    A: Acceptor + 'static,
+    E: Endpoint<Output = Response> + 'static,
+{
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app, shutdown, Some(GRACEFUL_SHUTDOWN_TIMEOUT))
+        .await
+}
+
+/// Starts the real app on `127.0.0.1` at a free port, in the background. Returns the address
+/// and the task; the server stops when the task is aborted or the runtime ends.
+pub async fn spawn(
+    service: MessagingService,
+    settings: &HttpSettings,
+) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)> {
+    let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
+    let address = bound_address(&acceptor)
+        .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
+    let app = app(service, settings);
+    let task = tokio::spawn(async move { serve(acceptor, app, std::future::pending()).await });
+    Ok((address, task))
+}
+
+fn bound_address(acceptor: &impl Acceptor) -> Option<SocketAddr> {
+    acceptor
+        .local_addr()
+        .iter()
+        .find_map(|addr| addr.as_socket_addr().copied())
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl-C received, shutting down"),
+        () = sigterm() => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+#[cfg(unix)]
+async fn sigterm() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut signal) => {
+            signal.recv().await;
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn sigterm() {
+    std::future::pending::<()>().await;
+}

@@ -1,0 +1,263 @@
+//! Contract tests: the schema the running server generates from the code equals the checked-in
+//! spec (semantically), an altered spec is caught, the documents and Swagger UI are served, and
+//! the generated crates are up to date with the spec.
+
+use std::path::{Path, PathBuf};
+
+use messaging_tests::{
+    TestApp,
+    json_diff::{Difference, diff, report},
+    openapi_normal_form::normalise,
+    spawn_app,
+};
+use reqwest::{StatusCode, header::CONTENT_TYPE};
+use serde_json::{Value, json};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+fn spec_text() -> String {
+    std::fs::read_to_string(workspace_root().join("openapi/messaging.yaml"))
+        .expect("the spec is readable")
+}
+
+fn spec_json() -> Value {
+    serde_yaml::from_str(&spec_text()).expect("the spec is valid YAML")
+}
+
+async fn get(app: &TestApp, path: &str) -> reqwest::Response {
+    app.http()
+        .get(app.url(path))
+        .send()
+        .await
+        .expect("the server answers")
+}
+
+fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_served_yaml_is_the_checked_in_spec_byte_for_byte() {
+    let app = spawn_app().await;
+    let response = get(&app, "/openapi.yaml").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        content_type(&response).starts_with("application/yaml"),
+        "{}",
+        content_type(&response)
+    );
+    assert_eq!(response.text().await.unwrap(), spec_text());
+}
+
+#[tokio::test]
+async fn the_schema_generated_from_the_code_matches_the_spec() {
+    let app = spawn_app().await;
+    let response = get(&app, "/openapi.json").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        content_type(&response).starts_with("application/json"),
+        "{}",
+        content_type(&response)
+    );
+    let served: Value = response.json().await.expect("/openapi.json is JSON");
+
+    let differences = diff(&normalise(&spec_json()), &normalise(&served));
+    assert!(
+        differences.is_empty(),
+        "the served schema differs from openapi/messaging.yaml:\n{}",
+        report(&differences, "openapi/messaging.yaml", "/openapi.json")
+    );
+}
+
+/// Applies `alter` to a copy of the spec and returns what the differ reports against the spec.
+fn differences_after(alter: impl FnOnce(&mut Value)) -> Vec<Difference> {
+    let spec = spec_json();
+    let mut altered = spec.clone();
+    alter(&mut altered);
+    diff(&normalise(&spec), &normalise(&altered))
+}
+
+#[test]
+fn a_changed_property_type_is_caught() {
+    let differences = differences_after(|spec| {
+        spec["components"]["schemas"]["Message"]["properties"]["is_edited"]["type"] =
+            json!("string");
+    });
+    assert_eq!(
+        differences,
+        vec![Difference {
+            path: "components.schemas.Message.properties.is_edited.type".to_owned(),
+            left: Some(json!("boolean")),
+            right: Some(json!("string")),
+        }]
+    );
+}
+
+#[test]
+fn a_removed_operation_is_caught() {
+    let mut removed = None;
+    let differences = differences_after(|spec| {
+        removed = spec["paths"]["/v1/messaging/messages/{id}"]
+            .as_object_mut()
+            .unwrap()
+            .remove("delete");
+    });
+    assert!(removed.is_some(), "the spec has deleteMessage");
+    assert_eq!(
+        differences.len(),
+        1,
+        "{}",
+        report(&differences, "spec", "altered")
+    );
+    assert_eq!(
+        differences[0].path,
+        "paths./v1/messaging/messages/{id}.delete"
+    );
+    assert_eq!(
+        differences[0].left.as_ref().unwrap()["operationId"],
+        "deleteMessage"
+    );
+    assert_eq!(differences[0].right, None);
+}
+
+#[test]
+fn an_added_enum_value_is_caught() {
+    let differences = differences_after(|spec| {
+        let values = spec["components"]["schemas"]["ThreadStatus"]["enum"]
+            .as_array_mut()
+            .unwrap();
+        values.push(json!("snoozed"));
+    });
+    assert_eq!(
+        differences.len(),
+        1,
+        "{}",
+        report(&differences, "spec", "altered")
+    );
+    assert!(
+        differences[0]
+            .path
+            .starts_with("components.schemas.ThreadStatus.enum[")
+    );
+    assert_eq!(differences[0].left, None);
+    assert_eq!(differences[0].right, Some(json!("snoozed")));
+}
+
+#[test]
+fn a_changed_parameter_limit_behind_a_ref_is_caught() {
+    let differences = differences_after(|spec| {
+        spec["components"]["parameters"]["XAuthToken"]["schema"]["maxLength"] = json!(10);
+    });
+    // The parameter is inlined into every operation that uses it; each one reports it.
+    assert!(!differences.is_empty());
+    assert!(differences.iter().all(|d| {
+        d.path
+            .ends_with("parameters.header:x-auth-token.schema.maxLength")
+    }));
+    assert!(differences.iter().all(|d| d.right == Some(json!(10))));
+}
+
+#[tokio::test]
+async fn swagger_ui_and_its_assets_load() {
+    let app = spawn_app().await;
+    let page = get(&app, "/docs/").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        content_type(&page).starts_with("text/html"),
+        "{}",
+        content_type(&page)
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.to_lowercase().contains("swagger"),
+        "the page is Swagger UI"
+    );
+
+    let scripts = script_sources(&html);
+    assert!(!scripts.is_empty(), "the page loads scripts");
+    for script in scripts {
+        let asset = get(&app, &format!("/docs/{}", script.trim_start_matches("./"))).await;
+        assert_eq!(asset.status(), StatusCode::OK, "{script}");
+        assert!(
+            content_type(&asset).contains("javascript"),
+            "{script}: {}",
+            content_type(&asset)
+        );
+    }
+
+    let initializer = get(&app, "/docs/swagger-initializer.js")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        initializer.contains("/openapi.yaml"),
+        "Swagger UI shows the checked-in spec"
+    );
+}
+
+/// The `src` of every `<script>` of a page.
+fn script_sources(html: &str) -> Vec<String> {
+    html.split("<script")
+        .skip(1)
+        .filter_map(|tag| tag.split_once("src=\"").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_once('"').map(|(src, _)| src.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn docs_without_a_slash_redirect_to_swagger_ui() {
+    let app = spawn_app().await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_redirects.get(app.url("/docs")).send().await.unwrap();
+    assert!(response.status().is_redirection(), "{}", response.status());
+    assert_eq!(response.headers()["location"], "/docs/");
+}
+
+#[tokio::test]
+async fn the_spec_is_also_served_as_json() {
+    let app = spawn_app().await;
+    let response = get(&app, "/openapi/spec.json").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(content_type(&response).starts_with("application/json"));
+    assert_eq!(response.json::<Value>().await.unwrap(), spec_json());
+}
+
+#[tokio::test]
+async fn health_is_ok_while_the_database_answers() {
+    let app = spawn_app().await;
+    let response = get(&app, "/healthz").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"status": "ok"})
+    );
+}
+
+#[test]
+fn generated_crates_are_up_to_date_with_the_spec() {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["xtask", "codegen", "--check"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "`cargo xtask codegen --check` failed; run `cargo xtask codegen`.\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

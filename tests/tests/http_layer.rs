@@ -1,0 +1,334 @@
+//! The HTTP layer as a client meets it: problem+json errors with stable codes and the request
+//! id, request ids echoed or generated, body limits and rate limits with their headers.
+
+use std::num::NonZeroU32;
+
+use messaging_server::{HttpSettings, RateLimitSettings};
+use messaging_tests::{Backend, TestApp, both_backends, spawn_app, spawn_app_with};
+use reqwest::{Method, StatusCode, header::CONTENT_TYPE};
+use serde_json::{Value, json};
+
+/// Any bearer token gets past extraction; the service judges it later.
+const SOME_KEY: &str = "Bearer tybrite_sk_test_not_a_real_key";
+
+struct ProblemResponse {
+    status: StatusCode,
+    request_id: String,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+async fn problem_of(response: reqwest::Response) -> ProblemResponse {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/problem+json"),
+        "{status}: {content_type}"
+    );
+    let request_id = headers["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.expect("problem bodies are JSON");
+    for field in ["type", "title", "status", "code", "request_id"] {
+        assert!(
+            body.get(field).is_some(),
+            "problem without `{field}`: {body}"
+        );
+    }
+    assert_eq!(body["status"], status.as_u16());
+    assert_eq!(
+        body["request_id"],
+        request_id.as_str(),
+        "body and header carry the same id"
+    );
+    assert_eq!(
+        body["type"],
+        format!(
+            "https://docs.tybritelabs.com/errors/{}",
+            body["code"].as_str().unwrap()
+        )
+    );
+    ProblemResponse {
+        status,
+        request_id,
+        headers,
+        body,
+    }
+}
+
+async fn send(app: &TestApp, method: Method, path: &str, auth: Option<&str>) -> reqwest::Response {
+    let mut request = app.http().request(method, app.url(path));
+    if let Some(auth) = auth {
+        request = request.header("authorization", auth);
+    }
+    request.send().await.expect("the server answers")
+}
+
+#[tokio::test]
+async fn a_call_without_an_api_key_is_401_missing_api_key() {
+    let app = spawn_app().await;
+    let problem = problem_of(send(&app, Method::GET, "/v1/messaging/threads", None).await).await;
+    assert_eq!(problem.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(problem.body["code"], "missing_api_key");
+    assert_eq!(problem.body["title"], "Unauthorized");
+}
+
+#[tokio::test]
+async fn a_malformed_thread_id_is_400_naming_the_parameter() {
+    let app = spawn_app().await;
+    let response = send(
+        &app,
+        Method::GET,
+        "/v1/messaging/threads/not-a-uuid",
+        Some(SOME_KEY),
+    )
+    .await;
+    let problem = problem_of(response).await;
+    assert_eq!(problem.status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem.body["code"], "invalid_path_parameter");
+    assert_eq!(problem.body["detail"], "id must be a UUID");
+}
+
+#[tokio::test]
+async fn a_malformed_query_parameter_is_400_naming_it() {
+    let app = spawn_app().await;
+    for query in ["limit=abc", "limit=500", "status=sleeping"] {
+        let path = format!("/v1/messaging/threads?{query}");
+        let problem = problem_of(send(&app, Method::GET, &path, Some(SOME_KEY)).await).await;
+        assert_eq!(problem.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(problem.body["code"], "invalid_parameter", "{query}");
+        let name = query.split('=').next().unwrap();
+        assert!(
+            problem.body["detail"].as_str().unwrap().contains(name),
+            "{query}: {}",
+            problem.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_invalid_body() {
+    let app = spawn_app().await;
+    for body in ["{", r#"{"message": 5}"#, "[]"] {
+        let response = app
+            .http()
+            .post(app.url("/v1/messaging/threads"))
+            .header("authorization", SOME_KEY)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let problem = problem_of(response).await;
+        assert_eq!(problem.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(problem.body["code"], "invalid_body", "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_415() {
+    let app = spawn_app().await;
+    let response = app
+        .http()
+        .post(app.url("/v1/messaging/threads"))
+        .header("authorization", SOME_KEY)
+        .header(CONTENT_TYPE, "text/plain")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    let problem = problem_of(response).await;
+    assert_eq!(problem.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(problem.body["code"], "unsupported_media_type");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413() {
+    let app = spawn_app().await;
+    let message = "x".repeat(70 * 1024);
+    let response = app
+        .http()
+        .post(app.url("/v1/messaging/threads"))
+        .header("authorization", SOME_KEY)
+        .json(&json!({"subject": "big", "message": message}))
+        .send()
+        .await
+        .unwrap();
+    let problem = problem_of(response).await;
+    assert_eq!(problem.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(problem.body["code"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_problems() {
+    let app = spawn_app().await;
+    let problem = problem_of(send(&app, Method::GET, "/v1/nowhere", Some(SOME_KEY)).await).await;
+    assert_eq!(problem.status, StatusCode::NOT_FOUND);
+    assert_eq!(problem.body["code"], "not_found");
+
+    let problem =
+        problem_of(send(&app, Method::PUT, "/v1/messaging/threads", Some(SOME_KEY)).await).await;
+    assert_eq!(problem.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(problem.body["code"], "method_not_allowed");
+}
+
+#[tokio::test]
+async fn a_valid_request_id_is_echoed_and_an_invalid_one_replaced() {
+    let app = spawn_app().await;
+    let echoed = app
+        .http()
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-abc-123");
+
+    let too_long = "a".repeat(129);
+    let replaced = app
+        .http()
+        .get(app.url("/healthz"))
+        .header("x-request-id", &too_long)
+        .send()
+        .await
+        .unwrap();
+    let id = replaced.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(
+        uuid::Uuid::parse_str(id)
+            .expect("a generated id is a UUID")
+            .get_version_num(),
+        7
+    );
+
+    let problem = problem_of(
+        app.http()
+            .get(app.url("/v1/nowhere"))
+            .header("x-request-id", "trace-404")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(problem.request_id, "trace-404");
+}
+
+fn tight_limits(burst: u32) -> HttpSettings {
+    let burst = NonZeroU32::new(burst).unwrap();
+    let slow = NonZeroU32::new(1).unwrap();
+    HttpSettings {
+        rate_limits: Some(RateLimitSettings {
+            per_second: slow,
+            burst,
+            auth_per_minute: slow,
+            auth_burst: burst,
+        }),
+        ..HttpSettings::default()
+    }
+}
+
+fn assert_rate_limited(problem: &ProblemResponse, limit: u32) {
+    assert_eq!(problem.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(problem.body["code"], "rate_limited");
+    let header = |name: &str| {
+        problem.headers[name]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    assert!(header("retry-after") >= 1);
+    assert_eq!(header("ratelimit-limit"), u64::from(limit));
+    assert_eq!(header("ratelimit-remaining"), 0);
+    assert!(header("ratelimit-reset") >= 1);
+}
+
+#[tokio::test]
+async fn an_api_key_over_its_rate_is_429_with_rate_limit_headers() {
+    let app = spawn_app_with(Backend::Sqlite, tight_limits(2))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let response = send(&app, Method::GET, "/v1/messaging/threads", Some(SOME_KEY)).await;
+        assert_ne!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let problem =
+        problem_of(send(&app, Method::GET, "/v1/messaging/threads", Some(SOME_KEY)).await).await;
+    assert_rate_limited(&problem, 2);
+
+    let other_key = send(
+        &app,
+        Method::GET,
+        "/v1/messaging/threads",
+        Some("Bearer another"),
+    )
+    .await;
+    assert_ne!(
+        other_key.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "each key has its own bucket"
+    );
+}
+
+/// A login attempt from the loopback address `127.0.0.<host>` (all of 127/8 is local).
+async fn login_from(app: &TestApp, host: u8, email: &str) -> reqwest::Response {
+    let client = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, host]))
+        .build()
+        .unwrap();
+    client
+        .post(app.url("/v1/auth/login"))
+        // A new key each time, so only the auth limiter can refuse.
+        .header(
+            "authorization",
+            format!("Bearer key-{}", uuid::Uuid::new_v4()),
+        )
+        .json(&json!({"email": email, "password": "wrong password"}))
+        .send()
+        .await
+        .expect("the server answers")
+}
+
+#[tokio::test]
+async fn auth_attempts_for_one_email_are_limited_across_addresses() {
+    let app = spawn_app_with(Backend::Sqlite, tight_limits(3))
+        .await
+        .unwrap();
+    for host in 2..5 {
+        let response = login_from(&app, host, "Jane@Example.com").await;
+        assert_ne!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let problem = problem_of(login_from(&app, 5, "jane@example.com").await).await;
+    assert_rate_limited(&problem, 3);
+}
+
+#[tokio::test]
+async fn auth_attempts_from_one_address_are_limited_across_emails() {
+    let app = spawn_app_with(Backend::Sqlite, tight_limits(3))
+        .await
+        .unwrap();
+    for n in 0..3 {
+        let response = login_from(&app, 6, &format!("user{n}@example.com")).await;
+        assert_ne!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+    let problem = problem_of(login_from(&app, 6, "someone.else@example.com").await).await;
+    assert_rate_limited(&problem, 3);
+}
+
+both_backends!(a_new_store_has_an_empty_inbox, |app| async move {
+    let store = app.create_store("Acme").await;
+    assert!(store.secret_key_test.starts_with("tybrite_sk_test_"));
+    let page = app
+        .client(&store.secret_key_test)
+        .list_threads()
+        .send()
+        .await
+        .expect("200")
+        .into_inner();
+    assert!(page.threads.is_empty());
+    assert!(!page.pagination.has_more);
+
+    let health = app.http().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+});
