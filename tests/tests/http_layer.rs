@@ -88,7 +88,10 @@ async fn a_malformed_thread_id_is_400_naming_the_parameter() {
     let problem = problem_of(response).await;
     assert_eq!(problem.status, StatusCode::BAD_REQUEST);
     assert_eq!(problem.body["code"], "invalid_path_parameter");
-    assert_eq!(problem.body["detail"], "id must be a UUID");
+    assert_eq!(
+        problem.body["detail"],
+        "id must be a UUID or thrd_<resource_id>."
+    );
 }
 
 #[tokio::test]

@@ -110,7 +110,7 @@ impl World {
     async fn store_reply(&self, thread: Uuid, text: &str) -> types::Message {
         self.store
             .send_message()
-            .id(thread)
+            .id(thread.to_string())
             .body_map(|b| b.message(text))
             .send()
             .await
@@ -123,7 +123,7 @@ impl World {
         self.public
             .send_message()
             .x_auth_token(self.jane.token.as_str())
-            .id(thread)
+            .id(thread.to_string())
             .body_map(|b| b.message(text))
             .send()
             .await
@@ -135,7 +135,7 @@ impl World {
     async fn thread_as_store(&self, thread: Uuid) -> types::Thread {
         self.store
             .get_thread()
-            .id(thread)
+            .id(thread.to_string())
             .send()
             .await
             .expect("get thread")
@@ -145,7 +145,7 @@ impl World {
     async fn set_status(&self, thread: Uuid, status: ThreadStatus) {
         self.store
             .update_thread()
-            .id(thread)
+            .id(thread.to_string())
             .body_map(|b| b.status(Some(status)))
             .send()
             .await
@@ -291,7 +291,7 @@ both_backends!(list_threads_orders_filters_and_gates, |app| async move {
     w.public
         .update_thread()
         .x_auth_token(w.jane.token.as_str())
-        .id(pinned)
+        .id(pinned.to_string())
         .body_map(|b| b.pinned(Some(true)))
         .send()
         .await
@@ -352,7 +352,7 @@ both_backends!(list_threads_orders_filters_and_gates, |app| async move {
     );
     w.store
         .update_thread()
-        .id(newest)
+        .id(newest.to_string())
         .body_map(|b| b.priority(Some(ThreadPriority::Urgent)))
         .send()
         .await
@@ -387,7 +387,7 @@ both_backends!(list_threads_orders_filters_and_gates, |app| async move {
     w.public
         .update_thread()
         .x_auth_token(w.jane.token.as_str())
-        .id(old)
+        .id(old.to_string())
         .body_map(|b| b.archived(Some(true)))
         .send()
         .await
@@ -474,7 +474,7 @@ both_backends!(list_threads_fields_projection, |app| async move {
     let one = w
         .store
         .get_thread()
-        .id(page.threads[0].id)
+        .id(page.threads[0].id.to_string())
         .fields("priority,is_muted")
         .send()
         .await
@@ -520,6 +520,7 @@ async fn threads_at_one_instant(
         is_pinned: Set(false),
         created_at: Set(at),
         updated_at: Set(at),
+        ..Default::default()
     });
     thread::Entity::insert_many(rows)
         .exec(w.app.service.database())
@@ -629,7 +630,7 @@ both_backends!(messages_pages_orders_and_hides_deleted, |app| async move {
                     .public
                     .get_thread_messages()
                     .x_auth_token(w.jane.token.as_str())
-                    .id(thread)
+                    .id(thread.to_string())
                     .order(order)
                     .limit(nz(4));
                 if let Some(c) = &cursor {
@@ -663,7 +664,7 @@ both_backends!(messages_pages_orders_and_hides_deleted, |app| async move {
     let page = w
         .store
         .get_thread_messages()
-        .id(thread)
+        .id(thread.to_string())
         .send()
         .await
         .unwrap();
@@ -718,7 +719,7 @@ both_backends!(
             .public
             .mark_thread_read()
             .x_auth_token(w.jane.token.as_str())
-            .id(thread)
+            .id(thread.to_string())
             .send()
             .await
             .unwrap();
@@ -729,7 +730,13 @@ both_backends!(
             ),
             (Some(0), Some(1))
         );
-        let read = w.store.mark_thread_read().id(thread).send().await.unwrap();
+        let read = w
+            .store
+            .mark_thread_read()
+            .id(thread.to_string())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(
             (
                 read.thread.unread_count_customer,
@@ -757,7 +764,7 @@ both_backends!(
             w.public
                 .send_message()
                 .x_auth_token(w.jane.token.as_str())
-                .id(thread)
+                .id(thread.to_string())
                 .body_map(|b| b.message("hello?"))
                 .send()
                 .await,
@@ -769,7 +776,7 @@ both_backends!(
         let refused = problem(
             w.store
                 .send_message()
-                .id(thread)
+                .id(thread.to_string())
                 .body_map(|b| b.message("hello?"))
                 .send()
                 .await,
@@ -792,7 +799,7 @@ both_backends!(concurrent_messages_never_lose_a_count, |app| async move {
     let page = w
         .store
         .get_thread_messages()
-        .id(thread)
+        .id(thread.to_string())
         .send()
         .await
         .unwrap();
@@ -807,7 +814,7 @@ both_backends!(update_thread_rules, |app| async move {
         .public
         .update_thread()
         .x_auth_token(w.jane.token.as_str())
-        .id(thread)
+        .id(thread.to_string())
         .body_map(|b| b.archived(Some(true)).muted(Some(true)).pinned(Some(true)))
         .send()
         .await
@@ -825,7 +832,7 @@ both_backends!(update_thread_rules, |app| async move {
         w.public
             .update_thread()
             .x_auth_token(w.jane.token.as_str())
-            .id(thread)
+            .id(thread.to_string())
             .body_map(|b| b.status(Some(ThreadStatus::Closed)).muted(Some(false)))
             .send()
             .await,
@@ -841,7 +848,7 @@ both_backends!(update_thread_rules, |app| async move {
     let updated = w
         .store
         .update_thread()
-        .id(thread)
+        .id(thread.to_string())
         .body(body)
         .send()
         .await
@@ -860,7 +867,7 @@ both_backends!(update_thread_rules, |app| async move {
     let empty = problem(
         w.store
             .update_thread()
-            .id(thread)
+            .id(thread.to_string())
             .body(types::UpdateThreadRequest::default())
             .send()
             .await,
@@ -914,7 +921,7 @@ both_backends!(thread_gates_and_store_scoping, |app| async move {
             w.public
                 .get_thread()
                 .x_auth_token(bob)
-                .id(thread)
+                .id(thread.to_string())
                 .send()
                 .await
         )
@@ -926,7 +933,7 @@ both_backends!(thread_gates_and_store_scoping, |app| async move {
             w.public
                 .get_thread_messages()
                 .x_auth_token(bob)
-                .id(thread)
+                .id(thread.to_string())
                 .send()
                 .await
         )
@@ -938,7 +945,7 @@ both_backends!(thread_gates_and_store_scoping, |app| async move {
             w.public
                 .mark_thread_read()
                 .x_auth_token(bob)
-                .id(thread)
+                .id(thread.to_string())
                 .send()
                 .await
         )
@@ -950,7 +957,7 @@ both_backends!(thread_gates_and_store_scoping, |app| async move {
             w.public
                 .send_message()
                 .x_auth_token(bob)
-                .id(thread)
+                .id(thread.to_string())
                 .body_map(|b| b.message("hi"))
                 .send()
                 .await
@@ -963,7 +970,7 @@ both_backends!(thread_gates_and_store_scoping, |app| async move {
             w.public
                 .update_thread()
                 .x_auth_token(bob)
-                .id(thread)
+                .id(thread.to_string())
                 .body_map(|b| b.muted(Some(true)))
                 .send()
                 .await
@@ -974,20 +981,20 @@ both_backends!(thread_gates_and_store_scoping, |app| async move {
     // Another store, or the other mode, sees nothing: 404, never 403.
     let other = w.app.create_store("Other").await;
     let other_store = w.app.client(&other.secret_key_test);
-    let hidden = problem(other_store.get_thread().id(thread).send().await);
+    let hidden = problem(other_store.get_thread().id(thread.to_string()).send().await);
     assert_eq!(
         (hidden.status, hidden.code.as_str()),
         (404, "thread_not_found")
     );
     let live = w.app.client(&w.live_secret_key);
     assert_eq!(
-        problem(live.get_thread().id(thread).send().await).status,
+        problem(live.get_thread().id(thread.to_string()).send().await).status,
         404
     );
     assert_eq!(
         problem(
             live.send_message()
-                .id(thread)
+                .id(thread.to_string())
                 .body_map(|b| b.message("hi"))
                 .send()
                 .await
@@ -1020,7 +1027,14 @@ both_backends!(thread_gates_and_store_scoping, |app| async move {
     );
     // Missing thread: 404.
     assert_eq!(
-        problem(w.store.get_thread().id(Uuid::now_v7()).send().await).status,
+        problem(
+            w.store
+                .get_thread()
+                .id(Uuid::now_v7().to_string())
+                .send()
+                .await
+        )
+        .status,
         404
     );
 });
@@ -1147,7 +1161,7 @@ both_backends!(edit_and_delete_under_gate_by_message_id, |app| async move {
         .public
         .get_thread_messages()
         .x_auth_token(jane)
-        .id(thread)
+        .id(thread.to_string())
         .send()
         .await
         .unwrap();
@@ -1253,7 +1267,7 @@ both_backends!(
         let page = w
             .store
             .get_thread_messages()
-            .id(thread)
+            .id(thread.to_string())
             .send()
             .await
             .unwrap();

@@ -325,6 +325,53 @@ pub struct Thread {
     /// When the thread last changed.
     #[oai(rename = "updated_at", skip_serializing_if_is_none)]
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The resource (an order, a product) the thread is about; `thrd_<resource_id>` names the thread.
+    #[oai(
+        rename = "resource_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub resource_id: Option<String>,
+    /// The location the thread's resource is at; the store moves it when the resource moves.
+    #[oai(
+        rename = "location_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub location_id: Option<String>,
+    /// The name of the thread.
+    #[oai(
+        rename = "name",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub name: Option<String>,
+    /// The organization (store) that owns the thread.
+    #[oai(rename = "organization_id", skip_serializing_if_is_none)]
+    pub organization_id: Option<uuid::Uuid>,
+    /// Ids of the active subscribers (users, the organization, contacts).
+    #[oai(
+        rename = "subscriber_ids",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub subscriber_ids: Option<Vec<String>>,
+    /// Every subscriber, including removed ones (`is_archived`).
+    #[oai(rename = "subscribers", skip_serializing_if_is_none)]
+    pub subscribers: Option<Vec<Subscriber>>,
+    /// Ids of the users and organizations with unread messages in the thread.
+    #[oai(
+        rename = "unread_by",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub unread_by: Option<Vec<String>>,
+    /// With `expand=recent_messages`, the newest 150 messages, oldest first.
+    #[oai(rename = "recent_messages", skip_serializing_if_is_none)]
+    pub recent_messages: Option<Vec<Message>>,
+    /// With `expand=recent_messages`, whether the thread has older messages.
+    #[oai(rename = "has_more", skip_serializing_if_is_none)]
+    pub has_more: Option<bool>,
 }
 impl poem_openapi::types::Example for Thread {
     fn example() -> Self {
@@ -369,16 +416,292 @@ pub struct Message {
     /// When the message last changed.
     #[oai(rename = "updated_at")]
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    #[oai(rename = "type")]
+    pub r#type: MessageType,
+    /// For system messages, the event that made the message (e.g. `order.ready_for_pickup`).
+    #[oai(
+        rename = "event",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub event: Option<String>,
+    /// HTTPS URLs of attachments.
+    #[oai(rename = "media_urls", deserialize_with = "strict_string")]
+    pub media_urls: Vec<String>,
+    /// Each emoji with its count and who reacted.
+    #[oai(rename = "reactions")]
+    pub reactions: Vec<Reaction>,
+    /// The subscriber who wrote the message (a contact, user or organization id).
+    #[oai(
+        rename = "subscriber_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub subscriber_id: Option<String>,
+    /// The resource of the message's thread, if it has one.
+    #[oai(
+        rename = "resource_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub resource_id: Option<String>,
+    /// When the message is (or was) due in its channel; absent when published at once.
+    #[oai(rename = "publish_to_channel_at", skip_serializing_if_is_none)]
+    pub publish_to_channel_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 impl poem_openapi::types::Example for Message {
     fn example() -> Self {
         let value: serde_json::Value = serde_json::from_str(
-                "{\"created_at\":\"2023-11-07T05:31:56Z\",\"id\":\"5d2c9f5e-7a1b-4c3d-8e9f-0a1b2c3d4e5f\",\"is_deleted\":false,\"is_edited\":false,\"message_content\":\"My package arrived but the headphones were missing.\",\"sender_id\":\"0b6f1c7e-2f4a-4f7e-9d2a-5a1c3e8b9f10\",\"sender_type\":\"customer\",\"thread_id\":\"3c90c3cc-0d44-4b50-8888-8dd25736052a\",\"updated_at\":\"2023-11-07T05:31:56Z\"}",
+                "{\"created_at\":\"2023-11-07T05:31:56Z\",\"id\":\"5d2c9f5e-7a1b-4c3d-8e9f-0a1b2c3d4e5f\",\"is_deleted\":false,\"is_edited\":false,\"media_urls\":[],\"message_content\":\"My package arrived but the headphones were missing.\",\"reactions\":[{\"count\":1,\"emoji\":\"👍\",\"subscriber_ids\":[\"0b6f1c7e-2f4a-4f7e-9d2a-5a1c3e8b9f10\"]}],\"sender_id\":\"0b6f1c7e-2f4a-4f7e-9d2a-5a1c3e8b9f10\",\"sender_type\":\"customer\",\"subscriber_id\":\"0b6f1c7e-2f4a-4f7e-9d2a-5a1c3e8b9f10\",\"thread_id\":\"3c90c3cc-0d44-4b50-8888-8dd25736052a\",\"type\":\"text\",\"updated_at\":\"2023-11-07T05:31:56Z\"}",
             )
             .expect("the example of Message in the spec must be valid");
         <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
             .expect("the example of Message in the spec must be valid")
     }
+}
+/// `text`: written by a subscriber. `meta`: about the thread itself. `tracking_update` and
+/// `pickup_reminder`: system messages that notify the customer. Only the store sends non-text types.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MessageType {
+    #[oai(rename = "text")]
+    Text,
+    #[oai(rename = "meta")]
+    Meta,
+    #[oai(rename = "tracking_update")]
+    TrackingUpdate,
+    #[oai(rename = "pickup_reminder")]
+    PickupReminder,
+}
+impl MessageType {
+    /// The wire name of this value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Meta => "meta",
+            Self::TrackingUpdate => "tracking_update",
+            Self::PickupReminder => "pickup_reminder",
+        }
+    }
+}
+impl ::std::str::FromStr for MessageType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "meta" => Ok(Self::Meta),
+            "tracking_update" => Ok(Self::TrackingUpdate),
+            "pickup_reminder" => Ok(Self::PickupReminder),
+            other => Err(format!("unknown {} value `{other}`", "MessageType")),
+        }
+    }
+}
+/// `user`: a staff member of the store; `organization`: the store; `contact`: a customer.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubscriberType {
+    #[oai(rename = "user")]
+    User,
+    #[oai(rename = "organization")]
+    Organization,
+    #[oai(rename = "contact")]
+    Contact,
+}
+impl SubscriberType {
+    /// The wire name of this value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Organization => "organization",
+            Self::Contact => "contact",
+        }
+    }
+}
+impl ::std::str::FromStr for SubscriberType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "user" => Ok(Self::User),
+            "organization" => Ok(Self::Organization),
+            "contact" => Ok(Self::Contact),
+            other => Err(format!("unknown {} value `{other}`", "SubscriberType")),
+        }
+    }
+}
+/// Extra data to include with a thread.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ThreadExpand {
+    #[oai(rename = "recent_messages")]
+    RecentMessages,
+}
+impl ThreadExpand {
+    /// The wire name of this value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RecentMessages => "recent_messages",
+        }
+    }
+}
+impl ::std::str::FromStr for ThreadExpand {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "recent_messages" => Ok(Self::RecentMessages),
+            other => Err(format!("unknown {} value `{other}`", "ThreadExpand")),
+        }
+    }
+}
+/// One emoji on a message.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct Reaction {
+    /// The emoji.
+    #[oai(rename = "emoji", deserialize_with = "strict_string")]
+    pub emoji: String,
+    /// How many subscribers reacted with it.
+    #[oai(rename = "count")]
+    pub count: i64,
+    /// Who reacted with it.
+    #[oai(rename = "subscriber_ids", deserialize_with = "strict_string")]
+    pub subscriber_ids: Vec<String>,
+}
+/// A user, organization or contact on a thread or channel, with what a chat UI needs.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct Subscriber {
+    /// The id of the user, organization (store) or contact (customer).
+    #[oai(rename = "id", deserialize_with = "strict_string")]
+    pub id: String,
+    #[oai(rename = "type")]
+    pub r#type: SubscriberType,
+    /// Display name.
+    #[oai(rename = "name", deserialize_with = "strict_string")]
+    pub name: String,
+    /// Email address.
+    #[oai(
+        rename = "email",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub email: Option<String>,
+    /// Phone number in E.164 form.
+    #[oai(
+        rename = "phone",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub phone: Option<String>,
+    /// Removed from the thread; its details stay cached for the messages it sent.
+    #[oai(rename = "is_archived")]
+    pub is_archived: bool,
+    /// When the subscriber last marked the thread read; never set for contacts.
+    #[oai(rename = "viewed_at", skip_serializing_if_is_none)]
+    pub viewed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+/// A thread's subscribers.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct SubscriberList {
+    #[oai(rename = "subscribers")]
+    pub subscribers: Vec<Subscriber>,
+}
+/// A subscriber.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct SubscriberEnvelope {
+    #[oai(rename = "subscriber")]
+    pub subscriber: Subscriber,
+}
+/// A subscriber to add. Contacts default to the customer's details.
+#[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
+pub struct AddSubscriberRequest {
+    #[oai(rename = "type")]
+    pub r#type: SubscriberType,
+    /// The user's id in the store's systems, the store's id, or the customer's id.
+    #[oai(
+        rename = "id",
+        deserialize_with = "strict_string",
+        validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+    )]
+    pub id: String,
+    /// Display name (required for users).
+    #[oai(
+        rename = "name",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 200, min_length = 1)
+    )]
+    pub name: Option<String>,
+    /// Email address.
+    #[oai(
+        rename = "email",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 320)
+    )]
+    pub email: Option<String>,
+    /// Phone number in E.164 form.
+    #[oai(
+        rename = "phone",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 16)
+    )]
+    pub phone: Option<String>,
+}
+impl poem_openapi::types::Example for AddSubscriberRequest {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"email\":\"sam@acme.example\",\"id\":\"staff-42\",\"name\":\"Sam Staff\",\"type\":\"user\"}",
+            )
+            .expect("the example of AddSubscriberRequest in the spec must be valid");
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect("the example of AddSubscriberRequest in the spec must be valid")
+    }
+}
+/// The conversation space of one set of active subscribers: every thread with that set
+/// publishes its messages here.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct Channel {
+    /// Channel id.
+    #[oai(rename = "id")]
+    pub id: uuid::Uuid,
+    /// The subscribers' names.
+    #[oai(rename = "name", deserialize_with = "strict_string")]
+    pub name: String,
+    /// The store that owns the channel.
+    #[oai(rename = "organization_id")]
+    pub organization_id: uuid::Uuid,
+    /// Ids of the channel's subscribers.
+    #[oai(rename = "subscriber_ids", deserialize_with = "strict_string")]
+    pub subscriber_ids: Vec<String>,
+    /// The channel's subscribers.
+    #[oai(rename = "subscribers")]
+    pub subscribers: Vec<Subscriber>,
+    /// Hash of the subscriber set that makes the channel unique.
+    #[oai(rename = "subscriber_hash", deserialize_with = "strict_string")]
+    pub subscriber_hash: String,
+    /// Resource ids (or thread ids) of the threads publishing into the channel.
+    #[oai(rename = "publisher_ids", deserialize_with = "strict_string")]
+    pub publisher_ids: Vec<String>,
+    /// From `getChannel`, the newest 150 published messages, oldest first.
+    #[oai(rename = "recent_messages", skip_serializing_if_is_none)]
+    pub recent_messages: Option<Vec<Message>>,
+    /// From `getChannel`, whether the channel has older published messages.
+    #[oai(rename = "has_more", skip_serializing_if_is_none)]
+    pub has_more: Option<bool>,
+    /// From `getChannel`, for the store only, messages waiting for their `publish_to_channel_at`.
+    #[oai(rename = "pending_messages", skip_serializing_if_is_none)]
+    pub pending_messages: Option<Vec<Message>>,
+    /// When the earliest pending message is due (store only).
+    #[oai(rename = "scheduled_publish_at", skip_serializing_if_is_none)]
+    pub scheduled_publish_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When a message was last published into the channel or it last changed.
+    #[oai(rename = "updated_at")]
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+/// A page of channels.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct ChannelList {
+    #[oai(rename = "channels")]
+    pub channels: Vec<Channel>,
+    #[oai(rename = "pagination")]
+    pub pagination: Pagination,
 }
 /// Where a page ends. Pass `next_cursor` as `cursor` to get the next page.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -490,6 +813,30 @@ pub struct CreateConversationRequest {
         validator(max_length = 200)
     )]
     pub product_id: Option<String>,
+    /// The resource the thread is about, unique per store and mode; a duplicate is 409.
+    #[oai(
+        rename = "resource_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 255, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+    )]
+    pub resource_id: Option<String>,
+    /// The location of the resource.
+    #[oai(
+        rename = "location_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 255)
+    )]
+    pub location_id: Option<String>,
+    /// The name of the thread; defaults to the subject.
+    #[oai(
+        rename = "name",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 300)
+    )]
+    pub name: Option<String>,
 }
 impl poem_openapi::types::Example for CreateConversationRequest {
     fn example() -> Self {
@@ -503,7 +850,7 @@ impl poem_openapi::types::Example for CreateConversationRequest {
             .expect("the example of CreateConversationRequest in the spec must be valid")
     }
 }
-/// Fields to change; at least one. `status` and `priority` are for the store only.
+/// Fields to change; at least one. `status`, `priority`, `location_id` and `name` are for the store only.
 #[derive(Object, Debug, Clone, PartialEq, Default)]
 #[oai(example)]
 pub struct UpdateThreadRequest {
@@ -520,6 +867,22 @@ pub struct UpdateThreadRequest {
     /// `true` to pin, `false` to unpin.
     #[oai(rename = "pinned", skip_serializing_if_is_none)]
     pub pinned: Option<bool>,
+    /// The resource's new location (store only).
+    #[oai(
+        rename = "location_id",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 255)
+    )]
+    pub location_id: Option<String>,
+    /// The thread's new name (store only).
+    #[oai(
+        rename = "name",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 300, min_length = 1)
+    )]
+    pub name: Option<String>,
 }
 impl poem_openapi::types::Example for UpdateThreadRequest {
     fn example() -> Self {
@@ -542,6 +905,27 @@ pub struct SendMessageRequest {
         validator(max_length = 10000, min_length = 1)
     )]
     pub message: String,
+    #[oai(rename = "type", skip_serializing_if_is_none)]
+    pub r#type: Option<MessageType>,
+    /// For system messages, the event that made the message.
+    #[oai(
+        rename = "event",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 100)
+    )]
+    pub event: Option<String>,
+    /// Up to 10 HTTPS URLs of attachments, each at most 2048 characters.
+    #[oai(
+        rename = "media_urls",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 2048, max_items = 10)
+    )]
+    pub media_urls: Option<Vec<String>>,
+    /// Publish to the channel at this time instead of at once; the message is in its thread at once.
+    #[oai(rename = "publish_to_channel_at", skip_serializing_if_is_none)]
+    pub publish_to_channel_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 impl poem_openapi::types::Example for SendMessageRequest {
     fn example() -> Self {
@@ -853,6 +1237,9 @@ pub struct ListThreadsParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
     /// Customer whose threads to list. Must match the token's customer.
     pub customer_id: Option<uuid::Uuid>,
     /// Only threads with this status.
@@ -874,7 +1261,8 @@ pub struct ListThreadsParams {
     /// `customer_id`, `customer_name`, `customer_email`, `customer_phone`, `store_name`,
     /// `store_avatar`, `order_id`, `product_id`, `subject`, `thread_type`, `status`, `priority`,
     /// `last_message_at`, `last_message_by`, `unread_count_customer`, `unread_count_store`,
-    /// `is_archived`, `is_muted`, `is_pinned`, `created_at`, `updated_at`.
+    /// `is_archived`, `is_muted`, `is_pinned`, `created_at`, `updated_at`, `resource_id`,
+    /// `location_id`, `name`, `organization_id`, `subscriber_ids`, `subscribers`, `unread_by`.
     pub fields: Option<String>,
 }
 /// Responses of `listThreads`.
@@ -947,6 +1335,9 @@ pub struct CreateConversationParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
 }
 /// Responses of `createConversation`.
 #[derive(ApiResponse, Debug)]
@@ -1023,10 +1414,16 @@ pub struct GetThreadParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
-    /// Thread id.
-    pub id: uuid::Uuid,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+    /// predictable id).
+    pub id: String,
     /// Comma-separated fields to return, as for `listThreads`; `id` is always returned.
     pub fields: Option<String>,
+    /// `recent_messages` adds the newest 150 messages (oldest first) and `has_more`.
+    pub expand: Option<ThreadExpand>,
 }
 /// Responses of `getThread`.
 #[derive(ApiResponse, Debug)]
@@ -1099,8 +1496,12 @@ pub struct UpdateThreadParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
-    /// Thread id.
-    pub id: uuid::Uuid,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+    /// predictable id).
+    pub id: String,
 }
 /// Responses of `updateThread`.
 #[derive(ApiResponse, Debug)]
@@ -1177,8 +1578,12 @@ pub struct MarkThreadReadParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
-    /// Thread id.
-    pub id: uuid::Uuid,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+    /// predictable id).
+    pub id: String,
 }
 /// Responses of `markThreadRead`.
 #[derive(ApiResponse, Debug)]
@@ -1251,8 +1656,12 @@ pub struct GetThreadMessagesParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
-    /// Thread id.
-    pub id: uuid::Uuid,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+    /// predictable id).
+    pub id: String,
     /// Page size, 1 to 200.
     pub limit: i32,
     /// Opaque cursor from `pagination.next_cursor` of the previous page.
@@ -1334,8 +1743,12 @@ pub struct SendMessageParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
-    /// Thread id.
-    pub id: uuid::Uuid,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+    /// predictable id).
+    pub id: String,
 }
 /// Responses of `sendMessage`.
 #[derive(ApiResponse, Debug)]
@@ -1416,6 +1829,9 @@ pub struct DeleteMessageParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
     /// Message id.
     pub id: uuid::Uuid,
 }
@@ -1490,6 +1906,9 @@ pub struct EditMessageParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
     /// Message id.
     pub id: uuid::Uuid,
 }
@@ -1561,6 +1980,649 @@ impl From<Problem> for EditMessageResponse {
             }
         }
     }
+}
+/// Parameters of `listSubscribers`.
+#[derive(Debug, Clone)]
+pub struct ListSubscribersParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+    /// predictable id).
+    pub id: String,
+}
+/// Responses of `listSubscribers`.
+#[derive(ApiResponse, Debug)]
+pub enum ListSubscribersResponse {
+    /// The thread's subscribers.
+    #[oai(status = 200)]
+    Ok(Json<SubscriberList>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for ListSubscribersResponse {
+    /// Picks the variant for `problem.status`; a status `listSubscribers` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            _ => {
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `addSubscriber`.
+#[derive(Debug, Clone)]
+pub struct AddSubscriberParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+    /// predictable id).
+    pub id: String,
+}
+/// Responses of `addSubscriber`.
+#[derive(ApiResponse, Debug)]
+pub enum AddSubscriberResponse {
+    /// The subscriber.
+    #[oai(status = 201)]
+    Created(Json<SubscriberEnvelope>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for AddSubscriberResponse {
+    /// Picks the variant for `problem.status`; a status `addSubscriber` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            409u16 => Self::Conflict(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            _ => {
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `removeSubscriber`.
+#[derive(Debug, Clone)]
+pub struct RemoveSubscriberParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+    /// predictable id).
+    pub id: String,
+    /// The subscriber's id.
+    pub subscriber_id: String,
+}
+/// Responses of `removeSubscriber`.
+#[derive(ApiResponse, Debug)]
+pub enum RemoveSubscriberResponse {
+    /// The archived subscriber.
+    #[oai(status = 200)]
+    Ok(Json<SubscriberEnvelope>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for RemoveSubscriberResponse {
+    /// Picks the variant for `problem.status`; a status `removeSubscriber` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            _ => {
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `addReaction`.
+#[derive(Debug, Clone)]
+pub struct AddReactionParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Message id.
+    pub id: uuid::Uuid,
+    /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+    pub emoji: String,
+}
+/// Responses of `addReaction`.
+#[derive(ApiResponse, Debug)]
+pub enum AddReactionResponse {
+    /// The message with its reactions.
+    #[oai(status = 200)]
+    Ok(Json<MessageEnvelope>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for AddReactionResponse {
+    /// Picks the variant for `problem.status`; a status `addReaction` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            _ => {
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `removeReaction`.
+#[derive(Debug, Clone)]
+pub struct RemoveReactionParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Message id.
+    pub id: uuid::Uuid,
+    /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+    pub emoji: String,
+}
+/// Responses of `removeReaction`.
+#[derive(ApiResponse, Debug)]
+pub enum RemoveReactionResponse {
+    /// The message with its reactions.
+    #[oai(status = 200)]
+    Ok(Json<MessageEnvelope>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for RemoveReactionResponse {
+    /// Picks the variant for `problem.status`; a status `removeReaction` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            _ => {
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `listChannels`.
+#[derive(Debug, Clone)]
+pub struct ListChannelsParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Page size, 1 to 200.
+    pub limit: i32,
+    /// Opaque cursor from `pagination.next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+/// Responses of `listChannels`.
+#[derive(ApiResponse, Debug)]
+pub enum ListChannelsResponse {
+    /// A page of channels.
+    #[oai(status = 200)]
+    Ok(Json<ChannelList>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for ListChannelsResponse {
+    /// Picks the variant for `problem.status`; a status `listChannels` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            _ => {
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+fn default_list_channels_limit() -> i32 {
+    50
+}
+/// Parameters of `getChannel`.
+#[derive(Debug, Clone)]
+pub struct GetChannelParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Channel id.
+    pub id: uuid::Uuid,
+}
+/// Responses of `getChannel`.
+#[derive(ApiResponse, Debug)]
+pub enum GetChannelResponse {
+    /// The channel.
+    #[oai(status = 200)]
+    Ok(Json<Channel>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for GetChannelResponse {
+    /// Picks the variant for `problem.status`; a status `getChannel` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            _ => {
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `getChannelMessages`.
+#[derive(Debug, Clone)]
+pub struct GetChannelMessagesParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Channel id.
+    pub id: uuid::Uuid,
+    /// Page size, 1 to 200.
+    pub limit: i32,
+    /// Opaque cursor from `pagination.next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// `asc`: oldest first; `desc`: newest first.
+    pub order: Option<SortOrder>,
+}
+/// Responses of `getChannelMessages`.
+#[derive(ApiResponse, Debug)]
+pub enum GetChannelMessagesResponse {
+    /// A page of messages.
+    #[oai(status = 200)]
+    Ok(Json<MessageList>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for GetChannelMessagesResponse {
+    /// Picks the variant for `problem.status`; a status `getChannelMessages` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            _ => {
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+fn default_get_channel_messages_limit() -> i32 {
+    50
 }
 /// Responses of `register`.
 #[derive(ApiResponse, Debug)]
@@ -1983,6 +3045,78 @@ pub trait MessagingApi: Send + Sync + 'static {
         params: EditMessageParams,
         body: EditMessageRequest,
     ) -> impl ::std::future::Future<Output = EditMessageResponse> + Send;
+    /// List a thread's subscribers
+    ///
+    /// Users (store staff), the organization (the store) and contacts (customers), including
+    /// removed ones (`is_archived`), whose details stay cached. Gated by gateByThreadId.
+    fn list_subscribers(
+        &self,
+        api_key: String,
+        params: ListSubscribersParams,
+    ) -> impl ::std::future::Future<Output = ListSubscribersResponse> + Send;
+    /// Add a subscriber
+    ///
+    /// The store adds a user, an organization or a contact to a thread (a customer gets 403).
+    /// A contact must be a customer of the store; its details default to the customer's.
+    /// Adding an archived subscriber again restores it. The thread moves to the channel of its
+    /// new subscriber set.
+    fn add_subscriber(
+        &self,
+        api_key: String,
+        params: AddSubscriberParams,
+        body: AddSubscriberRequest,
+    ) -> impl ::std::future::Future<Output = AddSubscriberResponse> + Send;
+    /// Remove a subscriber
+    ///
+    /// The store removes a subscriber: it is archived, keeping its cached details, and the
+    /// thread moves to the channel of its remaining subscribers.
+    fn remove_subscriber(
+        &self,
+        api_key: String,
+        params: RemoveSubscriberParams,
+    ) -> impl ::std::future::Future<Output = RemoveSubscriberResponse> + Send;
+    /// React to a message
+    ///
+    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the thread may react.
+    fn add_reaction(
+        &self,
+        api_key: String,
+        params: AddReactionParams,
+    ) -> impl ::std::future::Future<Output = AddReactionResponse> + Send;
+    /// Remove a reaction
+    ///
+    /// Removes the caller's reaction; removing an absent one changes nothing.
+    fn remove_reaction(
+        &self,
+        api_key: String,
+        params: RemoveReactionParams,
+    ) -> impl ::std::future::Future<Output = RemoveReactionResponse> + Send;
+    /// List channels
+    ///
+    /// Channels are made automatically, one per set of active thread subscribers. A customer
+    /// sees the channels it belongs to; the store sees all. Newest activity first.
+    fn list_channels(
+        &self,
+        api_key: String,
+        params: ListChannelsParams,
+    ) -> impl ::std::future::Future<Output = ListChannelsResponse> + Send;
+    /// Get a channel
+    ///
+    /// With its newest 150 published messages (oldest first) and `has_more`. The store also sees
+    /// `pending_messages` and `scheduled_publish_at`.
+    fn get_channel(
+        &self,
+        api_key: String,
+        params: GetChannelParams,
+    ) -> impl ::std::future::Future<Output = GetChannelResponse> + Send;
+    /// List a channel's messages
+    ///
+    /// Published messages of every thread in the channel, in publishing order, in cursor pages.
+    fn get_channel_messages(
+        &self,
+        api_key: String,
+        params: GetChannelMessagesParams,
+    ) -> impl ::std::future::Future<Output = GetChannelMessagesResponse> + Send;
     /// Register a customer
     ///
     /// Creates a customer of the key's store and mode and opens a session.
@@ -2047,6 +3181,10 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
         /// Customer whose threads to list. Must match the token's customer.
         #[oai(name = "customer_id")]
         customer_id: Query<Option<uuid::Uuid>>,
@@ -2080,7 +3218,8 @@ impl<T: MessagingApi> Api<T> {
         /// `customer_id`, `customer_name`, `customer_email`, `customer_phone`, `store_name`,
         /// `store_avatar`, `order_id`, `product_id`, `subject`, `thread_type`, `status`, `priority`,
         /// `last_message_at`, `last_message_by`, `unread_count_customer`, `unread_count_store`,
-        /// `is_archived`, `is_muted`, `is_pinned`, `created_at`, `updated_at`.
+        /// `is_archived`, `is_muted`, `is_pinned`, `created_at`, `updated_at`, `resource_id`,
+        /// `location_id`, `name`, `organization_id`, `subscriber_ids`, `subscribers`, `unread_by`.
         #[oai(name = "fields", validator(max_length = 1024))]
         fields: Query<Option<String>>,
     ) -> ListThreadsResponse {
@@ -2089,6 +3228,7 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 ListThreadsParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     customer_id: customer_id.0,
                     status: status.0,
                     priority: priority.0,
@@ -2120,6 +3260,10 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
         body: Json<CreateConversationRequest>,
     ) -> CreateConversationResponse {
         self.0
@@ -2127,6 +3271,7 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 CreateConversationParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                 },
                 body.0,
             )
@@ -2148,20 +3293,30 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
-        /// Thread id.
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+        /// predictable id).
         #[oai(name = "id")]
-        id: Path<uuid::Uuid>,
+        id: Path<String>,
         /// Comma-separated fields to return, as for `listThreads`; `id` is always returned.
         #[oai(name = "fields", validator(max_length = 1024))]
         fields: Query<Option<String>>,
+        /// `recent_messages` adds the newest 150 messages (oldest first) and `has_more`.
+        #[oai(name = "expand")]
+        expand: Query<Option<ThreadExpand>>,
     ) -> GetThreadResponse {
         self.0
             .get_thread(
                 auth.0.token,
                 GetThreadParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     id: id.0,
                     fields: fields.0,
+                    expand: expand.0,
                 },
             )
             .await
@@ -2183,9 +3338,14 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
-        /// Thread id.
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+        /// predictable id).
         #[oai(name = "id")]
-        id: Path<uuid::Uuid>,
+        id: Path<String>,
         body: Json<UpdateThreadRequest>,
     ) -> UpdateThreadResponse {
         self.0
@@ -2193,6 +3353,7 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 UpdateThreadParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     id: id.0,
                 },
                 body.0,
@@ -2216,15 +3377,21 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
-        /// Thread id.
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+        /// predictable id).
         #[oai(name = "id")]
-        id: Path<uuid::Uuid>,
+        id: Path<String>,
     ) -> MarkThreadReadResponse {
         self.0
             .mark_thread_read(
                 auth.0.token,
                 MarkThreadReadParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     id: id.0,
                 },
             )
@@ -2247,9 +3414,14 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
-        /// Thread id.
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+        /// predictable id).
         #[oai(name = "id")]
-        id: Path<uuid::Uuid>,
+        id: Path<String>,
         /// Page size, 1 to 200.
         #[oai(
             name = "limit",
@@ -2269,6 +3441,7 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 GetThreadMessagesParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     id: id.0,
                     limit: limit.0,
                     cursor: cursor.0,
@@ -2296,9 +3469,14 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
-        /// Thread id.
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+        /// predictable id).
         #[oai(name = "id")]
-        id: Path<uuid::Uuid>,
+        id: Path<String>,
         body: Json<SendMessageRequest>,
     ) -> SendMessageResponse {
         self.0
@@ -2306,6 +3484,7 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 SendMessageParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     id: id.0,
                 },
                 body.0,
@@ -2329,6 +3508,10 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
         id: Path<uuid::Uuid>,
@@ -2338,6 +3521,7 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 DeleteMessageParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     id: id.0,
                 },
             )
@@ -2361,6 +3545,10 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
         id: Path<uuid::Uuid>,
@@ -2371,9 +3559,338 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 EditMessageParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     id: id.0,
                 },
                 body.0,
+            )
+            .await
+    }
+    /// List a thread's subscribers
+    ///
+    /// Users (store staff), the organization (the store) and contacts (customers), including
+    /// removed ones (`is_archived`), whose details stay cached. Gated by gateByThreadId.
+    #[oai(
+        path = "/v1/messaging/threads/:id/subscribers",
+        method = "get",
+        operation_id = "listSubscribers",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn list_subscribers(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+        /// predictable id).
+        #[oai(name = "id")]
+        id: Path<String>,
+    ) -> ListSubscribersResponse {
+        self.0
+            .list_subscribers(
+                auth.0.token,
+                ListSubscribersParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    id: id.0,
+                },
+            )
+            .await
+    }
+    /// Add a subscriber
+    ///
+    /// The store adds a user, an organization or a contact to a thread (a customer gets 403).
+    /// A contact must be a customer of the store; its details default to the customer's.
+    /// Adding an archived subscriber again restores it. The thread moves to the channel of its
+    /// new subscriber set.
+    #[oai(
+        path = "/v1/messaging/threads/:id/subscribers",
+        method = "post",
+        operation_id = "addSubscriber",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn add_subscriber(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+        /// predictable id).
+        #[oai(name = "id")]
+        id: Path<String>,
+        body: Json<AddSubscriberRequest>,
+    ) -> AddSubscriberResponse {
+        self.0
+            .add_subscriber(
+                auth.0.token,
+                AddSubscriberParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    id: id.0,
+                },
+                body.0,
+            )
+            .await
+    }
+    /// Remove a subscriber
+    ///
+    /// The store removes a subscriber: it is archived, keeping its cached details, and the
+    /// thread moves to the channel of its remaining subscribers.
+    #[oai(
+        path = "/v1/messaging/threads/:id/subscribers/:subscriber_id",
+        method = "delete",
+        operation_id = "removeSubscriber",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn remove_subscriber(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+        /// predictable id).
+        #[oai(name = "id")]
+        id: Path<String>,
+        /// The subscriber's id.
+        #[oai(name = "subscriber_id", validator(max_length = 100))]
+        subscriber_id: Path<String>,
+    ) -> RemoveSubscriberResponse {
+        self.0
+            .remove_subscriber(
+                auth.0.token,
+                RemoveSubscriberParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    id: id.0,
+                    subscriber_id: subscriber_id.0,
+                },
+            )
+            .await
+    }
+    /// React to a message
+    ///
+    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the thread may react.
+    #[oai(
+        path = "/v1/messaging/messages/:id/reactions/:emoji",
+        method = "put",
+        operation_id = "addReaction",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn add_reaction(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Message id.
+        #[oai(name = "id")]
+        id: Path<uuid::Uuid>,
+        /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+        #[oai(name = "emoji", validator(max_length = 64))]
+        emoji: Path<String>,
+    ) -> AddReactionResponse {
+        self.0
+            .add_reaction(
+                auth.0.token,
+                AddReactionParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    id: id.0,
+                    emoji: emoji.0,
+                },
+            )
+            .await
+    }
+    /// Remove a reaction
+    ///
+    /// Removes the caller's reaction; removing an absent one changes nothing.
+    #[oai(
+        path = "/v1/messaging/messages/:id/reactions/:emoji",
+        method = "delete",
+        operation_id = "removeReaction",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn remove_reaction(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Message id.
+        #[oai(name = "id")]
+        id: Path<uuid::Uuid>,
+        /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+        #[oai(name = "emoji", validator(max_length = 64))]
+        emoji: Path<String>,
+    ) -> RemoveReactionResponse {
+        self.0
+            .remove_reaction(
+                auth.0.token,
+                RemoveReactionParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    id: id.0,
+                    emoji: emoji.0,
+                },
+            )
+            .await
+    }
+    /// List channels
+    ///
+    /// Channels are made automatically, one per set of active thread subscribers. A customer
+    /// sees the channels it belongs to; the store sees all. Newest activity first.
+    #[oai(
+        path = "/v1/messaging/channels",
+        method = "get",
+        operation_id = "listChannels",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn list_channels(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Page size, 1 to 200.
+        #[oai(
+            name = "limit",
+            validator(minimum(value = "1"), maximum(value = "200")),
+            default = "default_list_channels_limit"
+        )]
+        limit: Query<i32>,
+        /// Opaque cursor from `pagination.next_cursor` of the previous page.
+        #[oai(name = "cursor", validator(max_length = 512))]
+        cursor: Query<Option<String>>,
+    ) -> ListChannelsResponse {
+        self.0
+            .list_channels(
+                auth.0.token,
+                ListChannelsParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    limit: limit.0,
+                    cursor: cursor.0,
+                },
+            )
+            .await
+    }
+    /// Get a channel
+    ///
+    /// With its newest 150 published messages (oldest first) and `has_more`. The store also sees
+    /// `pending_messages` and `scheduled_publish_at`.
+    #[oai(
+        path = "/v1/messaging/channels/:id",
+        method = "get",
+        operation_id = "getChannel",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn get_channel(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Channel id.
+        #[oai(name = "id")]
+        id: Path<uuid::Uuid>,
+    ) -> GetChannelResponse {
+        self.0
+            .get_channel(
+                auth.0.token,
+                GetChannelParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    id: id.0,
+                },
+            )
+            .await
+    }
+    /// List a channel's messages
+    ///
+    /// Published messages of every thread in the channel, in publishing order, in cursor pages.
+    #[oai(
+        path = "/v1/messaging/channels/:id/messages",
+        method = "get",
+        operation_id = "getChannelMessages",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn get_channel_messages(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Channel id.
+        #[oai(name = "id")]
+        id: Path<uuid::Uuid>,
+        /// Page size, 1 to 200.
+        #[oai(
+            name = "limit",
+            validator(minimum(value = "1"), maximum(value = "200")),
+            default = "default_get_channel_messages_limit"
+        )]
+        limit: Query<i32>,
+        /// Opaque cursor from `pagination.next_cursor` of the previous page.
+        #[oai(name = "cursor", validator(max_length = 512))]
+        cursor: Query<Option<String>>,
+        /// `asc`: oldest first; `desc`: newest first.
+        #[oai(name = "order")]
+        order: Query<Option<SortOrder>>,
+    ) -> GetChannelMessagesResponse {
+        self.0
+            .get_channel_messages(
+                auth.0.token,
+                GetChannelMessagesParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    id: id.0,
+                    limit: limit.0,
+                    cursor: cursor.0,
+                    order: order.0,
+                },
             )
             .await
     }

@@ -192,6 +192,7 @@ impl Fixture {
                     is_pinned: Set(i % 997 == 0),
                     created_at: Set(at),
                     updated_at: Set(at),
+                    ..Default::default()
                 }
             });
             thread::Entity::insert_many(rows).exec(&txn).await?;
@@ -234,6 +235,7 @@ impl Fixture {
                     deleted_at: Set(None),
                     created_at: Set(at),
                     updated_at: Set(at),
+                    ..Default::default()
                 }
             });
             message::Entity::insert_many(rows).exec(&txn).await?;

@@ -16,6 +16,417 @@ use progenitor_client::{encode_path, ClientHooks, OperationInfo, RequestBuilderE
 /// Types used as operation parameters and responses.
 #[allow(clippy::all)]
 pub mod types {
+    ///`AddReactionEmoji`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AddReactionEmoji(::std::string::String);
+    impl ::std::ops::Deref for AddReactionEmoji {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AddReactionEmoji> for ::std::string::String {
+        fn from(value: AddReactionEmoji) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AddReactionEmoji {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 64usize {
+                return Err("longer than 64 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AddReactionEmoji {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AddReactionEmoji {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AddReactionEmoji {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`AddReactionXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AddReactionXActingUser(::std::string::String);
+    impl ::std::ops::Deref for AddReactionXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AddReactionXActingUser> for ::std::string::String {
+        fn from(value: AddReactionXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AddReactionXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AddReactionXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AddReactionXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AddReactionXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///A subscriber to add. Contacts default to the customer's details.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct AddSubscriberRequest {
+        ///Email address.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub email: ::std::option::Option<AddSubscriberRequestEmail>,
+        ///The user's id in the store's systems, the store's id, or the customer's id.
+        pub id: AddSubscriberRequestId,
+        ///Display name (required for users).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub name: ::std::option::Option<AddSubscriberRequestName>,
+        ///Phone number in E.164 form.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub phone: ::std::option::Option<AddSubscriberRequestPhone>,
+        #[serde(rename = "type")]
+        pub type_: SubscriberType,
+    }
+    impl AddSubscriberRequest {
+        pub fn builder() -> builder::AddSubscriberRequest {
+            Default::default()
+        }
+    }
+    ///Email address.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AddSubscriberRequestEmail(::std::string::String);
+    impl ::std::ops::Deref for AddSubscriberRequestEmail {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AddSubscriberRequestEmail> for ::std::string::String {
+        fn from(value: AddSubscriberRequestEmail) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AddSubscriberRequestEmail {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 320usize {
+                return Err("longer than 320 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AddSubscriberRequestEmail {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AddSubscriberRequestEmail {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AddSubscriberRequestEmail {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///The user's id in the store's systems, the store's id, or the customer's id.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AddSubscriberRequestId(::std::string::String);
+    impl ::std::ops::Deref for AddSubscriberRequestId {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AddSubscriberRequestId> for ::std::string::String {
+        fn from(value: AddSubscriberRequestId) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AddSubscriberRequestId {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[A-Za-z0-9._:-]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[A-Za-z0-9._:-]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AddSubscriberRequestId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AddSubscriberRequestId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AddSubscriberRequestId {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///Display name (required for users).
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AddSubscriberRequestName(::std::string::String);
+    impl ::std::ops::Deref for AddSubscriberRequestName {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AddSubscriberRequestName> for ::std::string::String {
+        fn from(value: AddSubscriberRequestName) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AddSubscriberRequestName {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 200usize {
+                return Err("longer than 200 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AddSubscriberRequestName {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AddSubscriberRequestName {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AddSubscriberRequestName {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///Phone number in E.164 form.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AddSubscriberRequestPhone(::std::string::String);
+    impl ::std::ops::Deref for AddSubscriberRequestPhone {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AddSubscriberRequestPhone> for ::std::string::String {
+        fn from(value: AddSubscriberRequestPhone) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AddSubscriberRequestPhone {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 16usize {
+                return Err("longer than 16 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AddSubscriberRequestPhone {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AddSubscriberRequestPhone {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AddSubscriberRequestPhone {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`AddSubscriberXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AddSubscriberXActingUser(::std::string::String);
+    impl ::std::ops::Deref for AddSubscriberXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AddSubscriberXActingUser> for ::std::string::String {
+        fn from(value: AddSubscriberXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AddSubscriberXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AddSubscriberXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AddSubscriberXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AddSubscriberXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///A customer with a fresh session.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct AuthSession {
@@ -24,6 +435,58 @@ pub mod types {
     }
     impl AuthSession {
         pub fn builder() -> builder::AuthSession {
+            Default::default()
+        }
+    }
+    /**The conversation space of one set of active subscribers: every thread with that set
+publishes its messages here.
+*/
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct Channel {
+        ///From `getChannel`, whether the channel has older published messages.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub has_more: ::std::option::Option<bool>,
+        ///Channel id.
+        pub id: ::uuid::Uuid,
+        ///The subscribers' names.
+        pub name: ::std::string::String,
+        ///The store that owns the channel.
+        pub organization_id: ::uuid::Uuid,
+        ///From `getChannel`, for the store only, messages waiting for their `publish_to_channel_at`.
+        #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+        pub pending_messages: ::std::vec::Vec<Message>,
+        ///Resource ids (or thread ids) of the threads publishing into the channel.
+        pub publisher_ids: ::std::vec::Vec<::std::string::String>,
+        ///From `getChannel`, the newest 150 published messages, oldest first.
+        #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+        pub recent_messages: ::std::vec::Vec<Message>,
+        ///When the earliest pending message is due (store only).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub scheduled_publish_at: ::std::option::Option<
+            ::chrono::DateTime<::chrono::offset::Utc>,
+        >,
+        ///Hash of the subscriber set that makes the channel unique.
+        pub subscriber_hash: ::std::string::String,
+        ///Ids of the channel's subscribers.
+        pub subscriber_ids: ::std::vec::Vec<::std::string::String>,
+        ///The channel's subscribers.
+        pub subscribers: ::std::vec::Vec<Subscriber>,
+        ///When a message was last published into the channel or it last changed.
+        pub updated_at: ::chrono::DateTime<::chrono::offset::Utc>,
+    }
+    impl Channel {
+        pub fn builder() -> builder::Channel {
+            Default::default()
+        }
+    }
+    ///A page of channels.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct ChannelList {
+        pub channels: ::std::vec::Vec<Channel>,
+        pub pagination: Pagination,
+    }
+    impl ChannelList {
+        pub fn builder() -> builder::ChannelList {
             Default::default()
         }
     }
@@ -52,8 +515,14 @@ pub mod types {
         ///Name to show on the thread; defaults to the customer's name.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub customer_name: ::std::option::Option<CreateConversationRequestCustomerName>,
+        ///The location of the resource.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub location_id: ::std::option::Option<CreateConversationRequestLocationId>,
         ///The first message.
         pub message: CreateConversationRequestMessage,
+        ///The name of the thread; defaults to the subject.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub name: ::std::option::Option<CreateConversationRequestName>,
         ///Order the conversation is about.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub order_id: ::std::option::Option<CreateConversationRequestOrderId>,
@@ -62,6 +531,9 @@ pub mod types {
         ///Product the conversation is about.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub product_id: ::std::option::Option<CreateConversationRequestProductId>,
+        ///The resource the thread is about, unique per store and mode; a duplicate is 409.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub resource_id: ::std::option::Option<CreateConversationRequestResourceId>,
         ///Thread title.
         pub subject: CreateConversationRequestSubject,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
@@ -184,6 +656,62 @@ pub mod types {
                 })
         }
     }
+    ///The location of the resource.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct CreateConversationRequestLocationId(::std::string::String);
+    impl ::std::ops::Deref for CreateConversationRequestLocationId {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<CreateConversationRequestLocationId>
+    for ::std::string::String {
+        fn from(value: CreateConversationRequestLocationId) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for CreateConversationRequestLocationId {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for CreateConversationRequestLocationId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for CreateConversationRequestLocationId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for CreateConversationRequestLocationId {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///The first message.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -232,6 +760,61 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for CreateConversationRequestMessage {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///The name of the thread; defaults to the subject.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct CreateConversationRequestName(::std::string::String);
+    impl ::std::ops::Deref for CreateConversationRequestName {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<CreateConversationRequestName> for ::std::string::String {
+        fn from(value: CreateConversationRequestName) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for CreateConversationRequestName {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 300usize {
+                return Err("longer than 300 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for CreateConversationRequestName {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for CreateConversationRequestName {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for CreateConversationRequestName {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -355,6 +938,70 @@ pub mod types {
                 })
         }
     }
+    ///The resource the thread is about, unique per store and mode; a duplicate is 409.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct CreateConversationRequestResourceId(::std::string::String);
+    impl ::std::ops::Deref for CreateConversationRequestResourceId {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<CreateConversationRequestResourceId>
+    for ::std::string::String {
+        fn from(value: CreateConversationRequestResourceId) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for CreateConversationRequestResourceId {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[A-Za-z0-9._:-]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[A-Za-z0-9._:-]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for CreateConversationRequestResourceId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for CreateConversationRequestResourceId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for CreateConversationRequestResourceId {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///Thread title.
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -414,6 +1061,61 @@ pub mod types {
                 })
         }
     }
+    ///`CreateConversationXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct CreateConversationXActingUser(::std::string::String);
+    impl ::std::ops::Deref for CreateConversationXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<CreateConversationXActingUser> for ::std::string::String {
+        fn from(value: CreateConversationXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for CreateConversationXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for CreateConversationXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for CreateConversationXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for CreateConversationXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///A customer of the store.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Customer {
@@ -430,6 +1132,60 @@ pub mod types {
     impl Customer {
         pub fn builder() -> builder::Customer {
             Default::default()
+        }
+    }
+    ///`DeleteMessageXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct DeleteMessageXActingUser(::std::string::String);
+    impl ::std::ops::Deref for DeleteMessageXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<DeleteMessageXActingUser> for ::std::string::String {
+        fn from(value: DeleteMessageXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for DeleteMessageXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for DeleteMessageXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for DeleteMessageXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for DeleteMessageXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
         }
     }
     ///Result of a soft delete.
@@ -506,6 +1262,223 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for EditMessageRequestMessageContent {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`EditMessageXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct EditMessageXActingUser(::std::string::String);
+    impl ::std::ops::Deref for EditMessageXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<EditMessageXActingUser> for ::std::string::String {
+        fn from(value: EditMessageXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for EditMessageXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for EditMessageXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for EditMessageXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for EditMessageXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`GetChannelMessagesCursor`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct GetChannelMessagesCursor(::std::string::String);
+    impl ::std::ops::Deref for GetChannelMessagesCursor {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<GetChannelMessagesCursor> for ::std::string::String {
+        fn from(value: GetChannelMessagesCursor) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for GetChannelMessagesCursor {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 512usize {
+                return Err("longer than 512 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for GetChannelMessagesCursor {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for GetChannelMessagesCursor {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for GetChannelMessagesCursor {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`GetChannelMessagesXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct GetChannelMessagesXActingUser(::std::string::String);
+    impl ::std::ops::Deref for GetChannelMessagesXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<GetChannelMessagesXActingUser> for ::std::string::String {
+        fn from(value: GetChannelMessagesXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for GetChannelMessagesXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for GetChannelMessagesXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for GetChannelMessagesXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for GetChannelMessagesXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`GetChannelXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct GetChannelXActingUser(::std::string::String);
+    impl ::std::ops::Deref for GetChannelXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<GetChannelXActingUser> for ::std::string::String {
+        fn from(value: GetChannelXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for GetChannelXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for GetChannelXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for GetChannelXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for GetChannelXActingUser {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -625,6 +1598,277 @@ pub mod types {
                 })
         }
     }
+    ///`GetThreadMessagesXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct GetThreadMessagesXActingUser(::std::string::String);
+    impl ::std::ops::Deref for GetThreadMessagesXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<GetThreadMessagesXActingUser> for ::std::string::String {
+        fn from(value: GetThreadMessagesXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for GetThreadMessagesXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for GetThreadMessagesXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for GetThreadMessagesXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for GetThreadMessagesXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`GetThreadXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct GetThreadXActingUser(::std::string::String);
+    impl ::std::ops::Deref for GetThreadXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<GetThreadXActingUser> for ::std::string::String {
+        fn from(value: GetThreadXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for GetThreadXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for GetThreadXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for GetThreadXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for GetThreadXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`ListChannelsCursor`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListChannelsCursor(::std::string::String);
+    impl ::std::ops::Deref for ListChannelsCursor {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListChannelsCursor> for ::std::string::String {
+        fn from(value: ListChannelsCursor) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListChannelsCursor {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 512usize {
+                return Err("longer than 512 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListChannelsCursor {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListChannelsCursor {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListChannelsCursor {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`ListChannelsXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListChannelsXActingUser(::std::string::String);
+    impl ::std::ops::Deref for ListChannelsXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListChannelsXActingUser> for ::std::string::String {
+        fn from(value: ListChannelsXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListChannelsXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListChannelsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListChannelsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListChannelsXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`ListSubscribersXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListSubscribersXActingUser(::std::string::String);
+    impl ::std::ops::Deref for ListSubscribersXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListSubscribersXActingUser> for ::std::string::String {
+        fn from(value: ListSubscribersXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListSubscribersXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListSubscribersXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListSubscribersXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListSubscribersXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///`ListThreadsCursor`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -722,6 +1966,60 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for ListThreadsFields {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`ListThreadsXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListThreadsXActingUser(::std::string::String);
+    impl ::std::ops::Deref for ListThreadsXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListThreadsXActingUser> for ::std::string::String {
+        fn from(value: ListThreadsXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListThreadsXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListThreadsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListThreadsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListThreadsXActingUser {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -854,6 +2152,60 @@ pub mod types {
                 })
         }
     }
+    ///`MarkThreadReadXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct MarkThreadReadXActingUser(::std::string::String);
+    impl ::std::ops::Deref for MarkThreadReadXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<MarkThreadReadXActingUser> for ::std::string::String {
+        fn from(value: MarkThreadReadXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for MarkThreadReadXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for MarkThreadReadXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for MarkThreadReadXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for MarkThreadReadXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///One message in a thread.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Message {
@@ -862,20 +2214,40 @@ pub mod types {
         ///When the content was last changed.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub edited_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+        ///For system messages, the event that made the message (e.g. `order.ready_for_pickup`).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub event: ::std::option::Option<::std::string::String>,
         ///Unique message identifier.
         pub id: ::uuid::Uuid,
         ///Whether the message is soft-deleted (never true in lists).
         pub is_deleted: bool,
         ///Whether the content was changed.
         pub is_edited: bool,
+        ///HTTPS URLs of attachments.
+        pub media_urls: ::std::vec::Vec<::std::string::String>,
         ///The text body.
         pub message_content: ::std::string::String,
+        ///When the message is (or was) due in its channel; absent when published at once.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub publish_to_channel_at: ::std::option::Option<
+            ::chrono::DateTime<::chrono::offset::Utc>,
+        >,
+        ///Each emoji with its count and who reacted.
+        pub reactions: ::std::vec::Vec<Reaction>,
+        ///The resource of the message's thread, if it has one.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub resource_id: ::std::option::Option<::std::string::String>,
         ///The customer or store that sent the message; absent for system messages.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub sender_id: ::std::option::Option<::uuid::Uuid>,
         pub sender_type: SenderType,
+        ///The subscriber who wrote the message (a contact, user or organization id).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub subscriber_id: ::std::option::Option<::std::string::String>,
         ///The thread this message belongs to.
         pub thread_id: ::uuid::Uuid,
+        #[serde(rename = "type")]
+        pub type_: MessageType,
         ///When the message last changed.
         pub updated_at: ::chrono::DateTime<::chrono::offset::Utc>,
     }
@@ -903,6 +2275,71 @@ pub mod types {
     impl MessageList {
         pub fn builder() -> builder::MessageList {
             Default::default()
+        }
+    }
+    /**`text`: written by a subscriber. `meta`: about the thread itself. `tracking_update` and
+`pickup_reminder`: system messages that notify the customer. Only the store sends non-text types.
+*/
+    #[derive(
+        ::serde::Deserialize,
+        ::serde::Serialize,
+        Clone,
+        Copy,
+        Debug,
+        Eq,
+        Hash,
+        Ord,
+        PartialEq,
+        PartialOrd
+    )]
+    pub enum MessageType {
+        #[serde(rename = "text")]
+        Text,
+        #[serde(rename = "meta")]
+        Meta,
+        #[serde(rename = "tracking_update")]
+        TrackingUpdate,
+        #[serde(rename = "pickup_reminder")]
+        PickupReminder,
+    }
+    impl ::std::fmt::Display for MessageType {
+        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+            match *self {
+                Self::Text => f.write_str("text"),
+                Self::Meta => f.write_str("meta"),
+                Self::TrackingUpdate => f.write_str("tracking_update"),
+                Self::PickupReminder => f.write_str("pickup_reminder"),
+            }
+        }
+    }
+    impl ::std::str::FromStr for MessageType {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            match value {
+                "text" => Ok(Self::Text),
+                "meta" => Ok(Self::Meta),
+                "tracking_update" => Ok(Self::TrackingUpdate),
+                "pickup_reminder" => Ok(Self::PickupReminder),
+                _ => Err("invalid value".into()),
+            }
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for MessageType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for MessageType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
         }
     }
     ///A one-time code was sent if the customer exists.
@@ -1076,6 +2513,21 @@ pub mod types {
     }
     impl Problem {
         pub fn builder() -> builder::Problem {
+            Default::default()
+        }
+    }
+    ///One emoji on a message.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct Reaction {
+        ///How many subscribers reacted with it.
+        pub count: i64,
+        ///The emoji.
+        pub emoji: ::std::string::String,
+        ///Who reacted with it.
+        pub subscriber_ids: ::std::vec::Vec<::std::string::String>,
+    }
+    impl Reaction {
+        pub fn builder() -> builder::Reaction {
             Default::default()
         }
     }
@@ -1387,15 +2839,355 @@ pub mod types {
                 })
         }
     }
+    ///`RemoveReactionEmoji`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct RemoveReactionEmoji(::std::string::String);
+    impl ::std::ops::Deref for RemoveReactionEmoji {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<RemoveReactionEmoji> for ::std::string::String {
+        fn from(value: RemoveReactionEmoji) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for RemoveReactionEmoji {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 64usize {
+                return Err("longer than 64 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for RemoveReactionEmoji {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for RemoveReactionEmoji {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for RemoveReactionEmoji {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`RemoveReactionXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct RemoveReactionXActingUser(::std::string::String);
+    impl ::std::ops::Deref for RemoveReactionXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<RemoveReactionXActingUser> for ::std::string::String {
+        fn from(value: RemoveReactionXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for RemoveReactionXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for RemoveReactionXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for RemoveReactionXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for RemoveReactionXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`RemoveSubscriberSubscriberId`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct RemoveSubscriberSubscriberId(::std::string::String);
+    impl ::std::ops::Deref for RemoveSubscriberSubscriberId {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<RemoveSubscriberSubscriberId> for ::std::string::String {
+        fn from(value: RemoveSubscriberSubscriberId) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for RemoveSubscriberSubscriberId {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for RemoveSubscriberSubscriberId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for RemoveSubscriberSubscriberId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for RemoveSubscriberSubscriberId {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`RemoveSubscriberXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct RemoveSubscriberXActingUser(::std::string::String);
+    impl ::std::ops::Deref for RemoveSubscriberXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<RemoveSubscriberXActingUser> for ::std::string::String {
+        fn from(value: RemoveSubscriberXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for RemoveSubscriberXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for RemoveSubscriberXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for RemoveSubscriberXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for RemoveSubscriberXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///A reply in a thread.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct SendMessageRequest {
+        ///For system messages, the event that made the message.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub event: ::std::option::Option<SendMessageRequestEvent>,
+        ///Up to 10 HTTPS URLs of attachments, each at most 2048 characters.
+        #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+        pub media_urls: ::std::vec::Vec<SendMessageRequestMediaUrlsItem>,
         ///The text of the message.
         pub message: SendMessageRequestMessage,
+        ///Publish to the channel at this time instead of at once; the message is in its thread at once.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub publish_to_channel_at: ::std::option::Option<
+            ::chrono::DateTime<::chrono::offset::Utc>,
+        >,
+        #[serde(rename = "type", skip_serializing_if = "::std::option::Option::is_none")]
+        pub type_: ::std::option::Option<MessageType>,
     }
     impl SendMessageRequest {
         pub fn builder() -> builder::SendMessageRequest {
             Default::default()
+        }
+    }
+    ///For system messages, the event that made the message.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct SendMessageRequestEvent(::std::string::String);
+    impl ::std::ops::Deref for SendMessageRequestEvent {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<SendMessageRequestEvent> for ::std::string::String {
+        fn from(value: SendMessageRequestEvent) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for SendMessageRequestEvent {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for SendMessageRequestEvent {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for SendMessageRequestEvent {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for SendMessageRequestEvent {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`SendMessageRequestMediaUrlsItem`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct SendMessageRequestMediaUrlsItem(::std::string::String);
+    impl ::std::ops::Deref for SendMessageRequestMediaUrlsItem {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<SendMessageRequestMediaUrlsItem>
+    for ::std::string::String {
+        fn from(value: SendMessageRequestMediaUrlsItem) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for SendMessageRequestMediaUrlsItem {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 2048usize {
+                return Err("longer than 2048 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for SendMessageRequestMediaUrlsItem {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for SendMessageRequestMediaUrlsItem {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for SendMessageRequestMediaUrlsItem {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
         }
     }
     ///The text of the message.
@@ -1444,6 +3236,60 @@ pub mod types {
         }
     }
     impl<'de> ::serde::Deserialize<'de> for SendMessageRequestMessage {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`SendMessageXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct SendMessageXActingUser(::std::string::String);
+    impl ::std::ops::Deref for SendMessageXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<SendMessageXActingUser> for ::std::string::String {
+        fn from(value: SendMessageXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for SendMessageXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for SendMessageXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for SendMessageXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for SendMessageXActingUser {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -1588,6 +3434,111 @@ pub mod types {
             value.parse()
         }
     }
+    ///A user, organization or contact on a thread or channel, with what a chat UI needs.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct Subscriber {
+        ///Email address.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub email: ::std::option::Option<::std::string::String>,
+        ///The id of the user, organization (store) or contact (customer).
+        pub id: ::std::string::String,
+        ///Removed from the thread; its details stay cached for the messages it sent.
+        pub is_archived: bool,
+        ///Display name.
+        pub name: ::std::string::String,
+        ///Phone number in E.164 form.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub phone: ::std::option::Option<::std::string::String>,
+        #[serde(rename = "type")]
+        pub type_: SubscriberType,
+        ///When the subscriber last marked the thread read; never set for contacts.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub viewed_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+    }
+    impl Subscriber {
+        pub fn builder() -> builder::Subscriber {
+            Default::default()
+        }
+    }
+    ///A subscriber.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct SubscriberEnvelope {
+        pub subscriber: Subscriber,
+    }
+    impl SubscriberEnvelope {
+        pub fn builder() -> builder::SubscriberEnvelope {
+            Default::default()
+        }
+    }
+    ///A thread's subscribers.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct SubscriberList {
+        pub subscribers: ::std::vec::Vec<Subscriber>,
+    }
+    impl SubscriberList {
+        pub fn builder() -> builder::SubscriberList {
+            Default::default()
+        }
+    }
+    ///`user`: a staff member of the store; `organization`: the store; `contact`: a customer.
+    #[derive(
+        ::serde::Deserialize,
+        ::serde::Serialize,
+        Clone,
+        Copy,
+        Debug,
+        Eq,
+        Hash,
+        Ord,
+        PartialEq,
+        PartialOrd
+    )]
+    pub enum SubscriberType {
+        #[serde(rename = "user")]
+        User,
+        #[serde(rename = "organization")]
+        Organization,
+        #[serde(rename = "contact")]
+        Contact,
+    }
+    impl ::std::fmt::Display for SubscriberType {
+        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+            match *self {
+                Self::User => f.write_str("user"),
+                Self::Organization => f.write_str("organization"),
+                Self::Contact => f.write_str("contact"),
+            }
+        }
+    }
+    impl ::std::str::FromStr for SubscriberType {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            match value {
+                "user" => Ok(Self::User),
+                "organization" => Ok(Self::Organization),
+                "contact" => Ok(Self::Contact),
+                _ => Err("invalid value".into()),
+            }
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for SubscriberType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for SubscriberType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
     /**A conversation between one customer and the store. When `fields` is given, only the
 listed fields (and `id`) are present.
 */
@@ -1608,6 +3559,9 @@ listed fields (and `id`) are present.
         ///Customer phone at the time the thread was created.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub customer_phone: ::std::option::Option<::std::string::String>,
+        ///With `expand=recent_messages`, whether the thread has older messages.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub has_more: ::std::option::Option<bool>,
         ///Unique thread identifier.
         pub id: ::uuid::Uuid,
         ///Hidden from the main list.
@@ -1626,14 +3580,29 @@ listed fields (and `id`) are present.
         >,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub last_message_by: ::std::option::Option<SenderType>,
+        ///The location the thread's resource is at; the store moves it when the resource moves.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub location_id: ::std::option::Option<::std::string::String>,
+        ///The name of the thread.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub name: ::std::option::Option<::std::string::String>,
         ///Order the thread is about.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub order_id: ::std::option::Option<::std::string::String>,
+        ///The organization (store) that owns the thread.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub organization_id: ::std::option::Option<::uuid::Uuid>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub priority: ::std::option::Option<ThreadPriority>,
         ///Product the thread is about.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub product_id: ::std::option::Option<::std::string::String>,
+        ///With `expand=recent_messages`, the newest 150 messages, oldest first.
+        #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+        pub recent_messages: ::std::vec::Vec<Message>,
+        ///The resource (an order, a product) the thread is about; `thrd_<resource_id>` names the thread.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub resource_id: ::std::option::Option<::std::string::String>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub status: ::std::option::Option<ThreadStatus>,
         ///URL of the store's avatar.
@@ -1645,8 +3614,17 @@ listed fields (and `id`) are present.
         ///Thread title.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub subject: ::std::option::Option<::std::string::String>,
+        ///Ids of the active subscribers (users, the organization, contacts).
+        #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+        pub subscriber_ids: ::std::vec::Vec<::std::string::String>,
+        ///Every subscriber, including removed ones (`is_archived`).
+        #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+        pub subscribers: ::std::vec::Vec<Subscriber>,
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub thread_type: ::std::option::Option<ThreadType>,
+        ///Ids of the users and organizations with unread messages in the thread.
+        #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+        pub unread_by: ::std::vec::Vec<::std::string::String>,
         ///Messages from the store or system the customer has not read.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub unread_count_customer: ::std::option::Option<i64>,
@@ -1670,6 +3648,57 @@ listed fields (and `id`) are present.
     impl ThreadEnvelope {
         pub fn builder() -> builder::ThreadEnvelope {
             Default::default()
+        }
+    }
+    ///Extra data to include with a thread.
+    #[derive(
+        ::serde::Deserialize,
+        ::serde::Serialize,
+        Clone,
+        Copy,
+        Debug,
+        Eq,
+        Hash,
+        Ord,
+        PartialEq,
+        PartialOrd
+    )]
+    pub enum ThreadExpand {
+        #[serde(rename = "recent_messages")]
+        RecentMessages,
+    }
+    impl ::std::fmt::Display for ThreadExpand {
+        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+            match *self {
+                Self::RecentMessages => f.write_str("recent_messages"),
+            }
+        }
+    }
+    impl ::std::str::FromStr for ThreadExpand {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            match value {
+                "recent_messages" => Ok(Self::RecentMessages),
+                _ => Err("invalid value".into()),
+            }
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ThreadExpand {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ThreadExpand {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
         }
     }
     ///A page of threads.
@@ -1896,15 +3925,21 @@ listed fields (and `id`) are present.
             value.parse()
         }
     }
-    ///Fields to change; at least one. `status` and `priority` are for the store only.
+    ///Fields to change; at least one. `status`, `priority`, `location_id` and `name` are for the store only.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
     pub struct UpdateThreadRequest {
         ///`true` to archive, `false` to unarchive.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub archived: ::std::option::Option<bool>,
+        ///The resource's new location (store only).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub location_id: ::std::option::Option<UpdateThreadRequestLocationId>,
         ///`true` to mute, `false` to unmute.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub muted: ::std::option::Option<bool>,
+        ///The thread's new name (store only).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub name: ::std::option::Option<UpdateThreadRequestName>,
         ///`true` to pin, `false` to unpin.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub pinned: ::std::option::Option<bool>,
@@ -1916,6 +3951,172 @@ listed fields (and `id`) are present.
     impl UpdateThreadRequest {
         pub fn builder() -> builder::UpdateThreadRequest {
             Default::default()
+        }
+    }
+    ///The resource's new location (store only).
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct UpdateThreadRequestLocationId(::std::string::String);
+    impl ::std::ops::Deref for UpdateThreadRequestLocationId {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<UpdateThreadRequestLocationId> for ::std::string::String {
+        fn from(value: UpdateThreadRequestLocationId) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for UpdateThreadRequestLocationId {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for UpdateThreadRequestLocationId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for UpdateThreadRequestLocationId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for UpdateThreadRequestLocationId {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///The thread's new name (store only).
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct UpdateThreadRequestName(::std::string::String);
+    impl ::std::ops::Deref for UpdateThreadRequestName {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<UpdateThreadRequestName> for ::std::string::String {
+        fn from(value: UpdateThreadRequestName) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for UpdateThreadRequestName {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 300usize {
+                return Err("longer than 300 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for UpdateThreadRequestName {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for UpdateThreadRequestName {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for UpdateThreadRequestName {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`UpdateThreadXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct UpdateThreadXActingUser(::std::string::String);
+    impl ::std::ops::Deref for UpdateThreadXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<UpdateThreadXActingUser> for ::std::string::String {
+        fn from(value: UpdateThreadXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for UpdateThreadXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for UpdateThreadXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for UpdateThreadXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for UpdateThreadXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
         }
     }
     ///A one-time code and where it was sent; exactly one of `email` and `phone`.
@@ -2100,6 +4301,129 @@ listed fields (and `id`) are present.
     /// Types for composing complex structures.
     pub mod builder {
         #[derive(Clone, Debug)]
+        pub struct AddSubscriberRequest {
+            email: ::std::result::Result<
+                ::std::option::Option<super::AddSubscriberRequestEmail>,
+                ::std::string::String,
+            >,
+            id: ::std::result::Result<
+                super::AddSubscriberRequestId,
+                ::std::string::String,
+            >,
+            name: ::std::result::Result<
+                ::std::option::Option<super::AddSubscriberRequestName>,
+                ::std::string::String,
+            >,
+            phone: ::std::result::Result<
+                ::std::option::Option<super::AddSubscriberRequestPhone>,
+                ::std::string::String,
+            >,
+            type_: ::std::result::Result<super::SubscriberType, ::std::string::String>,
+        }
+        impl ::std::default::Default for AddSubscriberRequest {
+            fn default() -> Self {
+                Self {
+                    email: Ok(Default::default()),
+                    id: Err("no value supplied for id".to_string()),
+                    name: Ok(Default::default()),
+                    phone: Ok(Default::default()),
+                    type_: Err("no value supplied for type_".to_string()),
+                }
+            }
+        }
+        impl AddSubscriberRequest {
+            pub fn email<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::AddSubscriberRequestEmail>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.email = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for email: {e}")
+                    });
+                self
+            }
+            pub fn id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::AddSubscriberRequestId>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self
+            }
+            pub fn name<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::AddSubscriberRequestName>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.name = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for name: {e}")
+                    });
+                self
+            }
+            pub fn phone<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::AddSubscriberRequestPhone>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.phone = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for phone: {e}")
+                    });
+                self
+            }
+            pub fn type_<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::SubscriberType>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.type_ = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for type_: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<AddSubscriberRequest>
+        for super::AddSubscriberRequest {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: AddSubscriberRequest,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    email: value.email?,
+                    id: value.id?,
+                    name: value.name?,
+                    phone: value.phone?,
+                    type_: value.type_?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::AddSubscriberRequest> for AddSubscriberRequest {
+            fn from(value: super::AddSubscriberRequest) -> Self {
+                Self {
+                    email: Ok(value.email),
+                    id: Ok(value.id),
+                    name: Ok(value.name),
+                    phone: Ok(value.phone),
+                    type_: Ok(value.type_),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
         pub struct AuthSession {
             customer: ::std::result::Result<super::Customer, ::std::string::String>,
             session: ::std::result::Result<super::Session, ::std::string::String>,
@@ -2154,6 +4478,332 @@ listed fields (and `id`) are present.
                 Self {
                     customer: Ok(value.customer),
                     session: Ok(value.session),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct Channel {
+            has_more: ::std::result::Result<
+                ::std::option::Option<bool>,
+                ::std::string::String,
+            >,
+            id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            name: ::std::result::Result<::std::string::String, ::std::string::String>,
+            organization_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            pending_messages: ::std::result::Result<
+                ::std::vec::Vec<super::Message>,
+                ::std::string::String,
+            >,
+            publisher_ids: ::std::result::Result<
+                ::std::vec::Vec<::std::string::String>,
+                ::std::string::String,
+            >,
+            recent_messages: ::std::result::Result<
+                ::std::vec::Vec<super::Message>,
+                ::std::string::String,
+            >,
+            scheduled_publish_at: ::std::result::Result<
+                ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                ::std::string::String,
+            >,
+            subscriber_hash: ::std::result::Result<
+                ::std::string::String,
+                ::std::string::String,
+            >,
+            subscriber_ids: ::std::result::Result<
+                ::std::vec::Vec<::std::string::String>,
+                ::std::string::String,
+            >,
+            subscribers: ::std::result::Result<
+                ::std::vec::Vec<super::Subscriber>,
+                ::std::string::String,
+            >,
+            updated_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for Channel {
+            fn default() -> Self {
+                Self {
+                    has_more: Ok(Default::default()),
+                    id: Err("no value supplied for id".to_string()),
+                    name: Err("no value supplied for name".to_string()),
+                    organization_id: Err(
+                        "no value supplied for organization_id".to_string(),
+                    ),
+                    pending_messages: Ok(Default::default()),
+                    publisher_ids: Err(
+                        "no value supplied for publisher_ids".to_string(),
+                    ),
+                    recent_messages: Ok(Default::default()),
+                    scheduled_publish_at: Ok(Default::default()),
+                    subscriber_hash: Err(
+                        "no value supplied for subscriber_hash".to_string(),
+                    ),
+                    subscriber_ids: Err(
+                        "no value supplied for subscriber_ids".to_string(),
+                    ),
+                    subscribers: Err("no value supplied for subscribers".to_string()),
+                    updated_at: Err("no value supplied for updated_at".to_string()),
+                }
+            }
+        }
+        impl Channel {
+            pub fn has_more<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<bool>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.has_more = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for has_more: {e}")
+                    });
+                self
+            }
+            pub fn id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::uuid::Uuid>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self
+            }
+            pub fn name<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.name = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for name: {e}")
+                    });
+                self
+            }
+            pub fn organization_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::uuid::Uuid>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.organization_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for organization_id: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn pending_messages<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Message>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.pending_messages = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for pending_messages: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn publisher_ids<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.publisher_ids = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for publisher_ids: {e}")
+                    });
+                self
+            }
+            pub fn recent_messages<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Message>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.recent_messages = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for recent_messages: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn scheduled_publish_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.scheduled_publish_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for scheduled_publish_at: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn subscriber_hash<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscriber_hash = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for subscriber_hash: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn subscriber_ids<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscriber_ids = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for subscriber_ids: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn subscribers<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Subscriber>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscribers = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for subscribers: {e}")
+                    });
+                self
+            }
+            pub fn updated_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.updated_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for updated_at: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<Channel> for super::Channel {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: Channel,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    has_more: value.has_more?,
+                    id: value.id?,
+                    name: value.name?,
+                    organization_id: value.organization_id?,
+                    pending_messages: value.pending_messages?,
+                    publisher_ids: value.publisher_ids?,
+                    recent_messages: value.recent_messages?,
+                    scheduled_publish_at: value.scheduled_publish_at?,
+                    subscriber_hash: value.subscriber_hash?,
+                    subscriber_ids: value.subscriber_ids?,
+                    subscribers: value.subscribers?,
+                    updated_at: value.updated_at?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::Channel> for Channel {
+            fn from(value: super::Channel) -> Self {
+                Self {
+                    has_more: Ok(value.has_more),
+                    id: Ok(value.id),
+                    name: Ok(value.name),
+                    organization_id: Ok(value.organization_id),
+                    pending_messages: Ok(value.pending_messages),
+                    publisher_ids: Ok(value.publisher_ids),
+                    recent_messages: Ok(value.recent_messages),
+                    scheduled_publish_at: Ok(value.scheduled_publish_at),
+                    subscriber_hash: Ok(value.subscriber_hash),
+                    subscriber_ids: Ok(value.subscriber_ids),
+                    subscribers: Ok(value.subscribers),
+                    updated_at: Ok(value.updated_at),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct ChannelList {
+            channels: ::std::result::Result<
+                ::std::vec::Vec<super::Channel>,
+                ::std::string::String,
+            >,
+            pagination: ::std::result::Result<super::Pagination, ::std::string::String>,
+        }
+        impl ::std::default::Default for ChannelList {
+            fn default() -> Self {
+                Self {
+                    channels: Err("no value supplied for channels".to_string()),
+                    pagination: Err("no value supplied for pagination".to_string()),
+                }
+            }
+        }
+        impl ChannelList {
+            pub fn channels<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Channel>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.channels = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for channels: {e}")
+                    });
+                self
+            }
+            pub fn pagination<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::Pagination>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.pagination = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for pagination: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<ChannelList> for super::ChannelList {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: ChannelList,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    channels: value.channels?,
+                    pagination: value.pagination?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::ChannelList> for ChannelList {
+            fn from(value: super::ChannelList) -> Self {
+                Self {
+                    channels: Ok(value.channels),
+                    pagination: Ok(value.pagination),
                 }
             }
         }
@@ -2229,8 +4879,16 @@ listed fields (and `id`) are present.
                 ::std::option::Option<super::CreateConversationRequestCustomerName>,
                 ::std::string::String,
             >,
+            location_id: ::std::result::Result<
+                ::std::option::Option<super::CreateConversationRequestLocationId>,
+                ::std::string::String,
+            >,
             message: ::std::result::Result<
                 super::CreateConversationRequestMessage,
+                ::std::string::String,
+            >,
+            name: ::std::result::Result<
+                ::std::option::Option<super::CreateConversationRequestName>,
                 ::std::string::String,
             >,
             order_id: ::std::result::Result<
@@ -2243,6 +4901,10 @@ listed fields (and `id`) are present.
             >,
             product_id: ::std::result::Result<
                 ::std::option::Option<super::CreateConversationRequestProductId>,
+                ::std::string::String,
+            >,
+            resource_id: ::std::result::Result<
+                ::std::option::Option<super::CreateConversationRequestResourceId>,
                 ::std::string::String,
             >,
             subject: ::std::result::Result<
@@ -2260,10 +4922,13 @@ listed fields (and `id`) are present.
                     customer_email: Ok(Default::default()),
                     customer_id: Ok(Default::default()),
                     customer_name: Ok(Default::default()),
+                    location_id: Ok(Default::default()),
                     message: Err("no value supplied for message".to_string()),
+                    name: Ok(Default::default()),
                     order_id: Ok(Default::default()),
                     priority: Ok(Default::default()),
                     product_id: Ok(Default::default()),
+                    resource_id: Ok(Default::default()),
                     subject: Err("no value supplied for subject".to_string()),
                     thread_type: Ok(Default::default()),
                 }
@@ -2312,6 +4977,20 @@ listed fields (and `id`) are present.
                     });
                 self
             }
+            pub fn location_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::CreateConversationRequestLocationId>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.location_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for location_id: {e}")
+                    });
+                self
+            }
             pub fn message<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<super::CreateConversationRequestMessage>,
@@ -2321,6 +5000,20 @@ listed fields (and `id`) are present.
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for message: {e}")
+                    });
+                self
+            }
+            pub fn name<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::CreateConversationRequestName>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.name = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for name: {e}")
                     });
                 self
             }
@@ -2364,6 +5057,20 @@ listed fields (and `id`) are present.
                     });
                 self
             }
+            pub fn resource_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::CreateConversationRequestResourceId>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.resource_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for resource_id: {e}")
+                    });
+                self
+            }
             pub fn subject<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<super::CreateConversationRequestSubject>,
@@ -2399,10 +5106,13 @@ listed fields (and `id`) are present.
                     customer_email: value.customer_email?,
                     customer_id: value.customer_id?,
                     customer_name: value.customer_name?,
+                    location_id: value.location_id?,
                     message: value.message?,
+                    name: value.name?,
                     order_id: value.order_id?,
                     priority: value.priority?,
                     product_id: value.product_id?,
+                    resource_id: value.resource_id?,
                     subject: value.subject?,
                     thread_type: value.thread_type?,
                 })
@@ -2415,10 +5125,13 @@ listed fields (and `id`) are present.
                     customer_email: Ok(value.customer_email),
                     customer_id: Ok(value.customer_id),
                     customer_name: Ok(value.customer_name),
+                    location_id: Ok(value.location_id),
                     message: Ok(value.message),
+                    name: Ok(value.name),
                     order_id: Ok(value.order_id),
                     priority: Ok(value.priority),
                     product_id: Ok(value.product_id),
+                    resource_id: Ok(value.resource_id),
                     subject: Ok(value.subject),
                     thread_type: Ok(value.thread_type),
                 }
@@ -2715,11 +5428,31 @@ listed fields (and `id`) are present.
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
                 ::std::string::String,
             >,
+            event: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             is_deleted: ::std::result::Result<bool, ::std::string::String>,
             is_edited: ::std::result::Result<bool, ::std::string::String>,
+            media_urls: ::std::result::Result<
+                ::std::vec::Vec<::std::string::String>,
+                ::std::string::String,
+            >,
             message_content: ::std::result::Result<
                 ::std::string::String,
+                ::std::string::String,
+            >,
+            publish_to_channel_at: ::std::result::Result<
+                ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                ::std::string::String,
+            >,
+            reactions: ::std::result::Result<
+                ::std::vec::Vec<super::Reaction>,
+                ::std::string::String,
+            >,
+            resource_id: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
                 ::std::string::String,
             >,
             sender_id: ::std::result::Result<
@@ -2727,7 +5460,12 @@ listed fields (and `id`) are present.
                 ::std::string::String,
             >,
             sender_type: ::std::result::Result<super::SenderType, ::std::string::String>,
+            subscriber_id: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
             thread_id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            type_: ::std::result::Result<super::MessageType, ::std::string::String>,
             updated_at: ::std::result::Result<
                 ::chrono::DateTime<::chrono::offset::Utc>,
                 ::std::string::String,
@@ -2738,15 +5476,22 @@ listed fields (and `id`) are present.
                 Self {
                     created_at: Err("no value supplied for created_at".to_string()),
                     edited_at: Ok(Default::default()),
+                    event: Ok(Default::default()),
                     id: Err("no value supplied for id".to_string()),
                     is_deleted: Err("no value supplied for is_deleted".to_string()),
                     is_edited: Err("no value supplied for is_edited".to_string()),
+                    media_urls: Err("no value supplied for media_urls".to_string()),
                     message_content: Err(
                         "no value supplied for message_content".to_string(),
                     ),
+                    publish_to_channel_at: Ok(Default::default()),
+                    reactions: Err("no value supplied for reactions".to_string()),
+                    resource_id: Ok(Default::default()),
                     sender_id: Ok(Default::default()),
                     sender_type: Err("no value supplied for sender_type".to_string()),
+                    subscriber_id: Ok(Default::default()),
                     thread_id: Err("no value supplied for thread_id".to_string()),
+                    type_: Err("no value supplied for type_".to_string()),
                     updated_at: Err("no value supplied for updated_at".to_string()),
                 }
             }
@@ -2775,6 +5520,18 @@ listed fields (and `id`) are present.
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for edited_at: {e}")
+                    });
+                self
+            }
+            pub fn event<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for event: {e}")
                     });
                 self
             }
@@ -2812,6 +5569,18 @@ listed fields (and `id`) are present.
                     });
                 self
             }
+            pub fn media_urls<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.media_urls = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for media_urls: {e}")
+                    });
+                self
+            }
             pub fn message_content<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::std::string::String>,
@@ -2823,6 +5592,46 @@ listed fields (and `id`) are present.
                         format!(
                             "error converting supplied value for message_content: {e}"
                         )
+                    });
+                self
+            }
+            pub fn publish_to_channel_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.publish_to_channel_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for publish_to_channel_at: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn reactions<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Reaction>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.reactions = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for reactions: {e}")
+                    });
+                self
+            }
+            pub fn resource_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.resource_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for resource_id: {e}")
                     });
                 self
             }
@@ -2850,6 +5659,18 @@ listed fields (and `id`) are present.
                     });
                 self
             }
+            pub fn subscriber_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscriber_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for subscriber_id: {e}")
+                    });
+                self
+            }
             pub fn thread_id<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::uuid::Uuid>,
@@ -2859,6 +5680,18 @@ listed fields (and `id`) are present.
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for thread_id: {e}")
+                    });
+                self
+            }
+            pub fn type_<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::MessageType>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.type_ = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for type_: {e}")
                     });
                 self
             }
@@ -2883,13 +5716,20 @@ listed fields (and `id`) are present.
                 Ok(Self {
                     created_at: value.created_at?,
                     edited_at: value.edited_at?,
+                    event: value.event?,
                     id: value.id?,
                     is_deleted: value.is_deleted?,
                     is_edited: value.is_edited?,
+                    media_urls: value.media_urls?,
                     message_content: value.message_content?,
+                    publish_to_channel_at: value.publish_to_channel_at?,
+                    reactions: value.reactions?,
+                    resource_id: value.resource_id?,
                     sender_id: value.sender_id?,
                     sender_type: value.sender_type?,
+                    subscriber_id: value.subscriber_id?,
                     thread_id: value.thread_id?,
+                    type_: value.type_?,
                     updated_at: value.updated_at?,
                 })
             }
@@ -2899,13 +5739,20 @@ listed fields (and `id`) are present.
                 Self {
                     created_at: Ok(value.created_at),
                     edited_at: Ok(value.edited_at),
+                    event: Ok(value.event),
                     id: Ok(value.id),
                     is_deleted: Ok(value.is_deleted),
                     is_edited: Ok(value.is_edited),
+                    media_urls: Ok(value.media_urls),
                     message_content: Ok(value.message_content),
+                    publish_to_channel_at: Ok(value.publish_to_channel_at),
+                    reactions: Ok(value.reactions),
+                    resource_id: Ok(value.resource_id),
                     sender_id: Ok(value.sender_id),
                     sender_type: Ok(value.sender_type),
+                    subscriber_id: Ok(value.subscriber_id),
                     thread_id: Ok(value.thread_id),
+                    type_: Ok(value.type_),
                     updated_at: Ok(value.updated_at),
                 }
             }
@@ -3325,6 +6172,87 @@ listed fields (and `id`) are present.
             }
         }
         #[derive(Clone, Debug)]
+        pub struct Reaction {
+            count: ::std::result::Result<i64, ::std::string::String>,
+            emoji: ::std::result::Result<::std::string::String, ::std::string::String>,
+            subscriber_ids: ::std::result::Result<
+                ::std::vec::Vec<::std::string::String>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for Reaction {
+            fn default() -> Self {
+                Self {
+                    count: Err("no value supplied for count".to_string()),
+                    emoji: Err("no value supplied for emoji".to_string()),
+                    subscriber_ids: Err(
+                        "no value supplied for subscriber_ids".to_string(),
+                    ),
+                }
+            }
+        }
+        impl Reaction {
+            pub fn count<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i64>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.count = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for count: {e}")
+                    });
+                self
+            }
+            pub fn emoji<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.emoji = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for emoji: {e}")
+                    });
+                self
+            }
+            pub fn subscriber_ids<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscriber_ids = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for subscriber_ids: {e}"
+                        )
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<Reaction> for super::Reaction {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: Reaction,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    count: value.count?,
+                    emoji: value.emoji?,
+                    subscriber_ids: value.subscriber_ids?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::Reaction> for Reaction {
+            fn from(value: super::Reaction) -> Self {
+                Self {
+                    count: Ok(value.count),
+                    emoji: Ok(value.emoji),
+                    subscriber_ids: Ok(value.subscriber_ids),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
         pub struct RefreshRequest {
             refresh_token: ::std::result::Result<
                 super::RefreshRequestRefreshToken,
@@ -3475,19 +6403,67 @@ listed fields (and `id`) are present.
         }
         #[derive(Clone, Debug)]
         pub struct SendMessageRequest {
+            event: ::std::result::Result<
+                ::std::option::Option<super::SendMessageRequestEvent>,
+                ::std::string::String,
+            >,
+            media_urls: ::std::result::Result<
+                ::std::vec::Vec<super::SendMessageRequestMediaUrlsItem>,
+                ::std::string::String,
+            >,
             message: ::std::result::Result<
                 super::SendMessageRequestMessage,
+                ::std::string::String,
+            >,
+            publish_to_channel_at: ::std::result::Result<
+                ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                ::std::string::String,
+            >,
+            type_: ::std::result::Result<
+                ::std::option::Option<super::MessageType>,
                 ::std::string::String,
             >,
         }
         impl ::std::default::Default for SendMessageRequest {
             fn default() -> Self {
                 Self {
+                    event: Ok(Default::default()),
+                    media_urls: Ok(Default::default()),
                     message: Err("no value supplied for message".to_string()),
+                    publish_to_channel_at: Ok(Default::default()),
+                    type_: Ok(Default::default()),
                 }
             }
         }
         impl SendMessageRequest {
+            pub fn event<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::SendMessageRequestEvent>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for event: {e}")
+                    });
+                self
+            }
+            pub fn media_urls<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::vec::Vec<super::SendMessageRequestMediaUrlsItem>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.media_urls = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for media_urls: {e}")
+                    });
+                self
+            }
             pub fn message<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<super::SendMessageRequestMessage>,
@@ -3500,18 +6476,58 @@ listed fields (and `id`) are present.
                     });
                 self
             }
+            pub fn publish_to_channel_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.publish_to_channel_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for publish_to_channel_at: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn type_<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<super::MessageType>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.type_ = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for type_: {e}")
+                    });
+                self
+            }
         }
         impl ::std::convert::TryFrom<SendMessageRequest> for super::SendMessageRequest {
             type Error = super::error::ConversionError;
             fn try_from(
                 value: SendMessageRequest,
             ) -> ::std::result::Result<Self, super::error::ConversionError> {
-                Ok(Self { message: value.message? })
+                Ok(Self {
+                    event: value.event?,
+                    media_urls: value.media_urls?,
+                    message: value.message?,
+                    publish_to_channel_at: value.publish_to_channel_at?,
+                    type_: value.type_?,
+                })
             }
         }
         impl ::std::convert::From<super::SendMessageRequest> for SendMessageRequest {
             fn from(value: super::SendMessageRequest) -> Self {
-                Self { message: Ok(value.message) }
+                Self {
+                    event: Ok(value.event),
+                    media_urls: Ok(value.media_urls),
+                    message: Ok(value.message),
+                    publish_to_channel_at: Ok(value.publish_to_channel_at),
+                    type_: Ok(value.type_),
+                }
             }
         }
         #[derive(Clone, Debug)]
@@ -3635,6 +6651,240 @@ listed fields (and `id`) are present.
             }
         }
         #[derive(Clone, Debug)]
+        pub struct Subscriber {
+            email: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            id: ::std::result::Result<::std::string::String, ::std::string::String>,
+            is_archived: ::std::result::Result<bool, ::std::string::String>,
+            name: ::std::result::Result<::std::string::String, ::std::string::String>,
+            phone: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            type_: ::std::result::Result<super::SubscriberType, ::std::string::String>,
+            viewed_at: ::std::result::Result<
+                ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for Subscriber {
+            fn default() -> Self {
+                Self {
+                    email: Ok(Default::default()),
+                    id: Err("no value supplied for id".to_string()),
+                    is_archived: Err("no value supplied for is_archived".to_string()),
+                    name: Err("no value supplied for name".to_string()),
+                    phone: Ok(Default::default()),
+                    type_: Err("no value supplied for type_".to_string()),
+                    viewed_at: Ok(Default::default()),
+                }
+            }
+        }
+        impl Subscriber {
+            pub fn email<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.email = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for email: {e}")
+                    });
+                self
+            }
+            pub fn id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self
+            }
+            pub fn is_archived<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.is_archived = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for is_archived: {e}")
+                    });
+                self
+            }
+            pub fn name<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.name = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for name: {e}")
+                    });
+                self
+            }
+            pub fn phone<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.phone = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for phone: {e}")
+                    });
+                self
+            }
+            pub fn type_<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::SubscriberType>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.type_ = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for type_: {e}")
+                    });
+                self
+            }
+            pub fn viewed_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.viewed_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for viewed_at: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<Subscriber> for super::Subscriber {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: Subscriber,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    email: value.email?,
+                    id: value.id?,
+                    is_archived: value.is_archived?,
+                    name: value.name?,
+                    phone: value.phone?,
+                    type_: value.type_?,
+                    viewed_at: value.viewed_at?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::Subscriber> for Subscriber {
+            fn from(value: super::Subscriber) -> Self {
+                Self {
+                    email: Ok(value.email),
+                    id: Ok(value.id),
+                    is_archived: Ok(value.is_archived),
+                    name: Ok(value.name),
+                    phone: Ok(value.phone),
+                    type_: Ok(value.type_),
+                    viewed_at: Ok(value.viewed_at),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct SubscriberEnvelope {
+            subscriber: ::std::result::Result<super::Subscriber, ::std::string::String>,
+        }
+        impl ::std::default::Default for SubscriberEnvelope {
+            fn default() -> Self {
+                Self {
+                    subscriber: Err("no value supplied for subscriber".to_string()),
+                }
+            }
+        }
+        impl SubscriberEnvelope {
+            pub fn subscriber<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::Subscriber>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscriber = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for subscriber: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<SubscriberEnvelope> for super::SubscriberEnvelope {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: SubscriberEnvelope,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    subscriber: value.subscriber?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::SubscriberEnvelope> for SubscriberEnvelope {
+            fn from(value: super::SubscriberEnvelope) -> Self {
+                Self {
+                    subscriber: Ok(value.subscriber),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct SubscriberList {
+            subscribers: ::std::result::Result<
+                ::std::vec::Vec<super::Subscriber>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for SubscriberList {
+            fn default() -> Self {
+                Self {
+                    subscribers: Err("no value supplied for subscribers".to_string()),
+                }
+            }
+        }
+        impl SubscriberList {
+            pub fn subscribers<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Subscriber>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscribers = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for subscribers: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<SubscriberList> for super::SubscriberList {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: SubscriberList,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    subscribers: value.subscribers?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::SubscriberList> for SubscriberList {
+            fn from(value: super::SubscriberList) -> Self {
+                Self {
+                    subscribers: Ok(value.subscribers),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
         pub struct Thread {
             created_at: ::std::result::Result<
                 ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
@@ -3654,6 +6904,10 @@ listed fields (and `id`) are present.
             >,
             customer_phone: ::std::result::Result<
                 ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            has_more: ::std::result::Result<
+                ::std::option::Option<bool>,
                 ::std::string::String,
             >,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
@@ -3677,8 +6931,20 @@ listed fields (and `id`) are present.
                 ::std::option::Option<super::SenderType>,
                 ::std::string::String,
             >,
+            location_id: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            name: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
             order_id: ::std::result::Result<
                 ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            organization_id: ::std::result::Result<
+                ::std::option::Option<::uuid::Uuid>,
                 ::std::string::String,
             >,
             priority: ::std::result::Result<
@@ -3686,6 +6952,14 @@ listed fields (and `id`) are present.
                 ::std::string::String,
             >,
             product_id: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            recent_messages: ::std::result::Result<
+                ::std::vec::Vec<super::Message>,
+                ::std::string::String,
+            >,
+            resource_id: ::std::result::Result<
                 ::std::option::Option<::std::string::String>,
                 ::std::string::String,
             >,
@@ -3705,8 +6979,20 @@ listed fields (and `id`) are present.
                 ::std::option::Option<::std::string::String>,
                 ::std::string::String,
             >,
+            subscriber_ids: ::std::result::Result<
+                ::std::vec::Vec<::std::string::String>,
+                ::std::string::String,
+            >,
+            subscribers: ::std::result::Result<
+                ::std::vec::Vec<super::Subscriber>,
+                ::std::string::String,
+            >,
             thread_type: ::std::result::Result<
                 ::std::option::Option<super::ThreadType>,
+                ::std::string::String,
+            >,
+            unread_by: ::std::result::Result<
+                ::std::vec::Vec<::std::string::String>,
                 ::std::string::String,
             >,
             unread_count_customer: ::std::result::Result<
@@ -3730,20 +7016,29 @@ listed fields (and `id`) are present.
                     customer_id: Ok(Default::default()),
                     customer_name: Ok(Default::default()),
                     customer_phone: Ok(Default::default()),
+                    has_more: Ok(Default::default()),
                     id: Err("no value supplied for id".to_string()),
                     is_archived: Ok(Default::default()),
                     is_muted: Ok(Default::default()),
                     is_pinned: Ok(Default::default()),
                     last_message_at: Ok(Default::default()),
                     last_message_by: Ok(Default::default()),
+                    location_id: Ok(Default::default()),
+                    name: Ok(Default::default()),
                     order_id: Ok(Default::default()),
+                    organization_id: Ok(Default::default()),
                     priority: Ok(Default::default()),
                     product_id: Ok(Default::default()),
+                    recent_messages: Ok(Default::default()),
+                    resource_id: Ok(Default::default()),
                     status: Ok(Default::default()),
                     store_avatar: Ok(Default::default()),
                     store_name: Ok(Default::default()),
                     subject: Ok(Default::default()),
+                    subscriber_ids: Ok(Default::default()),
+                    subscribers: Ok(Default::default()),
                     thread_type: Ok(Default::default()),
+                    unread_by: Ok(Default::default()),
                     unread_count_customer: Ok(Default::default()),
                     unread_count_store: Ok(Default::default()),
                     updated_at: Ok(Default::default()),
@@ -3814,6 +7109,18 @@ listed fields (and `id`) are present.
                         format!(
                             "error converting supplied value for customer_phone: {e}"
                         )
+                    });
+                self
+            }
+            pub fn has_more<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<bool>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.has_more = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for has_more: {e}")
                     });
                 self
             }
@@ -3893,6 +7200,30 @@ listed fields (and `id`) are present.
                     });
                 self
             }
+            pub fn location_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.location_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for location_id: {e}")
+                    });
+                self
+            }
+            pub fn name<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.name = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for name: {e}")
+                    });
+                self
+            }
             pub fn order_id<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
@@ -3902,6 +7233,20 @@ listed fields (and `id`) are present.
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for order_id: {e}")
+                    });
+                self
+            }
+            pub fn organization_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::uuid::Uuid>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.organization_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for organization_id: {e}"
+                        )
                     });
                 self
             }
@@ -3926,6 +7271,32 @@ listed fields (and `id`) are present.
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for product_id: {e}")
+                    });
+                self
+            }
+            pub fn recent_messages<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Message>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.recent_messages = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for recent_messages: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn resource_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.resource_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for resource_id: {e}")
                     });
                 self
             }
@@ -3977,6 +7348,32 @@ listed fields (and `id`) are present.
                     });
                 self
             }
+            pub fn subscriber_ids<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscriber_ids = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for subscriber_ids: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn subscribers<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Subscriber>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscribers = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for subscribers: {e}")
+                    });
+                self
+            }
             pub fn thread_type<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::std::option::Option<super::ThreadType>>,
@@ -3986,6 +7383,18 @@ listed fields (and `id`) are present.
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for thread_type: {e}")
+                    });
+                self
+            }
+            pub fn unread_by<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.unread_by = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for unread_by: {e}")
                     });
                 self
             }
@@ -4043,20 +7452,29 @@ listed fields (and `id`) are present.
                     customer_id: value.customer_id?,
                     customer_name: value.customer_name?,
                     customer_phone: value.customer_phone?,
+                    has_more: value.has_more?,
                     id: value.id?,
                     is_archived: value.is_archived?,
                     is_muted: value.is_muted?,
                     is_pinned: value.is_pinned?,
                     last_message_at: value.last_message_at?,
                     last_message_by: value.last_message_by?,
+                    location_id: value.location_id?,
+                    name: value.name?,
                     order_id: value.order_id?,
+                    organization_id: value.organization_id?,
                     priority: value.priority?,
                     product_id: value.product_id?,
+                    recent_messages: value.recent_messages?,
+                    resource_id: value.resource_id?,
                     status: value.status?,
                     store_avatar: value.store_avatar?,
                     store_name: value.store_name?,
                     subject: value.subject?,
+                    subscriber_ids: value.subscriber_ids?,
+                    subscribers: value.subscribers?,
                     thread_type: value.thread_type?,
+                    unread_by: value.unread_by?,
                     unread_count_customer: value.unread_count_customer?,
                     unread_count_store: value.unread_count_store?,
                     updated_at: value.updated_at?,
@@ -4071,20 +7489,29 @@ listed fields (and `id`) are present.
                     customer_id: Ok(value.customer_id),
                     customer_name: Ok(value.customer_name),
                     customer_phone: Ok(value.customer_phone),
+                    has_more: Ok(value.has_more),
                     id: Ok(value.id),
                     is_archived: Ok(value.is_archived),
                     is_muted: Ok(value.is_muted),
                     is_pinned: Ok(value.is_pinned),
                     last_message_at: Ok(value.last_message_at),
                     last_message_by: Ok(value.last_message_by),
+                    location_id: Ok(value.location_id),
+                    name: Ok(value.name),
                     order_id: Ok(value.order_id),
+                    organization_id: Ok(value.organization_id),
                     priority: Ok(value.priority),
                     product_id: Ok(value.product_id),
+                    recent_messages: Ok(value.recent_messages),
+                    resource_id: Ok(value.resource_id),
                     status: Ok(value.status),
                     store_avatar: Ok(value.store_avatar),
                     store_name: Ok(value.store_name),
                     subject: Ok(value.subject),
+                    subscriber_ids: Ok(value.subscriber_ids),
+                    subscribers: Ok(value.subscribers),
                     thread_type: Ok(value.thread_type),
+                    unread_by: Ok(value.unread_by),
                     unread_count_customer: Ok(value.unread_count_customer),
                     unread_count_store: Ok(value.unread_count_store),
                     updated_at: Ok(value.updated_at),
@@ -4196,8 +7623,16 @@ listed fields (and `id`) are present.
                 ::std::option::Option<bool>,
                 ::std::string::String,
             >,
+            location_id: ::std::result::Result<
+                ::std::option::Option<super::UpdateThreadRequestLocationId>,
+                ::std::string::String,
+            >,
             muted: ::std::result::Result<
                 ::std::option::Option<bool>,
+                ::std::string::String,
+            >,
+            name: ::std::result::Result<
+                ::std::option::Option<super::UpdateThreadRequestName>,
                 ::std::string::String,
             >,
             pinned: ::std::result::Result<
@@ -4217,7 +7652,9 @@ listed fields (and `id`) are present.
             fn default() -> Self {
                 Self {
                     archived: Ok(Default::default()),
+                    location_id: Ok(Default::default()),
                     muted: Ok(Default::default()),
+                    name: Ok(Default::default()),
                     pinned: Ok(Default::default()),
                     priority: Ok(Default::default()),
                     status: Ok(Default::default()),
@@ -4237,6 +7674,20 @@ listed fields (and `id`) are present.
                     });
                 self
             }
+            pub fn location_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::UpdateThreadRequestLocationId>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.location_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for location_id: {e}")
+                    });
+                self
+            }
             pub fn muted<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::std::option::Option<bool>>,
@@ -4246,6 +7697,20 @@ listed fields (and `id`) are present.
                     .try_into()
                     .map_err(|e| {
                         format!("error converting supplied value for muted: {e}")
+                    });
+                self
+            }
+            pub fn name<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::UpdateThreadRequestName>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.name = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for name: {e}")
                     });
                 self
             }
@@ -4294,7 +7759,9 @@ listed fields (and `id`) are present.
             ) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
                     archived: value.archived?,
+                    location_id: value.location_id?,
                     muted: value.muted?,
+                    name: value.name?,
                     pinned: value.pinned?,
                     priority: value.priority?,
                     status: value.status?,
@@ -4305,7 +7772,9 @@ listed fields (and `id`) are present.
             fn from(value: super::UpdateThreadRequest) -> Self {
                 Self {
                     archived: Ok(value.archived),
+                    location_id: Ok(value.location_id),
                     muted: Ok(value.muted),
+                    name: Ok(value.name),
                     pinned: Ok(value.pinned),
                     priority: Ok(value.priority),
                     status: Ok(value.status),
@@ -4582,6 +8051,93 @@ let response = client.verify_otp()
     pub fn verify_otp(&self) -> builder::VerifyOtp<'_> {
         builder::VerifyOtp::new(self)
     }
+    /**List channels
+
+Channels are made automatically, one per set of active thread subscribers. A customer
+sees the channels it belongs to; the store sees all. Newest activity first.
+
+
+Sends a `GET` request to `/v1/messaging/channels`
+
+Arguments:
+- `cursor`: Opaque cursor from `pagination.next_cursor` of the previous page.
+- `limit`: Page size, 1 to 200.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.list_channels()
+    .cursor(cursor)
+    .limit(limit)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn list_channels(&self) -> builder::ListChannels<'_> {
+        builder::ListChannels::new(self)
+    }
+    /**Get a channel
+
+With its newest 150 published messages (oldest first) and `has_more`. The store also sees
+`pending_messages` and `scheduled_publish_at`.
+
+
+Sends a `GET` request to `/v1/messaging/channels/{id}`
+
+Arguments:
+- `id`: Channel id.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.get_channel()
+    .id(id)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn get_channel(&self) -> builder::GetChannel<'_> {
+        builder::GetChannel::new(self)
+    }
+    /**List a channel's messages
+
+Published messages of every thread in the channel, in publishing order, in cursor pages.
+
+Sends a `GET` request to `/v1/messaging/channels/{id}/messages`
+
+Arguments:
+- `id`: Channel id.
+- `cursor`: Opaque cursor from `pagination.next_cursor` of the previous page.
+- `limit`: Page size, 1 to 200.
+- `order`: `asc`: oldest first; `desc`: newest first.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.get_channel_messages()
+    .id(id)
+    .cursor(cursor)
+    .limit(limit)
+    .order(order)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn get_channel_messages(&self) -> builder::GetChannelMessages<'_> {
+        builder::GetChannelMessages::new(self)
+    }
     /**Delete a message
 
 Soft delete: the row stays for audit, lists hide it, a second delete is 404.
@@ -4592,12 +8148,16 @@ Sends a `DELETE` request to `/v1/messaging/messages/{id}`
 
 Arguments:
 - `id`: Message id.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
 ```ignore
 let response = client.delete_message()
     .id(id)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .send()
     .await;
@@ -4616,6 +8176,9 @@ Sends a `PATCH` request to `/v1/messaging/messages/{id}`
 
 Arguments:
 - `id`: Message id.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
@@ -4623,6 +8186,7 @@ ownership gates apply; without it a secret key acts as the store.
 ```ignore
 let response = client.edit_message()
     .id(id)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .body(body)
     .send()
@@ -4630,6 +8194,60 @@ let response = client.edit_message()
 ```*/
     pub fn edit_message(&self) -> builder::EditMessage<'_> {
         builder::EditMessage::new(self)
+    }
+    /**React to a message
+
+Adds the caller's reaction; adding it again changes nothing. Anyone who may read the thread may react.
+
+Sends a `PUT` request to `/v1/messaging/messages/{id}/reactions/{emoji}`
+
+Arguments:
+- `id`: Message id.
+- `emoji`: The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.add_reaction()
+    .id(id)
+    .emoji(emoji)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn add_reaction(&self) -> builder::AddReaction<'_> {
+        builder::AddReaction::new(self)
+    }
+    /**Remove a reaction
+
+Removes the caller's reaction; removing an absent one changes nothing.
+
+Sends a `DELETE` request to `/v1/messaging/messages/{id}/reactions/{emoji}`
+
+Arguments:
+- `id`: Message id.
+- `emoji`: The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.remove_reaction()
+    .id(id)
+    .emoji(emoji)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn remove_reaction(&self) -> builder::RemoveReaction<'_> {
+        builder::RemoveReaction::new(self)
     }
     /**List message threads
 
@@ -4648,7 +8266,8 @@ Arguments:
 `customer_id`, `customer_name`, `customer_email`, `customer_phone`, `store_name`,
 `store_avatar`, `order_id`, `product_id`, `subject`, `thread_type`, `status`, `priority`,
 `last_message_at`, `last_message_by`, `unread_count_customer`, `unread_count_store`,
-`is_archived`, `is_muted`, `is_pinned`, `created_at`, `updated_at`.
+`is_archived`, `is_muted`, `is_pinned`, `created_at`, `updated_at`, `resource_id`,
+`location_id`, `name`, `organization_id`, `subscriber_ids`, `subscribers`, `unread_by`.
 
 - `limit`: Page size, 1 to 200.
 - `priority`: Only threads with this priority.
@@ -4656,6 +8275,9 @@ Arguments:
 - `thread_type`: Only threads of this type.
 - `unread`: `true`: only threads with unread messages for the caller (`unread_count_customer`
 for a customer, `unread_count_store` for the store).
+
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
 
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
@@ -4671,6 +8293,7 @@ let response = client.list_threads()
     .status(status)
     .thread_type(thread_type)
     .unread(unread)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .send()
     .await;
@@ -4688,12 +8311,16 @@ may omit `customer_id`; if given it must be its own (gateByCustomerId). The stor
 Sends a `POST` request to `/v1/messaging/threads`
 
 Arguments:
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
 - `body`
 ```ignore
 let response = client.create_conversation()
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .body(body)
     .send()
@@ -4709,15 +8336,23 @@ Gated by gateByThreadId when a customer token is present.
 Sends a `GET` request to `/v1/messaging/threads/{id}`
 
 Arguments:
-- `id`: Thread id.
+- `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+predictable id).
+
+- `expand`: `recent_messages` adds the newest 150 messages (oldest first) and `has_more`.
 - `fields`: Comma-separated fields to return, as for `listThreads`; `id` is always returned.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
 ```ignore
 let response = client.get_thread()
     .id(id)
+    .expand(expand)
     .fields(fields)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .send()
     .await;
@@ -4734,7 +8369,12 @@ A customer may set `archived`, `muted` and `pinned` on its own thread; `status` 
 Sends a `PATCH` request to `/v1/messaging/threads/{id}`
 
 Arguments:
-- `id`: Thread id.
+- `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+predictable id).
+
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
@@ -4742,6 +8382,7 @@ ownership gates apply; without it a secret key acts as the store.
 ```ignore
 let response = client.update_thread()
     .id(id)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .body(body)
     .send()
@@ -4759,10 +8400,15 @@ Cursor-paginated history; deleted messages never appear. For a chat UI, load
 Sends a `GET` request to `/v1/messaging/threads/{id}/messages`
 
 Arguments:
-- `id`: Thread id.
+- `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+predictable id).
+
 - `cursor`: Opaque cursor from `pagination.next_cursor` of the previous page.
 - `limit`: Page size, 1 to 200.
 - `order`: `asc`: oldest first; `desc`: newest first.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
@@ -4772,6 +8418,7 @@ let response = client.get_thread_messages()
     .cursor(cursor)
     .limit(limit)
     .order(order)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .send()
     .await;
@@ -4790,7 +8437,12 @@ thread answers 409.
 Sends a `POST` request to `/v1/messaging/threads/{id}/messages`
 
 Arguments:
-- `id`: Thread id.
+- `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+predictable id).
+
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
@@ -4798,6 +8450,7 @@ ownership gates apply; without it a secret key acts as the store.
 ```ignore
 let response = client.send_message()
     .id(id)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .body(body)
     .send()
@@ -4815,19 +8468,118 @@ zeroes `unread_count_store`.
 Sends a `POST` request to `/v1/messaging/threads/{id}/read`
 
 Arguments:
-- `id`: Thread id.
+- `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+predictable id).
+
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
 ```ignore
 let response = client.mark_thread_read()
     .id(id)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .send()
     .await;
 ```*/
     pub fn mark_thread_read(&self) -> builder::MarkThreadRead<'_> {
         builder::MarkThreadRead::new(self)
+    }
+    /**List a thread's subscribers
+
+Users (store staff), the organization (the store) and contacts (customers), including
+removed ones (`is_archived`), whose details stay cached. Gated by gateByThreadId.
+
+
+Sends a `GET` request to `/v1/messaging/threads/{id}/subscribers`
+
+Arguments:
+- `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+predictable id).
+
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.list_subscribers()
+    .id(id)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn list_subscribers(&self) -> builder::ListSubscribers<'_> {
+        builder::ListSubscribers::new(self)
+    }
+    /**Add a subscriber
+
+The store adds a user, an organization or a contact to a thread (a customer gets 403).
+A contact must be a customer of the store; its details default to the customer's.
+Adding an archived subscriber again restores it. The thread moves to the channel of its
+new subscriber set.
+
+
+Sends a `POST` request to `/v1/messaging/threads/{id}/subscribers`
+
+Arguments:
+- `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+predictable id).
+
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+- `body`
+```ignore
+let response = client.add_subscriber()
+    .id(id)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .body(body)
+    .send()
+    .await;
+```*/
+    pub fn add_subscriber(&self) -> builder::AddSubscriber<'_> {
+        builder::AddSubscriber::new(self)
+    }
+    /**Remove a subscriber
+
+The store removes a subscriber: it is archived, keeping its cached details, and the
+thread moves to the channel of its remaining subscribers.
+
+
+Sends a `DELETE` request to `/v1/messaging/threads/{id}/subscribers/{subscriber_id}`
+
+Arguments:
+- `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
+predictable id).
+
+- `subscriber_id`: The subscriber's id.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.remove_subscriber()
+    .id(id)
+    .subscriber_id(subscriber_id)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn remove_subscriber(&self) -> builder::RemoveSubscriber<'_> {
+        builder::RemoveSubscriber::new(self)
     }
 }
 /// Types for composing operation parameters.
@@ -5460,20 +9212,178 @@ pub mod builder {
             }
         }
     }
-    /**Builder for [`Client::delete_message`]
+    /**Builder for [`Client::list_channels`]
 
-[`Client::delete_message`]: super::Client::delete_message*/
+[`Client::list_channels`]: super::Client::list_channels*/
     #[derive(Debug, Clone)]
-    pub struct DeleteMessage<'a> {
+    pub struct ListChannels<'a> {
         client: &'a super::Client,
-        id: Result<::uuid::Uuid, String>,
+        cursor: Result<Option<types::ListChannelsCursor>, String>,
+        limit: Result<Option<::std::num::NonZeroU32>, String>,
+        x_acting_user: Result<Option<types::ListChannelsXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
     }
-    impl<'a> DeleteMessage<'a> {
+    impl<'a> ListChannels<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                cursor: Ok(None),
+                limit: Ok(None),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn cursor<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListChannelsCursor>,
+        {
+            self.cursor = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListChannelsCursor` for cursor failed".to_string()
+                });
+            self
+        }
+        pub fn limit<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::num::NonZeroU32>,
+        {
+            self.limit = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: num :: NonZeroU32` for limit failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListChannelsXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListChannelsXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/messaging/channels`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::ChannelList>, Error<types::Problem>> {
+            let Self { client, cursor, limit, x_acting_user, x_auth_token } = self;
+            let cursor = cursor.map_err(Error::InvalidRequest)?;
+            let limit = limit.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!("{}/v1/messaging/channels", client.baseurl,);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .query(&progenitor_client::QueryParam::new("cursor", &cursor))
+                .query(&progenitor_client::QueryParam::new("limit", &limit))
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "list_channels",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::get_channel`]
+
+[`Client::get_channel`]: super::Client::get_channel*/
+    #[derive(Debug, Clone)]
+    pub struct GetChannel<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+        x_acting_user: Result<Option<types::GetChannelXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> GetChannel<'a> {
         pub fn new(client: &'a super::Client) -> Self {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
             }
         }
@@ -5485,6 +9395,361 @@ pub mod builder {
                 .try_into()
                 .map_err(|_| {
                     "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::GetChannelXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `GetChannelXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/messaging/channels/{id}`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::Channel>, Error<types::Problem>> {
+            let Self { client, id, x_acting_user, x_auth_token } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/messaging/channels/{}", client.baseurl, encode_path(& id
+                .to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "get_channel",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::get_channel_messages`]
+
+[`Client::get_channel_messages`]: super::Client::get_channel_messages*/
+    #[derive(Debug, Clone)]
+    pub struct GetChannelMessages<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+        cursor: Result<Option<types::GetChannelMessagesCursor>, String>,
+        limit: Result<Option<::std::num::NonZeroU32>, String>,
+        order: Result<Option<types::SortOrder>, String>,
+        x_acting_user: Result<Option<types::GetChannelMessagesXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> GetChannelMessages<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                cursor: Ok(None),
+                limit: Ok(None),
+                order: Ok(None),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn cursor<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::GetChannelMessagesCursor>,
+        {
+            self.cursor = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `GetChannelMessagesCursor` for cursor failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn limit<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::num::NonZeroU32>,
+        {
+            self.limit = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: num :: NonZeroU32` for limit failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn order<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::SortOrder>,
+        {
+            self.order = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| "conversion to `SortOrder` for order failed".to_string());
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::GetChannelMessagesXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `GetChannelMessagesXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/messaging/channels/{id}/messages`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::MessageList>, Error<types::Problem>> {
+            let Self { client, id, cursor, limit, order, x_acting_user, x_auth_token } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let cursor = cursor.map_err(Error::InvalidRequest)?;
+            let limit = limit.map_err(Error::InvalidRequest)?;
+            let order = order.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/messaging/channels/{}/messages", client.baseurl, encode_path(& id
+                .to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .query(&progenitor_client::QueryParam::new("cursor", &cursor))
+                .query(&progenitor_client::QueryParam::new("limit", &limit))
+                .query(&progenitor_client::QueryParam::new("order", &order))
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "get_channel_messages",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::delete_message`]
+
+[`Client::delete_message`]: super::Client::delete_message*/
+    #[derive(Debug, Clone)]
+    pub struct DeleteMessage<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+        x_acting_user: Result<Option<types::DeleteMessageXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> DeleteMessage<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::DeleteMessageXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `DeleteMessageXActingUser` for x_acting_user failed"
+                        .to_string()
                 });
             self
         }
@@ -5505,14 +9770,15 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::DeletedMessage>, Error<types::Problem>> {
-            let Self { client, id, x_auth_token } = self;
+            let Self { client, id, x_acting_user, x_auth_token } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let url = format!(
                 "{}/v1/messaging/messages/{}", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -5520,6 +9786,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -5595,6 +9864,7 @@ pub mod builder {
     pub struct EditMessage<'a> {
         client: &'a super::Client,
         id: Result<::uuid::Uuid, String>,
+        x_acting_user: Result<Option<types::EditMessageXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::EditMessageRequest, String>,
     }
@@ -5603,6 +9873,7 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
                 body: Ok(::std::default::Default::default()),
             }
@@ -5615,6 +9886,19 @@ pub mod builder {
                 .try_into()
                 .map_err(|_| {
                     "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::EditMessageXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `EditMessageXActingUser` for x_acting_user failed"
+                        .to_string()
                 });
             self
         }
@@ -5659,8 +9943,9 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::MessageEnvelope>, Error<types::Problem>> {
-            let Self { client, id, x_auth_token, body } = self;
+            let Self { client, id, x_acting_user, x_auth_token, body } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let body = body
                 .and_then(|v| {
@@ -5671,7 +9956,7 @@ pub mod builder {
                 "{}/v1/messaging/messages/{}", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -5679,6 +9964,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -5755,6 +10043,328 @@ pub mod builder {
             }
         }
     }
+    /**Builder for [`Client::add_reaction`]
+
+[`Client::add_reaction`]: super::Client::add_reaction*/
+    #[derive(Debug, Clone)]
+    pub struct AddReaction<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+        emoji: Result<types::AddReactionEmoji, String>,
+        x_acting_user: Result<Option<types::AddReactionXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> AddReaction<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                emoji: Err("emoji was not initialized".to_string()),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn emoji<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::AddReactionEmoji>,
+        {
+            self.emoji = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `AddReactionEmoji` for emoji failed".to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::AddReactionXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `AddReactionXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `PUT` request to `/v1/messaging/messages/{id}/reactions/{emoji}`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::MessageEnvelope>, Error<types::Problem>> {
+            let Self { client, id, emoji, x_acting_user, x_auth_token } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let emoji = emoji.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/messaging/messages/{}/reactions/{}", client.baseurl, encode_path(&
+                id.to_string()), encode_path(& emoji.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .put(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "add_reaction",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::remove_reaction`]
+
+[`Client::remove_reaction`]: super::Client::remove_reaction*/
+    #[derive(Debug, Clone)]
+    pub struct RemoveReaction<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+        emoji: Result<types::RemoveReactionEmoji, String>,
+        x_acting_user: Result<Option<types::RemoveReactionXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> RemoveReaction<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                emoji: Err("emoji was not initialized".to_string()),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn emoji<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::RemoveReactionEmoji>,
+        {
+            self.emoji = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `RemoveReactionEmoji` for emoji failed".to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::RemoveReactionXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `RemoveReactionXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `DELETE` request to `/v1/messaging/messages/{id}/reactions/{emoji}`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::MessageEnvelope>, Error<types::Problem>> {
+            let Self { client, id, emoji, x_acting_user, x_auth_token } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let emoji = emoji.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/messaging/messages/{}/reactions/{}", client.baseurl, encode_path(&
+                id.to_string()), encode_path(& emoji.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .delete(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "remove_reaction",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
     /**Builder for [`Client::list_threads`]
 
 [`Client::list_threads`]: super::Client::list_threads*/
@@ -5770,6 +10380,7 @@ pub mod builder {
         status: Result<Option<types::ThreadStatus>, String>,
         thread_type: Result<Option<types::ThreadType>, String>,
         unread: Result<Option<bool>, String>,
+        x_acting_user: Result<Option<types::ListThreadsXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> ListThreads<'a> {
@@ -5785,6 +10396,7 @@ pub mod builder {
                 status: Ok(None),
                 thread_type: Ok(None),
                 unread: Ok(None),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
             }
         }
@@ -5893,6 +10505,19 @@ pub mod builder {
                 .map_err(|_| "conversion to `bool` for unread failed".to_string());
             self
         }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListThreadsXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListThreadsXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::std::string::String>,
@@ -5921,6 +10546,7 @@ pub mod builder {
                 status,
                 thread_type,
                 unread,
+                x_acting_user,
                 x_auth_token,
             } = self;
             let archived = archived.map_err(Error::InvalidRequest)?;
@@ -5932,9 +10558,10 @@ pub mod builder {
             let status = status.map_err(Error::InvalidRequest)?;
             let thread_type = thread_type.map_err(Error::InvalidRequest)?;
             let unread = unread.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/messaging/threads", client.baseurl,);
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -5942,6 +10569,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -6018,6 +10648,7 @@ pub mod builder {
     #[derive(Debug, Clone)]
     pub struct CreateConversation<'a> {
         client: &'a super::Client,
+        x_acting_user: Result<Option<types::CreateConversationXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::CreateConversationRequest, String>,
     }
@@ -6025,9 +10656,23 @@ pub mod builder {
         pub fn new(client: &'a super::Client) -> Self {
             Self {
                 client: client,
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
                 body: Ok(::std::default::Default::default()),
             }
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::CreateConversationXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `CreateConversationXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
         }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
@@ -6073,7 +10718,8 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::Conversation>, Error<types::Problem>> {
-            let Self { client, x_auth_token, body } = self;
+            let Self { client, x_acting_user, x_auth_token, body } = self;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let body = body
                 .and_then(|v| {
@@ -6082,7 +10728,7 @@ pub mod builder {
                 })
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/messaging/threads", client.baseurl,);
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -6090,6 +10736,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -6172,8 +10821,10 @@ pub mod builder {
     #[derive(Debug, Clone)]
     pub struct GetThread<'a> {
         client: &'a super::Client,
-        id: Result<::uuid::Uuid, String>,
+        id: Result<::std::string::String, String>,
+        expand: Result<Option<types::ThreadExpand>, String>,
         fields: Result<Option<types::GetThreadFields>, String>,
+        x_acting_user: Result<Option<types::GetThreadXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> GetThread<'a> {
@@ -6181,18 +10832,33 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                expand: Ok(None),
                 fields: Ok(None),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
             }
         }
         pub fn id<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<::uuid::Uuid>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.id = value
                 .try_into()
                 .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                    "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn expand<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ThreadExpand>,
+        {
+            self.expand = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ThreadExpand` for expand failed".to_string()
                 });
             self
         }
@@ -6205,6 +10871,19 @@ pub mod builder {
                 .map(Some)
                 .map_err(|_| {
                     "conversion to `GetThreadFields` for fields failed".to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::GetThreadXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `GetThreadXActingUser` for x_acting_user failed"
+                        .to_string()
                 });
             self
         }
@@ -6225,15 +10904,17 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::Thread>, Error<types::Problem>> {
-            let Self { client, id, fields, x_auth_token } = self;
+            let Self { client, id, expand, fields, x_acting_user, x_auth_token } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let expand = expand.map_err(Error::InvalidRequest)?;
             let fields = fields.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let url = format!(
                 "{}/v1/messaging/threads/{}", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -6241,6 +10922,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -6252,6 +10936,7 @@ pub mod builder {
                     ::reqwest::header::ACCEPT,
                     ::reqwest::header::HeaderValue::from_static("application/json"),
                 )
+                .query(&progenitor_client::QueryParam::new("expand", &expand))
                 .query(&progenitor_client::QueryParam::new("fields", &fields))
                 .headers(header_map)
                 .build()?;
@@ -6316,7 +11001,8 @@ pub mod builder {
     #[derive(Debug, Clone)]
     pub struct UpdateThread<'a> {
         client: &'a super::Client,
-        id: Result<::uuid::Uuid, String>,
+        id: Result<::std::string::String, String>,
+        x_acting_user: Result<Option<types::UpdateThreadXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::UpdateThreadRequest, String>,
     }
@@ -6325,18 +11011,33 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
                 body: Ok(::std::default::Default::default()),
             }
         }
         pub fn id<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<::uuid::Uuid>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.id = value
                 .try_into()
                 .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                    "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::UpdateThreadXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `UpdateThreadXActingUser` for x_acting_user failed"
+                        .to_string()
                 });
             self
         }
@@ -6381,8 +11082,9 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::ThreadEnvelope>, Error<types::Problem>> {
-            let Self { client, id, x_auth_token, body } = self;
+            let Self { client, id, x_acting_user, x_auth_token, body } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let body = body
                 .and_then(|v| {
@@ -6393,7 +11095,7 @@ pub mod builder {
                 "{}/v1/messaging/threads/{}", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -6401,6 +11103,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -6483,10 +11188,11 @@ pub mod builder {
     #[derive(Debug, Clone)]
     pub struct GetThreadMessages<'a> {
         client: &'a super::Client,
-        id: Result<::uuid::Uuid, String>,
+        id: Result<::std::string::String, String>,
         cursor: Result<Option<types::GetThreadMessagesCursor>, String>,
         limit: Result<Option<::std::num::NonZeroU32>, String>,
         order: Result<Option<types::SortOrder>, String>,
+        x_acting_user: Result<Option<types::GetThreadMessagesXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> GetThreadMessages<'a> {
@@ -6497,17 +11203,19 @@ pub mod builder {
                 cursor: Ok(None),
                 limit: Ok(None),
                 order: Ok(None),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
             }
         }
         pub fn id<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<::uuid::Uuid>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.id = value
                 .try_into()
                 .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                    "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
                 });
             self
         }
@@ -6547,6 +11255,19 @@ pub mod builder {
                 .map_err(|_| "conversion to `SortOrder` for order failed".to_string());
             self
         }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::GetThreadMessagesXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `GetThreadMessagesXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::std::string::String>,
@@ -6564,17 +11285,18 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::MessageList>, Error<types::Problem>> {
-            let Self { client, id, cursor, limit, order, x_auth_token } = self;
+            let Self { client, id, cursor, limit, order, x_acting_user, x_auth_token } = self;
             let id = id.map_err(Error::InvalidRequest)?;
             let cursor = cursor.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
             let order = order.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let url = format!(
                 "{}/v1/messaging/threads/{}/messages", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -6582,6 +11304,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -6659,7 +11384,8 @@ pub mod builder {
     #[derive(Debug, Clone)]
     pub struct SendMessage<'a> {
         client: &'a super::Client,
-        id: Result<::uuid::Uuid, String>,
+        id: Result<::std::string::String, String>,
+        x_acting_user: Result<Option<types::SendMessageXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::SendMessageRequest, String>,
     }
@@ -6668,18 +11394,33 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
                 body: Ok(::std::default::Default::default()),
             }
         }
         pub fn id<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<::uuid::Uuid>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.id = value
                 .try_into()
                 .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                    "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::SendMessageXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `SendMessageXActingUser` for x_acting_user failed"
+                        .to_string()
                 });
             self
         }
@@ -6724,8 +11465,9 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::MessageEnvelope>, Error<types::Problem>> {
-            let Self { client, id, x_auth_token, body } = self;
+            let Self { client, id, x_acting_user, x_auth_token, body } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let body = body
                 .and_then(|v| {
@@ -6736,7 +11478,7 @@ pub mod builder {
                 "{}/v1/messaging/threads/{}/messages", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -6744,6 +11486,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -6833,7 +11578,8 @@ pub mod builder {
     #[derive(Debug, Clone)]
     pub struct MarkThreadRead<'a> {
         client: &'a super::Client,
-        id: Result<::uuid::Uuid, String>,
+        id: Result<::std::string::String, String>,
+        x_acting_user: Result<Option<types::MarkThreadReadXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> MarkThreadRead<'a> {
@@ -6841,17 +11587,32 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
             }
         }
         pub fn id<V>(mut self, value: V) -> Self
         where
-            V: std::convert::TryInto<::uuid::Uuid>,
+            V: std::convert::TryInto<::std::string::String>,
         {
             self.id = value
                 .try_into()
                 .map_err(|_| {
-                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                    "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::MarkThreadReadXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `MarkThreadReadXActingUser` for x_acting_user failed"
+                        .to_string()
                 });
             self
         }
@@ -6872,14 +11633,15 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::ThreadEnvelope>, Error<types::Problem>> {
-            let Self { client, id, x_auth_token } = self;
+            let Self { client, id, x_acting_user, x_auth_token } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let url = format!(
                 "{}/v1/messaging/threads/{}/read", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -6887,6 +11649,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -6902,6 +11667,513 @@ pub mod builder {
                 .build()?;
             let info = OperationInfo {
                 operation_id: "mark_thread_read",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::list_subscribers`]
+
+[`Client::list_subscribers`]: super::Client::list_subscribers*/
+    #[derive(Debug, Clone)]
+    pub struct ListSubscribers<'a> {
+        client: &'a super::Client,
+        id: Result<::std::string::String, String>,
+        x_acting_user: Result<Option<types::ListSubscribersXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> ListSubscribers<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListSubscribersXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListSubscribersXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/messaging/threads/{id}/subscribers`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::SubscriberList>, Error<types::Problem>> {
+            let Self { client, id, x_acting_user, x_auth_token } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/messaging/threads/{}/subscribers", client.baseurl, encode_path(&
+                id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "list_subscribers",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::add_subscriber`]
+
+[`Client::add_subscriber`]: super::Client::add_subscriber*/
+    #[derive(Debug, Clone)]
+    pub struct AddSubscriber<'a> {
+        client: &'a super::Client,
+        id: Result<::std::string::String, String>,
+        x_acting_user: Result<Option<types::AddSubscriberXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+        body: Result<types::builder::AddSubscriberRequest, String>,
+    }
+    impl<'a> AddSubscriber<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+                body: Ok(::std::default::Default::default()),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::AddSubscriberXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `AddSubscriberXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn body<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::AddSubscriberRequest>,
+            <V as std::convert::TryInto<
+                types::AddSubscriberRequest,
+            >>::Error: std::fmt::Display,
+        {
+            self.body = value
+                .try_into()
+                .map(From::from)
+                .map_err(|s| {
+                    format!(
+                        "conversion to `AddSubscriberRequest` for body failed: {}", s
+                    )
+                });
+            self
+        }
+        pub fn body_map<F>(mut self, f: F) -> Self
+        where
+            F: std::ops::FnOnce(
+                types::builder::AddSubscriberRequest,
+            ) -> types::builder::AddSubscriberRequest,
+        {
+            self.body = self.body.map(f);
+            self
+        }
+        ///Sends a `POST` request to `/v1/messaging/threads/{id}/subscribers`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::SubscriberEnvelope>, Error<types::Problem>> {
+            let Self { client, id, x_acting_user, x_auth_token, body } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let body = body
+                .and_then(|v| {
+                    types::AddSubscriberRequest::try_from(v).map_err(|e| e.to_string())
+                })
+                .map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/messaging/threads/{}/subscribers", client.baseurl, encode_path(&
+                id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .post(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .json(&body)
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "add_subscriber",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                201u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                409u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                413u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::remove_subscriber`]
+
+[`Client::remove_subscriber`]: super::Client::remove_subscriber*/
+    #[derive(Debug, Clone)]
+    pub struct RemoveSubscriber<'a> {
+        client: &'a super::Client,
+        id: Result<::std::string::String, String>,
+        subscriber_id: Result<types::RemoveSubscriberSubscriberId, String>,
+        x_acting_user: Result<Option<types::RemoveSubscriberXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> RemoveSubscriber<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                subscriber_id: Err("subscriber_id was not initialized".to_string()),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn subscriber_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::RemoveSubscriberSubscriberId>,
+        {
+            self.subscriber_id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `RemoveSubscriberSubscriberId` for subscriber_id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::RemoveSubscriberXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `RemoveSubscriberXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `DELETE` request to `/v1/messaging/threads/{id}/subscribers/{subscriber_id}`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::SubscriberEnvelope>, Error<types::Problem>> {
+            let Self { client, id, subscriber_id, x_acting_user, x_auth_token } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let subscriber_id = subscriber_id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/messaging/threads/{}/subscribers/{}", client.baseurl,
+                encode_path(& id.to_string()), encode_path(& subscriber_id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .delete(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "remove_subscriber",
             };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;

@@ -12,6 +12,9 @@ use tokio::task::JoinHandle;
 
 use crate::{HttpSettings, app};
 
+/// How often the background publisher moves due scheduled messages into their channels.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
+
 /// How long in-flight requests may take to finish after a shutdown signal.
 const GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,9 +57,10 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     if let Some(address) = bound_address(&acceptor) {
         tracing::info!(%address, "messaging-server listening");
     }
-    serve(acceptor, app(service, &config.http), shutdown_signal())
-        .await
-        .map_err(ServeError::Serve)?;
+    let publisher = tokio::spawn(service.clone().run_publisher(PUBLISH_INTERVAL));
+    let served = serve(acceptor, app(service, &config.http), shutdown_signal()).await;
+    publisher.abort();
+    served.map_err(ServeError::Serve)?;
     tracing::info!("messaging-server stopped");
     Ok(())
 }
@@ -81,8 +85,15 @@ pub async fn spawn(
     let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
     let address = bound_address(&acceptor)
         .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
+    let publisher = service.clone().run_publisher(PUBLISH_INTERVAL);
     let app = app(service, settings);
-    let task = tokio::spawn(async move { serve(acceptor, app, std::future::pending()).await });
+    // One task for both, so aborting it stops the server and its publisher together.
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            () = publisher => Ok(()),
+            result = serve(acceptor, app, std::future::pending()) => result,
+        }
+    });
     Ok((address, task))
 }
 

@@ -4,13 +4,38 @@
 use messaging_api::*;
 use poem_openapi::payload::Json;
 
-use crate::{MessagingService, error::ServiceError, threads::ThreadQuery};
+use crate::{
+    MessagingService,
+    auth::Caller,
+    error::ServiceError,
+    subscribers::Participant,
+    threads::{ThreadQuery, ThreadRef},
+};
 
 /// The success variant for `Ok`, the declared problem variant for `Err`.
 fn respond<T, R: From<Problem>>(result: Result<T, ServiceError>, ok: impl FnOnce(T) -> R) -> R {
     match result {
         Ok(value) => ok(value),
         Err(err) => R::from(err.into_problem()),
+    }
+}
+
+/// Page sizes arrive validated (1 to 200); the clamp only guards the conversion.
+fn page_size(limit: i32) -> u64 {
+    limit.clamp(1, 200) as u64
+}
+
+impl MessagingService {
+    /// The caller and the participant it acts as, from the key, `x-auth-token` and `x-acting-user`.
+    async fn participant(
+        &self,
+        api_key: &str,
+        token: Option<&str>,
+        acting_user: Option<&str>,
+    ) -> Result<(Caller, Participant), ServiceError> {
+        let caller = self.messaging_caller(api_key, token).await?;
+        let participant = Participant::of(&caller, acting_user)?;
+        Ok((caller, participant))
     }
 }
 
@@ -21,8 +46,12 @@ impl MessagingApi for MessagingService {
         params: ListThreadsParams,
     ) -> ListThreadsResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
                 .await?;
             let query = ThreadQuery {
                 customer_id: params.customer_id,
@@ -31,7 +60,7 @@ impl MessagingApi for MessagingService {
                 thread_type: params.thread_type,
                 archived: params.archived,
                 unread: params.unread,
-                limit: params.limit.clamp(1, 200) as u64,
+                limit: page_size(params.limit),
                 cursor: params.cursor,
                 fields: params.fields,
             };
@@ -47,10 +76,14 @@ impl MessagingApi for MessagingService {
         body: CreateConversationRequest,
     ) -> CreateConversationResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+            let (caller, author) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
                 .await?;
-            self.create_conversation(&caller, body).await
+            self.create_conversation(&caller, &author, body).await
         };
         respond(result.await, |c| {
             CreateConversationResponse::Created(Json(c))
@@ -59,10 +92,16 @@ impl MessagingApi for MessagingService {
 
     async fn get_thread(&self, api_key: String, params: GetThreadParams) -> GetThreadResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+            // Like a malformed UUID, a malformed thread id is 400 before anything else.
+            ThreadRef::parse(&params.id)?;
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
                 .await?;
-            self.get_thread(&caller, params.id, params.fields.as_deref())
+            self.get_thread(&caller, &params.id, params.fields.as_deref(), params.expand)
                 .await
         };
         respond(result.await, |t| GetThreadResponse::Ok(Json(t)))
@@ -75,10 +114,16 @@ impl MessagingApi for MessagingService {
         body: UpdateThreadRequest,
     ) -> UpdateThreadResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+            // Like a malformed UUID, a malformed thread id is 400 before anything else.
+            ThreadRef::parse(&params.id)?;
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
                 .await?;
-            self.update_thread(&caller, params.id, body).await
+            self.update_thread(&caller, &params.id, body).await
         };
         respond(result.await, |thread| {
             UpdateThreadResponse::Ok(Json(ThreadEnvelope { thread }))
@@ -91,10 +136,16 @@ impl MessagingApi for MessagingService {
         params: MarkThreadReadParams,
     ) -> MarkThreadReadResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+            // Like a malformed UUID, a malformed thread id is 400 before anything else.
+            ThreadRef::parse(&params.id)?;
+            let (caller, reader) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
                 .await?;
-            self.mark_thread_read(&caller, params.id).await
+            self.mark_thread_read(&caller, &reader, &params.id).await
         };
         respond(result.await, |thread| {
             MarkThreadReadResponse::Ok(Json(ThreadEnvelope { thread }))
@@ -107,13 +158,24 @@ impl MessagingApi for MessagingService {
         params: GetThreadMessagesParams,
     ) -> GetThreadMessagesResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+            // Like a malformed UUID, a malformed thread id is 400 before anything else.
+            ThreadRef::parse(&params.id)?;
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
                 .await?;
             let order = params.order.unwrap_or(SortOrder::Asc);
-            let limit = params.limit.clamp(1, 200) as u64;
-            self.thread_messages(&caller, params.id, order, limit, params.cursor.as_deref())
-                .await
+            self.thread_messages(
+                &caller,
+                &params.id,
+                order,
+                page_size(params.limit),
+                params.cursor.as_deref(),
+            )
+            .await
         };
         respond(result.await, |list| {
             GetThreadMessagesResponse::Ok(Json(list))
@@ -127,10 +189,16 @@ impl MessagingApi for MessagingService {
         body: SendMessageRequest,
     ) -> SendMessageResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+            // Like a malformed UUID, a malformed thread id is 400 before anything else.
+            ThreadRef::parse(&params.id)?;
+            let (caller, author) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
                 .await?;
-            self.send_message(&caller, params.id, body.message).await
+            self.send_message(&caller, &author, &params.id, body).await
         };
         respond(result.await, |message| {
             SendMessageResponse::Created(Json(MessageEnvelope { message }))
@@ -144,8 +212,12 @@ impl MessagingApi for MessagingService {
         body: EditMessageRequest,
     ) -> EditMessageResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
                 .await?;
             self.edit_message(&caller, params.id, body.message_content)
                 .await
@@ -161,12 +233,189 @@ impl MessagingApi for MessagingService {
         params: DeleteMessageParams,
     ) -> DeleteMessageResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
                 .await?;
             self.delete_message(&caller, params.id).await
         };
         respond(result.await, |d| DeleteMessageResponse::Ok(Json(d)))
+    }
+
+    async fn list_subscribers(
+        &self,
+        api_key: String,
+        params: ListSubscribersParams,
+    ) -> ListSubscribersResponse {
+        let result = async {
+            // Like a malformed UUID, a malformed thread id is 400 before anything else.
+            ThreadRef::parse(&params.id)?;
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
+                .await?;
+            self.list_subscribers(&caller, &params.id).await
+        };
+        respond(result.await, |subscribers| {
+            ListSubscribersResponse::Ok(Json(SubscriberList { subscribers }))
+        })
+    }
+
+    async fn add_subscriber(
+        &self,
+        api_key: String,
+        params: AddSubscriberParams,
+        body: AddSubscriberRequest,
+    ) -> AddSubscriberResponse {
+        let result = async {
+            // Like a malformed UUID, a malformed thread id is 400 before anything else.
+            ThreadRef::parse(&params.id)?;
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
+                .await?;
+            self.add_subscriber(&caller, &params.id, body).await
+        };
+        respond(result.await, |subscriber| {
+            AddSubscriberResponse::Created(Json(SubscriberEnvelope { subscriber }))
+        })
+    }
+
+    async fn remove_subscriber(
+        &self,
+        api_key: String,
+        params: RemoveSubscriberParams,
+    ) -> RemoveSubscriberResponse {
+        let result = async {
+            // Like a malformed UUID, a malformed thread id is 400 before anything else.
+            ThreadRef::parse(&params.id)?;
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
+                .await?;
+            self.remove_subscriber(&caller, &params.id, &params.subscriber_id)
+                .await
+        };
+        respond(result.await, |subscriber| {
+            RemoveSubscriberResponse::Ok(Json(SubscriberEnvelope { subscriber }))
+        })
+    }
+
+    async fn add_reaction(
+        &self,
+        api_key: String,
+        params: AddReactionParams,
+    ) -> AddReactionResponse {
+        let result = async {
+            let (caller, reactor) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
+                .await?;
+            self.react(&caller, &reactor, params.id, &params.emoji, true)
+                .await
+        };
+        respond(result.await, |message| {
+            AddReactionResponse::Ok(Json(MessageEnvelope { message }))
+        })
+    }
+
+    async fn remove_reaction(
+        &self,
+        api_key: String,
+        params: RemoveReactionParams,
+    ) -> RemoveReactionResponse {
+        let result = async {
+            let (caller, reactor) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
+                .await?;
+            self.react(&caller, &reactor, params.id, &params.emoji, false)
+                .await
+        };
+        respond(result.await, |message| {
+            RemoveReactionResponse::Ok(Json(MessageEnvelope { message }))
+        })
+    }
+
+    async fn list_channels(
+        &self,
+        api_key: String,
+        params: ListChannelsParams,
+    ) -> ListChannelsResponse {
+        let result = async {
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
+                .await?;
+            self.list_channels(&caller, page_size(params.limit), params.cursor.as_deref())
+                .await
+        };
+        respond(result.await, |list| ListChannelsResponse::Ok(Json(list)))
+    }
+
+    async fn get_channel(&self, api_key: String, params: GetChannelParams) -> GetChannelResponse {
+        let result = async {
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
+                .await?;
+            self.get_channel(&caller, params.id).await
+        };
+        respond(result.await, |channel| {
+            GetChannelResponse::Ok(Json(channel))
+        })
+    }
+
+    async fn get_channel_messages(
+        &self,
+        api_key: String,
+        params: GetChannelMessagesParams,
+    ) -> GetChannelMessagesResponse {
+        let result = async {
+            let (caller, _) = self
+                .participant(
+                    &api_key,
+                    params.x_auth_token.as_deref(),
+                    params.x_acting_user.as_deref(),
+                )
+                .await?;
+            let order = params.order.unwrap_or(SortOrder::Asc);
+            self.channel_messages(
+                &caller,
+                params.id,
+                order,
+                page_size(params.limit),
+                params.cursor.as_deref(),
+            )
+            .await
+        };
+        respond(result.await, |list| {
+            GetChannelMessagesResponse::Ok(Json(list))
+        })
     }
 
     async fn register(&self, api_key: String, body: RegisterRequest) -> RegisterResponse {

@@ -9,3 +9,5 @@ mod tokens;
 pub use caller::{Actor, Caller, KeyKind, Mode};
 pub use secrets::ServerKeys;
 pub use tokens::ApiKeyParts;
+
+pub(crate) use sessions::validate_phone;

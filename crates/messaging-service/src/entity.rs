@@ -1,10 +1,14 @@
 //! SeaORM entities: the rows the service stores. Never wire types; `wire` converts explicitly.
 
 pub mod api_key;
+pub mod channel;
+pub mod channel_member;
 pub mod customer;
 pub mod message;
+pub mod message_reaction;
 pub mod otp_code;
 pub mod refresh_token;
 pub mod server_secret;
 pub mod store;
 pub mod thread;
+pub mod thread_subscriber;

@@ -5,13 +5,16 @@
 
 mod api;
 mod auth;
+mod channels;
 mod config;
 mod cursor;
 pub mod entity;
 mod error;
 mod messages;
 mod migration;
+mod reactions;
 mod stores;
+mod subscribers;
 mod threads;
 mod wire;
 

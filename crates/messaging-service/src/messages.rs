@@ -1,8 +1,10 @@
 //! Messages: a thread's history in keyset pages, sending (with the thread's counters in the same
 //! transaction), editing and soft deletion under gateByMessageId.
 
+use chrono::{DateTime, Utc};
 use messaging_api::{
-    DeletedMessage, Message, MessageList, Pagination, SenderType, SortOrder, ThreadStatus,
+    DeletedMessage, Message, MessageList, MessageType, Pagination, SendMessageRequest, SenderType,
+    SortOrder, ThreadStatus,
 };
 use sea_orm::{
     ActiveModelTrait,
@@ -16,12 +18,40 @@ use crate::{
     MessagingService,
     auth::{Actor, Caller},
     cursor::{self, Position},
-    entity::{message, thread},
+    entity::{channel, message, thread},
     error::ServiceError,
     now,
-    threads::{from_micros, micros, new_message, sender_of},
-    wire,
+    subscribers::{self, Participant},
+    threads::{NewMessage, from_micros, micros, sender_of},
 };
+
+/// At most this many attachments per message, each URL at most `MAX_MEDIA_URL_LEN` bytes.
+pub const MAX_MEDIA_URLS: usize = 10;
+pub const MAX_MEDIA_URL_LEN: usize = 2048;
+
+/// Attachments must be absolute `https` URLs with a host.
+fn validate_media_urls(urls: &[String]) -> Result<(), ServiceError> {
+    if urls.len() > MAX_MEDIA_URLS {
+        return Err(ServiceError::bad_request(
+            "invalid_media_urls",
+            "At most 10 media_urls.",
+        ));
+    }
+    for url in urls {
+        let parsed = url::Url::parse(url).ok();
+        let ok = url.len() <= MAX_MEDIA_URL_LEN
+            && parsed.is_some_and(|u| {
+                u.scheme() == "https" && u.host_str().is_some_and(|h| !h.is_empty())
+            });
+        if !ok {
+            return Err(ServiceError::bad_request(
+                "invalid_media_urls",
+                format!("media_urls must be https URLs of at most {MAX_MEDIA_URL_LEN} characters."),
+            ));
+        }
+    }
+    Ok(())
+}
 
 fn message_not_found() -> ServiceError {
     ServiceError::not_found("message_not_found", "No message with that id.")
@@ -31,7 +61,7 @@ impl MessagingService {
     pub(crate) async fn thread_messages(
         &self,
         caller: &Caller,
-        thread_id: Uuid,
+        thread_id: &str,
         order: SortOrder,
         limit: u64,
         cursor_text: Option<&str>,
@@ -82,10 +112,7 @@ impl MessagingService {
             )),
             _ => None,
         };
-        let messages = rows
-            .into_iter()
-            .map(wire::message)
-            .collect::<Result<Vec<_>, _>>()?;
+        let messages = self.wire_messages(rows).await?;
         Ok(MessageList {
             messages,
             pagination: Pagination {
@@ -96,33 +123,67 @@ impl MessagingService {
         })
     }
 
-    /// Writes the message and moves the thread's last-message fields, unread count and status in
-    /// one transaction, with atomic increments so concurrent senders never lose a count.
+    /// Writes the message and moves the thread's last-message fields, unread counts and status in
+    /// one transaction, with atomic increments so concurrent senders never lose a count. The
+    /// message is in its thread at once and in its channel at once or when due.
     pub(crate) async fn send_message(
         &self,
         caller: &Caller,
-        thread_id: Uuid,
-        text: String,
+        author: &Participant,
+        thread_ref: &str,
+        body: SendMessageRequest,
     ) -> Result<Message, ServiceError> {
-        if text.trim().is_empty() {
+        if body.message.trim().is_empty() {
             return Err(ServiceError::bad_request(
                 "blank_text",
                 "message must not be blank.",
             ));
         }
-        let (sender_type, sender_id) = sender_of(caller);
+        let message_type = body.r#type.unwrap_or(MessageType::Text);
+        if message_type != MessageType::Text && !author.is_store_side() {
+            return Err(ServiceError::forbidden(
+                "store_only_message_type",
+                "Only the store sends meta, tracking_update and pickup_reminder messages.",
+            ));
+        }
+        let media_urls = body.media_urls.unwrap_or_default();
+        validate_media_urls(&media_urls)?;
+        let (sender_type, sender_id) = match (message_type, sender_of(caller)) {
+            (MessageType::Text, sender) => sender,
+            // Non-text messages are system messages: they notify the customer.
+            (_, (_, store)) => (SenderType::System, store),
+        };
         let txn = self.db().begin().await?;
-        let thread = self.load_thread(&txn, caller, thread_id).await?;
+        let thread = self.load_thread(&txn, caller, thread_ref).await?;
+        subscribers::require_member(&txn, thread.id, author).await?;
         if thread.status == ThreadStatus::Closed.as_str() {
             return Err(ServiceError::conflict(
                 "thread_closed",
                 "The thread is closed; start a new conversation.",
             ));
         }
+        let thread = match thread.channel_id {
+            Some(_) => thread,
+            None => {
+                let channel_id = self.assign_channel(&txn, &thread).await?;
+                thread::Model {
+                    channel_id: Some(channel_id),
+                    ..thread
+                }
+            }
+        };
         let at = now();
-        let message = new_message(&thread, sender_type, Some(sender_id), text, at)
-            .insert(&txn)
-            .await?;
+        let new = NewMessage {
+            sender_type,
+            sender_id: Some(sender_id),
+            author: author.clone(),
+            content: body.message,
+            message_type,
+            event: body.event,
+            media_urls,
+            publish_to_channel_at: body.publish_to_channel_at.map(truncate_micros),
+        };
+        let message = new.row(&thread, at).insert(&txn).await?;
         let mut update = thread::Entity::update_many()
             .col_expr(thread::Column::LastMessageAt, Expr::value(at))
             .col_expr(
@@ -148,8 +209,16 @@ impl MessagingService {
             );
         }
         update.exec(&txn).await?;
+        subscribers::count_unread(&txn, thread.id, author).await?;
+        if let (Some(channel_id), Some(_)) = (message.channel_id, message.published_at) {
+            channel::Entity::update_many()
+                .col_expr(channel::Column::UpdatedAt, Expr::value(at))
+                .filter(channel::Column::Id.eq(channel_id))
+                .exec(&txn)
+                .await?;
+        }
         txn.commit().await?;
-        wire::message(message)
+        crate::wire::message(message, Vec::new())
     }
 
     /// Loads a live message of the caller's store and mode and applies gateByMessageId.
@@ -200,7 +269,9 @@ impl MessagingService {
         row.is_edited = Set(true);
         row.edited_at = Set(Some(at));
         row.updated_at = Set(at);
-        wire::message(row.update(self.db()).await?)
+        let updated = row.update(self.db()).await?;
+        let mut messages = self.wire_messages(vec![updated]).await?;
+        messages.pop().ok_or_else(message_not_found)
     }
 
     /// Soft delete: the row stays for audit. Only the request that flips `is_deleted` succeeds,
@@ -230,4 +301,9 @@ impl MessagingService {
             deleted_at: at,
         })
     }
+}
+
+/// Times are kept to the microsecond, as the databases store them.
+fn truncate_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    chrono::SubsecRound::trunc_subsecs(at, 6)
 }

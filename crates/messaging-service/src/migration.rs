@@ -8,6 +8,11 @@ mod m20261121_000005_create_refresh_tokens;
 mod m20261121_000006_create_otp_codes;
 mod m20261121_000007_create_threads;
 mod m20261121_000008_create_messages;
+mod m20261121_000009_add_thread_resources;
+mod m20261121_000010_create_thread_subscribers;
+mod m20261121_000011_create_channels;
+mod m20261121_000012_add_message_channel_fields;
+mod m20261121_000013_create_message_reactions;
 
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
@@ -26,6 +31,11 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000006_create_otp_codes::Migration),
             Box::new(m20261121_000007_create_threads::Migration),
             Box::new(m20261121_000008_create_messages::Migration),
+            Box::new(m20261121_000009_add_thread_resources::Migration),
+            Box::new(m20261121_000010_create_thread_subscribers::Migration),
+            Box::new(m20261121_000011_create_channels::Migration),
+            Box::new(m20261121_000012_add_message_channel_fields::Migration),
+            Box::new(m20261121_000013_create_message_reactions::Migration),
         ]
     }
 }

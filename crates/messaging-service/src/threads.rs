@@ -1,10 +1,12 @@
 //! Threads: listing with filters and keyset pages, reading, lifecycle updates, read state, and
 //! starting a conversation. The ownership gates live here (gateByCustomerId, gateByThreadId).
+//!
+//! A thread is named by its UUID or, for the thread of a resource, by `thrd_<resource_id>`.
 
 use chrono::{DateTime, Utc};
 use messaging_api::{
-    Conversation, CreateConversationRequest, Pagination, SenderType, Thread, ThreadList,
-    ThreadPriority, ThreadStatus, ThreadType, UpdateThreadRequest,
+    Conversation, CreateConversationRequest, MessageType, Pagination, SenderType, Thread,
+    ThreadExpand, ThreadList, ThreadPriority, ThreadStatus, ThreadType, UpdateThreadRequest,
 };
 use sea_orm::{
     ActiveModelTrait,
@@ -18,12 +20,39 @@ use uuid::Uuid;
 use crate::{
     MessagingService,
     auth::{Actor, Caller},
+    channels::RECENT_MESSAGES,
     cursor::{self, Position},
     entity::{customer, message, thread},
-    error::ServiceError,
-    now, wire,
+    error::{ServiceError, is_unique_violation},
+    now,
+    subscribers::{self, Participant, initial_subscribers, subscribers_of},
+    wire,
     wire::ThreadFields,
 };
+
+/// How a request names a thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ThreadRef {
+    Id(Uuid),
+    /// `thrd_<resource_id>`: the thread of a resource.
+    Resource(String),
+}
+
+impl ThreadRef {
+    pub fn parse(text: &str) -> Result<Self, ServiceError> {
+        if let Some(resource) = text.strip_prefix("thrd_")
+            && !resource.is_empty()
+        {
+            return Ok(Self::Resource(resource.to_owned()));
+        }
+        Uuid::parse_str(text).map(Self::Id).map_err(|_| {
+            ServiceError::bad_request(
+                "invalid_path_parameter",
+                "id must be a UUID or thrd_<resource_id>.",
+            )
+        })
+    }
+}
 
 /// Filters and paging of `listThreads`, already validated by the generated layer.
 pub struct ThreadQuery {
@@ -71,14 +100,16 @@ impl MessagingService {
         &self,
         conn: &C,
         caller: &Caller,
-        id: Uuid,
+        id: &str,
     ) -> Result<thread::Model, ServiceError> {
-        let thread = thread::Entity::find_by_id(id)
+        let select = thread::Entity::find()
             .filter(thread::Column::StoreId.eq(caller.store_id))
-            .filter(thread::Column::Mode.eq(caller.mode.as_str()))
-            .one(conn)
-            .await?
-            .ok_or_else(thread_not_found)?;
+            .filter(thread::Column::Mode.eq(caller.mode.as_str()));
+        let select = match ThreadRef::parse(id)? {
+            ThreadRef::Id(id) => select.filter(thread::Column::Id.eq(id)),
+            ThreadRef::Resource(resource) => select.filter(thread::Column::ResourceId.eq(resource)),
+        };
+        let thread = select.one(conn).await?.ok_or_else(thread_not_found)?;
         if let Some(customer) = caller.customer_id()
             && thread.customer_id != customer
         {
@@ -88,6 +119,19 @@ impl MessagingService {
             ));
         }
         Ok(thread)
+    }
+
+    /// A thread in its wire form, with its subscribers.
+    async fn wire_thread(
+        &self,
+        caller: &Caller,
+        thread: thread::Model,
+    ) -> Result<Thread, ServiceError> {
+        let subscribers = subscribers_of(self.db(), &[thread.id])
+            .await?
+            .remove(&thread.id)
+            .unwrap_or_default();
+        wire::thread(thread, caller, &subscribers)
     }
 
     pub(crate) async fn list_threads(
@@ -189,9 +233,14 @@ impl MessagingService {
             )),
             _ => None,
         };
+        let ids: Vec<Uuid> = rows.iter().map(|t| t.id).collect();
+        let mut subscribers = subscribers_of(self.db(), &ids).await?;
         let threads = rows
             .into_iter()
-            .map(|row| wire::thread(row, caller).map(|t| fields.apply(t)))
+            .map(|row| {
+                let subscribers = subscribers.remove(&row.id).unwrap_or_default();
+                wire::thread(row, caller, &subscribers).map(|t| fields.apply(t))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ThreadList {
             threads,
@@ -206,30 +255,52 @@ impl MessagingService {
     pub(crate) async fn get_thread(
         &self,
         caller: &Caller,
-        id: Uuid,
+        id: &str,
         fields: Option<&str>,
+        expand: Option<ThreadExpand>,
     ) -> Result<Thread, ServiceError> {
         let fields = ThreadFields::parse(fields)?;
         let thread = self.load_thread(self.db(), caller, id).await?;
-        Ok(fields.apply(wire::thread(thread, caller)?))
+        let thread_id = thread.id;
+        let mut wire = fields.apply(self.wire_thread(caller, thread).await?);
+        if expand == Some(ThreadExpand::RecentMessages) {
+            let mut recent = message::Entity::find()
+                .filter(message::Column::ThreadId.eq(thread_id))
+                .filter(message::Column::IsDeleted.eq(false))
+                .order_by_desc(message::Column::CreatedAt)
+                .order_by_desc(message::Column::Id)
+                .limit(RECENT_MESSAGES + 1)
+                .all(self.db())
+                .await?;
+            let has_more = recent.len() as u64 > RECENT_MESSAGES;
+            recent.truncate(RECENT_MESSAGES as usize);
+            recent.reverse();
+            wire.recent_messages = Some(self.wire_messages(recent).await?);
+            wire.has_more = Some(has_more);
+        }
+        Ok(wire)
     }
 
     pub(crate) async fn update_thread(
         &self,
         caller: &Caller,
-        id: Uuid,
+        id: &str,
         body: UpdateThreadRequest,
     ) -> Result<Thread, ServiceError> {
         if body == UpdateThreadRequest::default() {
             return Err(ServiceError::bad_request(
                 "empty_update",
-                "Give at least one of status, priority, archived, muted, pinned.",
+                "Give at least one of status, priority, archived, muted, pinned, location_id, name.",
             ));
         }
-        if caller.customer_id().is_some() && (body.status.is_some() || body.priority.is_some()) {
+        let store_only = body.status.is_some()
+            || body.priority.is_some()
+            || body.location_id.is_some()
+            || body.name.is_some();
+        if caller.customer_id().is_some() && store_only {
             return Err(ServiceError::forbidden(
                 "store_only_field",
-                "Only the store may change status or priority.",
+                "Only the store may change status, priority, location_id or name.",
             ));
         }
         let thread = self.load_thread(self.db(), caller, id).await?;
@@ -249,17 +320,28 @@ impl MessagingService {
         if let Some(pinned) = body.pinned {
             row.is_pinned = Set(pinned);
         }
+        if let Some(location_id) = body.location_id {
+            row.location_id = Set(Some(location_id));
+        }
+        if let Some(name) = body.name {
+            row.name = Set(Some(name));
+        }
         row.updated_at = Set(now());
-        wire::thread(row.update(self.db()).await?, caller)
+        let updated = row.update(self.db()).await?;
+        self.wire_thread(caller, updated).await
     }
 
-    /// Reader-relative: a customer clears its own count, the store clears the store's.
+    /// Reader-relative: a customer clears its own count; the store (or one of its staff) clears
+    /// the store's and moves its `viewed_at`.
     pub(crate) async fn mark_thread_read(
         &self,
         caller: &Caller,
-        id: Uuid,
+        reader: &Participant,
+        id: &str,
     ) -> Result<Thread, ServiceError> {
-        let thread = self.load_thread(self.db(), caller, id).await?;
+        let txn = self.db().begin().await?;
+        let thread = self.load_thread(&txn, caller, id).await?;
+        subscribers::require_member(&txn, thread.id, reader).await?;
         let column = match caller.actor {
             Actor::Customer(_) => thread::Column::UnreadCountCustomer,
             Actor::Store => thread::Column::UnreadCountStore,
@@ -267,15 +349,20 @@ impl MessagingService {
         thread::Entity::update_many()
             .col_expr(column, Expr::value(0i64))
             .filter(thread::Column::Id.eq(thread.id))
-            .exec(self.db())
+            .exec(&txn)
             .await?;
-        let thread = self.load_thread(self.db(), caller, id).await?;
-        wire::thread(thread, caller)
+        if reader.is_store_side() {
+            subscribers::mark_read(&txn, &thread, reader).await?;
+        }
+        let thread = self.load_thread(&txn, caller, id).await?;
+        txn.commit().await?;
+        self.wire_thread(caller, thread).await
     }
 
     pub(crate) async fn create_conversation(
         &self,
         caller: &Caller,
+        author: &Participant,
         body: CreateConversationRequest,
     ) -> Result<Conversation, ServiceError> {
         // gateByCustomerId on the body; the store must say whose conversation it starts.
@@ -302,6 +389,12 @@ impl MessagingService {
                 "subject and message must not be blank.",
             ));
         }
+        if matches!(author, Participant::User(_)) {
+            return Err(ServiceError::bad_request(
+                "acting_user_not_subscribed",
+                "A new thread has no staff subscribers yet: start it as the store, then add users.",
+            ));
+        }
         let customer = customer::Entity::find_by_id(customer_id)
             .filter(customer::Column::StoreId.eq(caller.store_id))
             .filter(customer::Column::Mode.eq(caller.mode.as_str()))
@@ -318,12 +411,17 @@ impl MessagingService {
             store_id: Set(caller.store_id),
             mode: Set(caller.mode.as_str().to_owned()),
             customer_id: Set(customer.id),
-            customer_name: Set(Some(body.customer_name.unwrap_or(customer.name))),
-            customer_email: Set(Some(body.customer_email.unwrap_or(customer.email))),
-            customer_phone: Set(customer.phone),
+            customer_name: Set(Some(
+                body.customer_name.unwrap_or_else(|| customer.name.clone()),
+            )),
+            customer_email: Set(Some(
+                body.customer_email
+                    .unwrap_or_else(|| customer.email.clone()),
+            )),
+            customer_phone: Set(customer.phone.clone()),
             order_id: Set(body.order_id),
             product_id: Set(body.product_id),
-            subject: Set(subject),
+            subject: Set(subject.clone()),
             thread_type: Set(body
                 .thread_type
                 .unwrap_or(ThreadType::General)
@@ -344,41 +442,102 @@ impl MessagingService {
             is_pinned: Set(false),
             created_at: Set(at),
             updated_at: Set(at),
+            resource_id: Set(body.resource_id),
+            location_id: Set(body.location_id),
+            name: Set(Some(body.name.unwrap_or(subject))),
+            channel_id: Set(None),
         };
         let txn = self.db().begin().await?;
-        let thread = thread_row.insert(&txn).await?;
-        let message = new_message(&thread, sender_type, Some(sender_id), body.message, at)
-            .insert(&txn)
-            .await?;
+        let thread = match thread_row.insert(&txn).await {
+            Ok(thread) => thread,
+            Err(err) if is_unique_violation(&err) => {
+                return Err(ServiceError::conflict(
+                    "resource_conflict",
+                    "This resource already has a thread; address it as thrd_<resource_id>.",
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        thread_subscriber_rows(&txn, &thread, &customer, &caller.store_name, at).await?;
+        let channel_id = self.assign_channel(&txn, &thread).await?;
+        let thread = thread::Model {
+            channel_id: Some(channel_id),
+            ..thread
+        };
+        let first = NewMessage {
+            sender_type,
+            sender_id: Some(sender_id),
+            author: author.clone(),
+            content: body.message,
+            message_type: MessageType::Text,
+            event: None,
+            media_urls: Vec::new(),
+            publish_to_channel_at: None,
+        };
+        let message = first.row(&thread, at).insert(&txn).await?;
+        subscribers::count_unread(&txn, thread.id, author).await?;
         txn.commit().await?;
         Ok(Conversation {
-            thread: wire::thread(thread, caller)?,
-            message: wire::message(message)?,
+            thread: self.wire_thread(caller, thread).await?,
+            message: wire::message(message, Vec::new())?,
         })
     }
 }
 
-/// A new, live message row in `thread`.
-pub fn new_message(
+async fn thread_subscriber_rows<C: ConnectionTrait>(
+    conn: &C,
     thread: &thread::Model,
-    sender_type: SenderType,
-    sender_id: Option<Uuid>,
-    content: String,
+    customer: &customer::Model,
+    store_name: &str,
     at: DateTime<Utc>,
-) -> message::ActiveModel {
-    message::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        thread_id: Set(thread.id),
-        store_id: Set(thread.store_id),
-        mode: Set(thread.mode.clone()),
-        sender_type: Set(sender_type.as_str().to_owned()),
-        sender_id: Set(sender_id),
-        message_content: Set(content),
-        is_edited: Set(false),
-        edited_at: Set(None),
-        is_deleted: Set(false),
-        deleted_at: Set(None),
-        created_at: Set(at),
-        updated_at: Set(at),
+) -> Result<(), ServiceError> {
+    let rows = initial_subscribers(thread, customer, store_name, at);
+    crate::entity::thread_subscriber::Entity::insert_many(rows)
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// A message about to be written, with everything seed 004 adds.
+pub struct NewMessage {
+    pub sender_type: SenderType,
+    pub sender_id: Option<Uuid>,
+    pub author: Participant,
+    pub content: String,
+    pub message_type: MessageType,
+    pub event: Option<String>,
+    pub media_urls: Vec<String>,
+    /// A future time defers publishing to the channel; otherwise it is published at once.
+    pub publish_to_channel_at: Option<DateTime<Utc>>,
+}
+
+impl NewMessage {
+    /// The row in `thread`, published into the thread's channel at once unless scheduled.
+    pub fn row(self, thread: &thread::Model, at: DateTime<Utc>) -> message::ActiveModel {
+        let scheduled = self.publish_to_channel_at.filter(|due| *due > at);
+        message::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            thread_id: Set(thread.id),
+            store_id: Set(thread.store_id),
+            mode: Set(thread.mode.clone()),
+            sender_type: Set(self.sender_type.as_str().to_owned()),
+            sender_id: Set(self.sender_id),
+            message_content: Set(self.content),
+            is_edited: Set(false),
+            edited_at: Set(None),
+            is_deleted: Set(false),
+            deleted_at: Set(None),
+            created_at: Set(at),
+            updated_at: Set(at),
+            message_type: Set(self.message_type.as_str().to_owned()),
+            event: Set(self.event),
+            media_urls: Set((!self.media_urls.is_empty())
+                .then(|| serde_json::to_string(&self.media_urls).expect("strings serialize"))),
+            subscriber_id: Set(Some(self.author.subscriber_id())),
+            resource_id: Set(thread.resource_id.clone()),
+            channel_id: Set(thread.channel_id),
+            publish_to_channel_at: Set(scheduled),
+            published_at: Set(if scheduled.is_some() { None } else { Some(at) }),
+        }
     }
 }

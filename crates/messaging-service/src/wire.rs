@@ -3,13 +3,15 @@
 use std::str::FromStr;
 
 use messaging_api::{
-    Customer, Message, SenderType, Thread, ThreadPriority, ThreadStatus, ThreadType,
+    Customer, Message, MessageType, Reaction, SenderType, Thread, ThreadPriority, ThreadStatus,
+    ThreadType,
 };
 
 use crate::{
     auth::Caller,
-    entity::{customer, message, thread},
+    entity::{customer, message, thread, thread_subscriber},
     error::ServiceError,
+    subscribers::wire_subscriber,
 };
 
 /// Parses an enum value the service itself wrote. A value it cannot read is corruption: 500.
@@ -27,7 +29,13 @@ pub fn customer(row: customer::Model) -> Customer {
     }
 }
 
-pub fn thread(row: thread::Model, caller: &Caller) -> Result<Thread, ServiceError> {
+/// A thread with its subscribers (all of them, archived ones included).
+pub fn thread(
+    row: thread::Model,
+    caller: &Caller,
+    subscribers: &[thread_subscriber::Model],
+) -> Result<Thread, ServiceError> {
+    let active = || subscribers.iter().filter(|s| !s.is_archived);
     Ok(Thread {
         id: row.id,
         customer_id: Some(row.customer_id),
@@ -55,10 +63,29 @@ pub fn thread(row: thread::Model, caller: &Caller) -> Result<Thread, ServiceErro
         is_pinned: Some(row.is_pinned),
         created_at: Some(row.created_at),
         updated_at: Some(row.updated_at),
+        resource_id: row.resource_id,
+        location_id: row.location_id,
+        name: row.name,
+        organization_id: Some(row.store_id),
+        subscriber_ids: Some(active().map(|s| s.subscriber_id.clone()).collect()),
+        subscribers: Some(subscribers.iter().map(wire_subscriber).collect()),
+        unread_by: Some(
+            active()
+                .filter(|s| s.kind != "contact" && s.unread_count > 0)
+                .map(|s| s.subscriber_id.clone())
+                .collect(),
+        ),
+        recent_messages: None,
+        has_more: None,
     })
 }
 
-pub fn message(row: message::Model) -> Result<Message, ServiceError> {
+/// A message with its reactions.
+pub fn message(row: message::Model, reactions: Vec<Reaction>) -> Result<Message, ServiceError> {
+    let media_urls = match row.media_urls.as_deref() {
+        Some(json) => serde_json::from_str(json).map_err(ServiceError::internal)?,
+        None => Vec::new(),
+    };
     Ok(Message {
         id: row.id,
         thread_id: row.thread_id,
@@ -70,6 +97,13 @@ pub fn message(row: message::Model) -> Result<Message, ServiceError> {
         is_deleted: row.is_deleted,
         created_at: row.created_at,
         updated_at: row.updated_at,
+        r#type: stored::<MessageType>(&row.message_type)?,
+        event: row.event,
+        media_urls,
+        reactions,
+        subscriber_id: row.subscriber_id,
+        resource_id: row.resource_id,
+        publish_to_channel_at: row.publish_to_channel_at,
     })
 }
 
@@ -97,6 +131,13 @@ pub const THREAD_FIELDS: &[&str] = &[
     "is_pinned",
     "created_at",
     "updated_at",
+    "resource_id",
+    "location_id",
+    "name",
+    "organization_id",
+    "subscriber_ids",
+    "subscribers",
+    "unread_by",
 ];
 
 /// A validated `fields` selection. `None` inside means every field.
@@ -153,7 +194,14 @@ impl ThreadFields {
             is_muted,
             is_pinned,
             created_at,
-            updated_at
+            updated_at,
+            resource_id,
+            location_id,
+            name,
+            organization_id,
+            subscriber_ids,
+            subscribers,
+            unread_by
         );
         t
     }

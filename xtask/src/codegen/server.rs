@@ -264,6 +264,10 @@ impl Ctx<'_> {
                 }
             }
             SchemaKind::Type(Type::Array(a)) => {
+                // poem-openapi applies string and number validators of a `Vec` to its items.
+                if let Some(ReferenceOr::Item(items)) = &a.items {
+                    v.extend(self.validators(&ReferenceOr::Item((**items).clone())));
+                }
                 if let Some(n) = a.max_items {
                     let n = Literal::usize_unsuffixed(n);
                     v.push(quote!(max_items = #n));

@@ -57,7 +57,7 @@ fn normalize_email(email: &str) -> Result<String, ServiceError> {
 }
 
 /// E.164: `+`, a non-zero digit, at most 15 digits in all.
-fn validate_phone(phone: &str) -> Result<String, ServiceError> {
+pub(crate) fn validate_phone(phone: &str) -> Result<String, ServiceError> {
     let digits = phone.strip_prefix('+').unwrap_or("");
     let valid = (2..=15).contains(&digits.len())
         && digits.bytes().all(|b| b.is_ascii_digit())

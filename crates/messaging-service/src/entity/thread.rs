@@ -31,6 +31,12 @@ pub struct Model {
     pub is_pinned: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The resource (order, product) of seed 004; unique per store and mode.
+    pub resource_id: Option<String>,
+    pub location_id: Option<String>,
+    pub name: Option<String>,
+    /// The channel of the thread's current set of active subscribers.
+    pub channel_id: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,0 +1,543 @@
+//! Channels (seed 004): one per set of active subscribers in a store and mode, made
+//! automatically; every thread with that set publishes its messages into it.
+//!
+//! A message is published into the channel its thread had when it was sent: at once, or, with a
+//! future `publish_to_channel_at`, by the publisher once due. Publishing is one conditional
+//! update of `published_at` (`WHERE published_at IS NULL`), so a message is published exactly
+//! once however many publishers run, and pending work survives restarts in the database.
+
+use std::{collections::HashMap, time::Duration};
+
+use messaging_api::{
+    Channel, ChannelList, Message, MessageList, Pagination, SortOrder, Subscriber,
+};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
+    RelationTrait, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{
+    MessagingService,
+    auth::Caller,
+    cursor::{self, Position},
+    entity::{channel, channel_member, message, thread, thread_subscriber},
+    error::ServiceError,
+    now,
+    subscribers::kind_of,
+    threads::{from_micros, micros},
+};
+
+/// Messages shown with a channel or a thread.
+pub const RECENT_MESSAGES: u64 = 150;
+
+/// The hash that names a subscriber set: SHA-256 over the sorted `kind:id` keys.
+pub fn subscriber_hash(members: &[(String, String)]) -> String {
+    let mut keys: Vec<String> = members
+        .iter()
+        .map(|(kind, id)| format!("{kind}:{id}"))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let digest = Sha256::digest(keys.join("\n").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn channel_not_found() -> ServiceError {
+    ServiceError::not_found("channel_not_found", "No channel with that id.")
+}
+
+fn member_order(kind: &str) -> u8 {
+    match kind {
+        "organization" => 0,
+        "user" => 1,
+        _ => 2,
+    }
+}
+
+impl MessagingService {
+    /// Moves `thread` to the channel of its active subscribers, making the channel if needed.
+    pub(crate) async fn assign_channel<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        thread: &thread::Model,
+    ) -> Result<Uuid, ServiceError> {
+        let mut members = thread_subscriber::Entity::find()
+            .filter(thread_subscriber::Column::ThreadId.eq(thread.id))
+            .filter(thread_subscriber::Column::IsArchived.eq(false))
+            .all(conn)
+            .await?;
+        members.sort_by(|a, b| {
+            (member_order(&a.kind), &a.name).cmp(&(member_order(&b.kind), &b.name))
+        });
+        let keys: Vec<(String, String)> = members
+            .iter()
+            .map(|m| (m.kind.clone(), m.subscriber_id.clone()))
+            .collect();
+        let hash = subscriber_hash(&keys);
+        let find = || {
+            channel::Entity::find()
+                .filter(channel::Column::StoreId.eq(thread.store_id))
+                .filter(channel::Column::Mode.eq(thread.mode.as_str()))
+                .filter(channel::Column::SubscriberHash.eq(hash.as_str()))
+        };
+        let channel_id = match find().one(conn).await? {
+            Some(channel) => channel.id,
+            None => {
+                let at = now();
+                let id = Uuid::now_v7();
+                let name = members
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                // Two threads may make the same channel at once: the loser keeps the winner's.
+                channel::Entity::insert(channel::ActiveModel {
+                    id: Set(id),
+                    store_id: Set(thread.store_id),
+                    mode: Set(thread.mode.clone()),
+                    subscriber_hash: Set(hash.clone()),
+                    name: Set(name),
+                    created_at: Set(at),
+                    updated_at: Set(at),
+                })
+                .on_conflict_do_nothing_on([
+                    channel::Column::StoreId,
+                    channel::Column::Mode,
+                    channel::Column::SubscriberHash,
+                ])
+                .exec(conn)
+                .await?;
+                let channel = find().one(conn).await?.ok_or_else(channel_not_found)?;
+                if channel.id == id && !members.is_empty() {
+                    channel_member::Entity::insert_many(members.iter().map(|m| {
+                        channel_member::ActiveModel {
+                            channel_id: Set(id),
+                            subscriber_id: Set(m.subscriber_id.clone()),
+                            kind: Set(m.kind.clone()),
+                            name: Set(m.name.clone()),
+                            email: Set(m.email.clone()),
+                            phone: Set(m.phone.clone()),
+                        }
+                    }))
+                    .exec(conn)
+                    .await?;
+                }
+                channel.id
+            }
+        };
+        if thread.channel_id != Some(channel_id) {
+            thread::Entity::update_many()
+                .col_expr(thread::Column::ChannelId, Expr::value(channel_id))
+                .filter(thread::Column::Id.eq(thread.id))
+                .exec(conn)
+                .await?;
+        }
+        Ok(channel_id)
+    }
+
+    /// A channel of the caller's store and mode that the caller may see: customers only see
+    /// channels they belong to (404 otherwise: existence does not leak).
+    async fn load_channel(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<channel::Model, ServiceError> {
+        let mut select = channel::Entity::find_by_id(id)
+            .filter(channel::Column::StoreId.eq(caller.store_id))
+            .filter(channel::Column::Mode.eq(caller.mode.as_str()));
+        if let Some(customer) = caller.customer_id() {
+            select = select
+                .join(JoinType::InnerJoin, channel_member_relation())
+                .filter(channel_member::Column::SubscriberId.eq(customer.to_string()));
+        }
+        select.one(self.db()).await?.ok_or_else(channel_not_found)
+    }
+
+    pub(crate) async fn list_channels(
+        &self,
+        caller: &Caller,
+        limit: u64,
+        cursor_text: Option<&str>,
+    ) -> Result<ChannelList, ServiceError> {
+        let scope = format!(
+            "channels|{}|{}|{:?}",
+            caller.store_id,
+            caller.mode.as_str(),
+            caller.actor
+        );
+        let position = cursor_text
+            .map(|c| cursor::decode(&self.inner.keys, &scope, c))
+            .transpose()?;
+        let mut select = channel::Entity::find()
+            .filter(channel::Column::StoreId.eq(caller.store_id))
+            .filter(channel::Column::Mode.eq(caller.mode.as_str()));
+        if let Some(customer) = caller.customer_id() {
+            select = select
+                .join(JoinType::InnerJoin, channel_member_relation())
+                .filter(channel_member::Column::SubscriberId.eq(customer.to_string()));
+        }
+        if let Some(position) = position {
+            select = select.filter(
+                Expr::tuple([
+                    Expr::col((channel::Entity, channel::Column::UpdatedAt)),
+                    Expr::col((channel::Entity, channel::Column::Id)),
+                ])
+                .lt(Expr::tuple([
+                    Expr::val(from_micros(position.micros)?),
+                    Expr::val(position.id),
+                ])),
+            );
+        }
+        let mut rows = select
+            .order_by_desc(channel::Column::UpdatedAt)
+            .order_by_desc(channel::Column::Id)
+            .limit(limit + 1)
+            .all(self.db())
+            .await?;
+        let has_more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = match rows.last() {
+            Some(last) if has_more => Some(cursor::encode(
+                &self.inner.keys,
+                &scope,
+                Position {
+                    pinned: None,
+                    micros: micros(last.updated_at),
+                    id: last.id,
+                },
+            )),
+            _ => None,
+        };
+        let ids: Vec<Uuid> = rows.iter().map(|c| c.id).collect();
+        let mut members = self.members_of(&ids).await?;
+        let mut publishers = self.publishers_of(&ids).await?;
+        let channels = rows
+            .into_iter()
+            .map(|row| {
+                let members = members.remove(&row.id).unwrap_or_default();
+                let publishers = publishers.remove(&row.id).unwrap_or_default();
+                wire_channel(row, members, publishers)
+            })
+            .collect();
+        Ok(ChannelList {
+            channels,
+            pagination: Pagination {
+                limit: limit as i32,
+                next_cursor,
+                has_more,
+            },
+        })
+    }
+
+    pub(crate) async fn get_channel(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<Channel, ServiceError> {
+        let row = self.load_channel(caller, id).await?;
+        let members = self
+            .members_of(&[row.id])
+            .await?
+            .remove(&row.id)
+            .unwrap_or_default();
+        let publishers = self
+            .publishers_of(&[row.id])
+            .await?
+            .remove(&row.id)
+            .unwrap_or_default();
+        let mut recent = message::Entity::find()
+            .filter(message::Column::ChannelId.eq(row.id))
+            .filter(message::Column::PublishedAt.is_not_null())
+            .filter(message::Column::IsDeleted.eq(false))
+            .order_by_desc(message::Column::PublishedAt)
+            .order_by_desc(message::Column::Id)
+            .limit(RECENT_MESSAGES + 1)
+            .all(self.db())
+            .await?;
+        let has_more = recent.len() as u64 > RECENT_MESSAGES;
+        recent.truncate(RECENT_MESSAGES as usize);
+        recent.reverse();
+        let store_view = caller.customer_id().is_none();
+        let pending = if store_view {
+            message::Entity::find()
+                .filter(message::Column::ChannelId.eq(row.id))
+                .filter(message::Column::PublishedAt.is_null())
+                .filter(message::Column::IsDeleted.eq(false))
+                .order_by_asc(message::Column::PublishToChannelAt)
+                .order_by_asc(message::Column::Id)
+                .all(self.db())
+                .await?
+        } else {
+            Vec::new()
+        };
+        let scheduled_publish_at = pending.iter().filter_map(|m| m.publish_to_channel_at).min();
+        let recent_messages = self.wire_messages(recent).await?;
+        let pending_messages = self.wire_messages(pending).await?;
+        let mut channel = wire_channel(row, members, publishers);
+        channel.recent_messages = Some(recent_messages);
+        channel.has_more = Some(has_more);
+        if store_view {
+            channel.pending_messages = Some(pending_messages);
+            channel.scheduled_publish_at = scheduled_publish_at;
+        }
+        Ok(channel)
+    }
+
+    pub(crate) async fn channel_messages(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+        order: SortOrder,
+        limit: u64,
+        cursor_text: Option<&str>,
+    ) -> Result<MessageList, ServiceError> {
+        let channel = self.load_channel(caller, id).await?;
+        let scope = format!("channel-messages|{}|{}", channel.id, order.as_str());
+        let position = cursor_text
+            .map(|c| cursor::decode(&self.inner.keys, &scope, c))
+            .transpose()?;
+        let mut select = message::Entity::find()
+            .filter(message::Column::ChannelId.eq(channel.id))
+            .filter(message::Column::PublishedAt.is_not_null())
+            .filter(message::Column::IsDeleted.eq(false));
+        if let Some(position) = position {
+            let key = Expr::tuple([
+                Expr::col(message::Column::PublishedAt),
+                Expr::col(message::Column::Id),
+            ]);
+            let after = Expr::tuple([
+                Expr::val(from_micros(position.micros)?),
+                Expr::val(position.id),
+            ]);
+            select = select.filter(match order {
+                SortOrder::Asc => key.gt(after),
+                SortOrder::Desc => key.lt(after),
+            });
+        }
+        select = match order {
+            SortOrder::Asc => select
+                .order_by_asc(message::Column::PublishedAt)
+                .order_by_asc(message::Column::Id),
+            SortOrder::Desc => select
+                .order_by_desc(message::Column::PublishedAt)
+                .order_by_desc(message::Column::Id),
+        };
+        let mut rows = select.limit(limit + 1).all(self.db()).await?;
+        let has_more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = match rows.last() {
+            Some(last) if has_more => Some(cursor::encode(
+                &self.inner.keys,
+                &scope,
+                Position {
+                    pinned: None,
+                    micros: micros(last.published_at.unwrap_or(last.created_at)),
+                    id: last.id,
+                },
+            )),
+            _ => None,
+        };
+        let messages = self.wire_messages(rows).await?;
+        Ok(MessageList {
+            messages,
+            pagination: Pagination {
+                limit: limit as i32,
+                next_cursor,
+                has_more,
+            },
+        })
+    }
+
+    /// Publishes every due message once. Returns how many this call published.
+    pub async fn publish_due(&self) -> Result<u64, ServiceError> {
+        let at = now();
+        let txn = self.db().begin().await?;
+        let due: Vec<(Uuid, Option<Uuid>)> = message::Entity::find()
+            .select_only()
+            .column(message::Column::Id)
+            .column(message::Column::ChannelId)
+            .filter(message::Column::PublishedAt.is_null())
+            .filter(message::Column::PublishToChannelAt.lte(at))
+            .order_by_asc(message::Column::PublishToChannelAt)
+            .limit(1_000)
+            .into_tuple()
+            .all(&txn)
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = due.iter().map(|(id, _)| *id).collect();
+        // The condition on `published_at` is what makes publishing exactly-once: a concurrent
+        // publisher's update of the same rows waits for ours and then matches nothing.
+        let published = message::Entity::update_many()
+            .col_expr(message::Column::PublishedAt, Expr::value(at))
+            .filter(message::Column::Id.is_in(ids))
+            .filter(message::Column::PublishedAt.is_null())
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        let mut channels: Vec<Uuid> = due.iter().filter_map(|(_, c)| *c).collect();
+        channels.sort();
+        channels.dedup();
+        if published > 0 && !channels.is_empty() {
+            channel::Entity::update_many()
+                .col_expr(channel::Column::UpdatedAt, Expr::value(at))
+                .filter(channel::Column::Id.is_in(channels))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(published)
+    }
+
+    /// Runs the publisher every `interval` until the task is dropped. Errors are logged and the
+    /// next tick tries again, so a database outage delays publishing but loses nothing.
+    pub async fn run_publisher(self, interval: Duration) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.publish_due().await {
+                Ok(0) => {}
+                Ok(count) => {
+                    tracing::info!(count, "published scheduled messages to their channels")
+                }
+                Err(err) => tracing::warn!(
+                    code = err.code(),
+                    "publisher tick failed; retrying next tick"
+                ),
+            }
+        }
+    }
+
+    async fn members_of(
+        &self,
+        channel_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<channel_member::Model>>, ServiceError> {
+        let mut grouped: HashMap<Uuid, Vec<channel_member::Model>> = HashMap::new();
+        if channel_ids.is_empty() {
+            return Ok(grouped);
+        }
+        let rows = channel_member::Entity::find()
+            .filter(channel_member::Column::ChannelId.is_in(channel_ids.iter().copied()))
+            .all(self.db())
+            .await?;
+        for row in rows {
+            grouped.entry(row.channel_id).or_default().push(row);
+        }
+        for members in grouped.values_mut() {
+            members.sort_by(|a, b| {
+                (member_order(&a.kind), &a.name).cmp(&(member_order(&b.kind), &b.name))
+            });
+        }
+        Ok(grouped)
+    }
+
+    /// Resource ids (or thread ids) of the threads publishing into each channel.
+    async fn publishers_of(
+        &self,
+        channel_ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<String>>, ServiceError> {
+        let mut grouped: HashMap<Uuid, Vec<String>> = HashMap::new();
+        if channel_ids.is_empty() {
+            return Ok(grouped);
+        }
+        let rows: Vec<(Uuid, Option<Uuid>, Option<String>)> = thread::Entity::find()
+            .select_only()
+            .column(thread::Column::Id)
+            .column(thread::Column::ChannelId)
+            .column(thread::Column::ResourceId)
+            .filter(thread::Column::ChannelId.is_in(channel_ids.iter().copied()))
+            .order_by_asc(thread::Column::Id)
+            .into_tuple()
+            .all(self.db())
+            .await?;
+        for (thread_id, channel_id, resource_id) in rows {
+            if let Some(channel_id) = channel_id {
+                grouped
+                    .entry(channel_id)
+                    .or_default()
+                    .push(resource_id.unwrap_or_else(|| thread_id.to_string()));
+            }
+        }
+        Ok(grouped)
+    }
+
+    /// Messages with their reactions, in one extra query for the whole page.
+    pub(crate) async fn wire_messages(
+        &self,
+        rows: Vec<message::Model>,
+    ) -> Result<Vec<Message>, ServiceError> {
+        let ids: Vec<Uuid> = rows.iter().map(|m| m.id).collect();
+        let mut reactions = crate::reactions::reactions_of(self.db(), &ids).await?;
+        rows.into_iter()
+            .map(|row| {
+                let reactions = reactions.remove(&row.id).unwrap_or_default();
+                crate::wire::message(row, reactions)
+            })
+            .collect()
+    }
+}
+
+/// channels → channel_members, to filter channels by member.
+fn channel_member_relation() -> sea_orm::RelationDef {
+    channel_member::Relation::Channel.def().rev()
+}
+
+fn wire_channel(
+    row: channel::Model,
+    members: Vec<channel_member::Model>,
+    publishers: Vec<String>,
+) -> Channel {
+    let subscribers: Vec<Subscriber> = members
+        .iter()
+        .map(|m| Subscriber {
+            id: m.subscriber_id.clone(),
+            r#type: kind_of(&m.kind),
+            name: m.name.clone(),
+            email: m.email.clone(),
+            phone: m.phone.clone(),
+            is_archived: false,
+            viewed_at: None,
+        })
+        .collect();
+    Channel {
+        id: row.id,
+        name: row.name,
+        organization_id: row.store_id,
+        subscriber_ids: subscribers.iter().map(|s| s.id.clone()).collect(),
+        subscribers,
+        subscriber_hash: row.subscriber_hash,
+        publisher_ids: publishers,
+        recent_messages: None,
+        has_more: None,
+        pending_messages: None,
+        scheduled_publish_at: None,
+        updated_at: row.updated_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_names_the_set_not_the_order() {
+        let a = subscriber_hash(&[
+            ("contact".into(), "c1".into()),
+            ("organization".into(), "s1".into()),
+        ]);
+        let b = subscriber_hash(&[
+            ("organization".into(), "s1".into()),
+            ("contact".into(), "c1".into()),
+        ]);
+        let c = subscriber_hash(&[("organization".into(), "s1".into())]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.len(), 64);
+    }
+}

@@ -1,0 +1,151 @@
+//! Reactions (seed 004): each subscriber's emoji on a message, idempotent to add and remove.
+
+use std::collections::{BTreeMap, HashMap};
+
+use messaging_api::{Message, Reaction};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+};
+use uuid::Uuid;
+
+use crate::{
+    MessagingService,
+    auth::Caller,
+    entity::{message, message_reaction},
+    error::ServiceError,
+    now,
+    subscribers::Participant,
+};
+
+/// An emoji is 1 to 64 bytes with no whitespace or control characters.
+fn valid_emoji(emoji: &str) -> Result<&str, ServiceError> {
+    let ok = !emoji.is_empty()
+        && emoji.len() <= 64
+        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(emoji)
+    } else {
+        Err(ServiceError::bad_request(
+            "invalid_emoji",
+            "emoji must be 1 to 64 bytes without spaces.",
+        ))
+    }
+}
+
+/// The reactions of the given messages, in one query: per message, per emoji in first-use
+/// order, with its count and reactors.
+pub async fn reactions_of<C: ConnectionTrait>(
+    conn: &C,
+    message_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<Reaction>>, ServiceError> {
+    let mut grouped: HashMap<Uuid, Vec<Reaction>> = HashMap::new();
+    if message_ids.is_empty() {
+        return Ok(grouped);
+    }
+    let rows = message_reaction::Entity::find()
+        .filter(message_reaction::Column::MessageId.is_in(message_ids.iter().copied()))
+        .order_by_asc(message_reaction::Column::CreatedAt)
+        .order_by_asc(message_reaction::Column::SubscriberId)
+        .all(conn)
+        .await?;
+    let mut by_message: HashMap<Uuid, BTreeMap<usize, Reaction>> = HashMap::new();
+    let mut order: HashMap<(Uuid, String), usize> = HashMap::new();
+    for row in rows {
+        let next = order.len();
+        let slot = *order
+            .entry((row.message_id, row.emoji.clone()))
+            .or_insert(next);
+        let reaction = by_message
+            .entry(row.message_id)
+            .or_default()
+            .entry(slot)
+            .or_insert_with(|| Reaction {
+                emoji: row.emoji.clone(),
+                count: 0,
+                subscriber_ids: Vec::new(),
+            });
+        reaction.count += 1;
+        reaction.subscriber_ids.push(row.subscriber_id);
+    }
+    for (message_id, reactions) in by_message {
+        grouped.insert(message_id, reactions.into_values().collect());
+    }
+    Ok(grouped)
+}
+
+impl MessagingService {
+    /// A live message of the caller's store and mode in a thread the caller may read.
+    async fn readable_message(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<message::Model, ServiceError> {
+        let message = message::Entity::find_by_id(id)
+            .filter(message::Column::StoreId.eq(caller.store_id))
+            .filter(message::Column::Mode.eq(caller.mode.as_str()))
+            .filter(message::Column::IsDeleted.eq(false))
+            .one(self.db())
+            .await?
+            .ok_or_else(|| {
+                ServiceError::not_found("message_not_found", "No message with that id.")
+            })?;
+        // gateByThreadId on the message's thread.
+        self.load_thread(self.db(), caller, &message.thread_id.to_string())
+            .await?;
+        Ok(message)
+    }
+
+    pub(crate) async fn react(
+        &self,
+        caller: &Caller,
+        participant: &Participant,
+        message_id: Uuid,
+        emoji: &str,
+        add: bool,
+    ) -> Result<Message, ServiceError> {
+        let emoji = valid_emoji(emoji)?;
+        let message = self.readable_message(caller, message_id).await?;
+        crate::subscribers::require_member(self.db(), message.thread_id, participant).await?;
+        let subscriber_id = participant.subscriber_id();
+        if add {
+            message_reaction::Entity::insert(message_reaction::ActiveModel {
+                message_id: Set(message.id),
+                emoji: Set(emoji.to_owned()),
+                subscriber_id: Set(subscriber_id),
+                created_at: Set(now()),
+            })
+            .on_conflict_do_nothing_on([
+                message_reaction::Column::MessageId,
+                message_reaction::Column::Emoji,
+                message_reaction::Column::SubscriberId,
+            ])
+            .exec(self.db())
+            .await?;
+        } else {
+            message_reaction::Entity::delete_many()
+                .filter(message_reaction::Column::MessageId.eq(message.id))
+                .filter(message_reaction::Column::Emoji.eq(emoji))
+                .filter(message_reaction::Column::SubscriberId.eq(subscriber_id))
+                .exec(self.db())
+                .await?;
+        }
+        let mut messages = self.wire_messages(vec![message]).await?;
+        messages
+            .pop()
+            .ok_or_else(|| ServiceError::not_found("message_not_found", "No message with that id."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emoji_rules() {
+        assert!(valid_emoji("👍").is_ok());
+        assert!(valid_emoji("+1").is_ok());
+        assert!(valid_emoji("").is_err());
+        assert!(valid_emoji("a b").is_err());
+        assert!(valid_emoji(&"x".repeat(65)).is_err());
+    }
+}

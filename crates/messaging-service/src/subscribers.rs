@@ -1,0 +1,397 @@
+//! Thread subscribers (seed 004): who takes part in a thread, who acts, who has unread messages.
+//!
+//! A participant is the customer (a contact), the store (the organization) or a staff member
+//! (a user, named by `x-acting-user` with a secret key). Adding or removing a subscriber moves
+//! the thread to the channel of its new set of active subscribers.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use messaging_api::{AddSubscriberRequest, Subscriber, SubscriberType};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+use uuid::Uuid;
+
+use crate::{
+    MessagingService,
+    auth::{Actor, Caller},
+    entity::{customer, thread, thread_subscriber},
+    error::ServiceError,
+    now,
+};
+
+/// Who acts in a request, as a thread subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Participant {
+    Customer(Uuid),
+    Organization(Uuid),
+    User(String),
+}
+
+impl Participant {
+    /// The participant of a request: the token's customer, the store, or the store's staff member
+    /// named by `x-acting-user` (which needs a secret key and no customer token).
+    pub fn of(caller: &Caller, acting_user: Option<&str>) -> Result<Self, ServiceError> {
+        match (caller.actor, acting_user) {
+            (Actor::Customer(id), None) => Ok(Self::Customer(id)),
+            (Actor::Customer(_), Some(_)) => Err(ServiceError::bad_request(
+                "acting_user_with_token",
+                "x-acting-user is for store staff; it cannot be combined with a customer token.",
+            )),
+            (Actor::Store, None) => Ok(Self::Organization(caller.store_id)),
+            (Actor::Store, Some(user)) => Ok(Self::User(valid_subscriber_id(user)?.to_owned())),
+        }
+    }
+
+    /// The subscriber id this participant has on a thread.
+    pub fn subscriber_id(&self) -> String {
+        match self {
+            Self::Customer(id) | Self::Organization(id) => id.to_string(),
+            Self::User(id) => id.clone(),
+        }
+    }
+
+    pub fn is_store_side(&self) -> bool {
+        !matches!(self, Self::Customer(_))
+    }
+}
+
+/// Subscriber ids are 1 to 100 characters of `A-Z a-z 0-9 . _ : -`.
+pub fn valid_subscriber_id(id: &str) -> Result<&str, ServiceError> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        Ok(id)
+    } else {
+        Err(ServiceError::bad_request(
+            "invalid_subscriber_id",
+            "A subscriber id has 1 to 100 characters of A-Z a-z 0-9 . _ : -",
+        ))
+    }
+}
+
+pub fn kind_of(kind: &str) -> SubscriberType {
+    match kind {
+        "user" => SubscriberType::User,
+        "organization" => SubscriberType::Organization,
+        _ => SubscriberType::Contact,
+    }
+}
+
+/// The wire form of a subscriber row.
+pub fn wire_subscriber(row: &thread_subscriber::Model) -> Subscriber {
+    Subscriber {
+        id: row.subscriber_id.clone(),
+        r#type: kind_of(&row.kind),
+        name: row.name.clone(),
+        email: row.email.clone(),
+        phone: row.phone.clone(),
+        is_archived: row.is_archived,
+        viewed_at: row.viewed_at,
+    }
+}
+
+/// The first subscribers of a new thread: its customer and its store.
+pub fn initial_subscribers(
+    thread: &thread::Model,
+    customer: &customer::Model,
+    store_name: &str,
+    at: DateTime<Utc>,
+) -> [thread_subscriber::ActiveModel; 2] {
+    let row =
+        |id: String, kind: &str, name: String, email: Option<String>, phone: Option<String>| {
+            thread_subscriber::ActiveModel {
+                thread_id: Set(thread.id),
+                subscriber_id: Set(id),
+                kind: Set(kind.to_owned()),
+                name: Set(name),
+                email: Set(email),
+                phone: Set(phone),
+                is_archived: Set(false),
+                viewed_at: Set(None),
+                unread_count: Set(0),
+                created_at: Set(at),
+                updated_at: Set(at),
+            }
+        };
+    [
+        row(
+            customer.id.to_string(),
+            "contact",
+            customer.name.clone(),
+            Some(customer.email.clone()),
+            customer.phone.clone(),
+        ),
+        row(
+            thread.store_id.to_string(),
+            "organization",
+            store_name.to_owned(),
+            None,
+            None,
+        ),
+    ]
+}
+
+/// Every subscriber of the given threads, in one query, grouped by thread.
+pub async fn subscribers_of<C: ConnectionTrait>(
+    conn: &C,
+    thread_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Vec<thread_subscriber::Model>>, ServiceError> {
+    let mut grouped: HashMap<Uuid, Vec<thread_subscriber::Model>> = HashMap::new();
+    if thread_ids.is_empty() {
+        return Ok(grouped);
+    }
+    let rows = thread_subscriber::Entity::find()
+        .filter(thread_subscriber::Column::ThreadId.is_in(thread_ids.iter().copied()))
+        .order_by_asc(thread_subscriber::Column::CreatedAt)
+        .order_by_asc(thread_subscriber::Column::SubscriberId)
+        .all(conn)
+        .await?;
+    for row in rows {
+        grouped.entry(row.thread_id).or_default().push(row);
+    }
+    Ok(grouped)
+}
+
+/// A user acting on a thread must be one of its active subscribers.
+pub async fn require_member<C: ConnectionTrait>(
+    conn: &C,
+    thread_id: Uuid,
+    participant: &Participant,
+) -> Result<(), ServiceError> {
+    let Participant::User(user) = participant else {
+        return Ok(());
+    };
+    let member = thread_subscriber::Entity::find_by_id((thread_id, user.clone()))
+        .filter(thread_subscriber::Column::IsArchived.eq(false))
+        .filter(thread_subscriber::Column::Kind.eq("user"))
+        .one(conn)
+        .await?;
+    match member {
+        Some(_) => Ok(()),
+        None => Err(ServiceError::forbidden(
+            "not_a_subscriber",
+            "The acting user is not a subscriber of this thread.",
+        )),
+    }
+}
+
+/// One more unread message for every active user and organization of the thread but the sender.
+pub async fn count_unread<C: ConnectionTrait>(
+    conn: &C,
+    thread_id: Uuid,
+    sender: &Participant,
+) -> Result<(), ServiceError> {
+    let mut update = thread_subscriber::Entity::update_many()
+        .col_expr(
+            thread_subscriber::Column::UnreadCount,
+            Expr::col(thread_subscriber::Column::UnreadCount).add(1),
+        )
+        .filter(thread_subscriber::Column::ThreadId.eq(thread_id))
+        .filter(thread_subscriber::Column::IsArchived.eq(false))
+        .filter(thread_subscriber::Column::SubscriberId.ne(sender.subscriber_id()));
+    // The store's own messages are not news to the store; staff still see each other's.
+    update = if sender.is_store_side() {
+        update.filter(thread_subscriber::Column::Kind.eq("user"))
+    } else {
+        update.filter(thread_subscriber::Column::Kind.is_in(["user", "organization"]))
+    };
+    update.exec(conn).await?;
+    Ok(())
+}
+
+/// A store-side read: the organization's count (and the acting user's) go to zero and their
+/// `viewed_at` moves. Contacts never get a `viewed_at`.
+pub async fn mark_read<C: ConnectionTrait>(
+    conn: &C,
+    thread: &thread::Model,
+    reader: &Participant,
+) -> Result<(), ServiceError> {
+    let at = now();
+    let mut readers = vec![thread.store_id.to_string()];
+    if let Participant::User(user) = reader {
+        readers.push(user.clone());
+    }
+    let update = thread_subscriber::Entity::update_many()
+        .col_expr(thread_subscriber::Column::UnreadCount, Expr::value(0i64))
+        .filter(thread_subscriber::Column::ThreadId.eq(thread.id))
+        .filter(thread_subscriber::Column::SubscriberId.is_in(readers.clone()));
+    update.exec(conn).await?;
+    // Only the one who looked has viewed it.
+    let viewer = match reader {
+        Participant::User(user) => user.clone(),
+        _ => thread.store_id.to_string(),
+    };
+    thread_subscriber::Entity::update_many()
+        .col_expr(thread_subscriber::Column::ViewedAt, Expr::value(at))
+        .filter(thread_subscriber::Column::ThreadId.eq(thread.id))
+        .filter(thread_subscriber::Column::SubscriberId.eq(viewer))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+fn store_only() -> ServiceError {
+    ServiceError::forbidden(
+        "store_only_operation",
+        "Only the store manages subscribers.",
+    )
+}
+
+impl MessagingService {
+    pub(crate) async fn list_subscribers(
+        &self,
+        caller: &Caller,
+        thread_ref: &str,
+    ) -> Result<Vec<Subscriber>, ServiceError> {
+        let thread = self.load_thread(self.db(), caller, thread_ref).await?;
+        let subscribers = subscribers_of(self.db(), &[thread.id]).await?;
+        Ok(subscribers
+            .get(&thread.id)
+            .map(|rows| rows.iter().map(wire_subscriber).collect())
+            .unwrap_or_default())
+    }
+
+    pub(crate) async fn add_subscriber(
+        &self,
+        caller: &Caller,
+        thread_ref: &str,
+        body: AddSubscriberRequest,
+    ) -> Result<Subscriber, ServiceError> {
+        if caller.customer_id().is_some() {
+            return Err(store_only());
+        }
+        let id = valid_subscriber_id(body.id.trim())?.to_owned();
+        let txn = self.db().begin().await?;
+        let thread = self.load_thread(&txn, caller, thread_ref).await?;
+        let (name, email, phone) = match body.r#type {
+            SubscriberType::Contact => {
+                let customer = Uuid::parse_str(&id).ok().ok_or_else(|| {
+                    ServiceError::bad_request(
+                        "invalid_subscriber_id",
+                        "A contact's id is its customer id.",
+                    )
+                })?;
+                let customer = customer::Entity::find_by_id(customer)
+                    .filter(customer::Column::StoreId.eq(caller.store_id))
+                    .filter(customer::Column::Mode.eq(caller.mode.as_str()))
+                    .one(&txn)
+                    .await?
+                    .ok_or_else(|| {
+                        ServiceError::not_found("customer_not_found", "No customer with that id.")
+                    })?;
+                (
+                    body.name.unwrap_or(customer.name),
+                    body.email.or(Some(customer.email)),
+                    body.phone.or(customer.phone),
+                )
+            }
+            SubscriberType::Organization => {
+                if id != caller.store_id.to_string() {
+                    return Err(ServiceError::bad_request(
+                        "invalid_subscriber_id",
+                        "The only organization on a thread is its store.",
+                    ));
+                }
+                (
+                    body.name.unwrap_or_else(|| caller.store_name.clone()),
+                    body.email,
+                    body.phone,
+                )
+            }
+            SubscriberType::User => {
+                let name = body.name.ok_or_else(|| {
+                    ServiceError::bad_request("name_required", "A user subscriber needs a name.")
+                })?;
+                (name, body.email, body.phone)
+            }
+        };
+        if let Some(phone) = &phone {
+            crate::auth::validate_phone(phone)?;
+        }
+        let kind = match body.r#type {
+            SubscriberType::User => "user",
+            SubscriberType::Organization => "organization",
+            SubscriberType::Contact => "contact",
+        };
+        let at = now();
+        let existing = thread_subscriber::Entity::find_by_id((thread.id, id.clone()))
+            .one(&txn)
+            .await?;
+        let row = match existing {
+            Some(existing) if existing.kind != kind => {
+                return Err(ServiceError::conflict(
+                    "subscriber_conflict",
+                    "That id is already a subscriber of another type.",
+                ));
+            }
+            Some(existing) => {
+                let mut row: thread_subscriber::ActiveModel = existing.into();
+                row.is_archived = Set(false);
+                row.name = Set(name);
+                row.email = Set(email);
+                row.phone = Set(phone);
+                row.updated_at = Set(at);
+                row.update(&txn).await?
+            }
+            None => {
+                thread_subscriber::ActiveModel {
+                    thread_id: Set(thread.id),
+                    subscriber_id: Set(id),
+                    kind: Set(kind.to_owned()),
+                    name: Set(name),
+                    email: Set(email),
+                    phone: Set(phone),
+                    is_archived: Set(false),
+                    viewed_at: Set(None),
+                    unread_count: Set(0),
+                    created_at: Set(at),
+                    updated_at: Set(at),
+                }
+                .insert(&txn)
+                .await?
+            }
+        };
+        self.assign_channel(&txn, &thread).await?;
+        txn.commit().await?;
+        Ok(wire_subscriber(&row))
+    }
+
+    pub(crate) async fn remove_subscriber(
+        &self,
+        caller: &Caller,
+        thread_ref: &str,
+        subscriber_id: &str,
+    ) -> Result<Subscriber, ServiceError> {
+        if caller.customer_id().is_some() {
+            return Err(store_only());
+        }
+        let txn = self.db().begin().await?;
+        let thread = self.load_thread(&txn, caller, thread_ref).await?;
+        let existing = thread_subscriber::Entity::find_by_id((thread.id, subscriber_id.to_owned()))
+            .filter(thread_subscriber::Column::IsArchived.eq(false))
+            .one(&txn)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::not_found(
+                    "subscriber_not_found",
+                    "No active subscriber with that id on this thread.",
+                )
+            })?;
+        let mut row: thread_subscriber::ActiveModel = existing.into();
+        row.is_archived = Set(true);
+        row.unread_count = Set(0);
+        row.updated_at = Set(now());
+        let row = row.update(&txn).await?;
+        self.assign_channel(&txn, &thread).await?;
+        txn.commit().await?;
+        Ok(wire_subscriber(&row))
+    }
+}
