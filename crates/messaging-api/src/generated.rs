@@ -1319,7 +1319,12 @@ impl From<Problem> for ListThreadsResponse {
             403u16 => Self::Forbidden(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "listThreads"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -1357,6 +1362,9 @@ pub enum CreateConversationResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
@@ -1398,10 +1406,16 @@ impl From<Problem> for CreateConversationResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "createConversation"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -1483,7 +1497,12 @@ impl From<Problem> for GetThreadResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "getThread"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -1565,7 +1584,12 @@ impl From<Problem> for UpdateThreadResponse {
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "updateThread"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -1643,7 +1667,12 @@ impl From<Problem> for MarkThreadReadResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "markThreadRead"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -1727,7 +1756,12 @@ impl From<Problem> for GetThreadMessagesResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "getThreadMessages"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -1816,7 +1850,12 @@ impl From<Problem> for SendMessageResponse {
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "sendMessage"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -1893,7 +1932,12 @@ impl From<Problem> for DeleteMessageResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "deleteMessage"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -1974,7 +2018,12 @@ impl From<Problem> for EditMessageResponse {
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "editMessage"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2052,7 +2101,12 @@ impl From<Problem> for ListSubscribersResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "listSubscribers"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2138,7 +2192,12 @@ impl From<Problem> for AddSubscriberResponse {
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "addSubscriber"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2218,7 +2277,12 @@ impl From<Problem> for RemoveSubscriberResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "removeSubscriber"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2297,7 +2361,12 @@ impl From<Problem> for AddReactionResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "addReaction"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2376,7 +2445,12 @@ impl From<Problem> for RemoveReactionResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "removeReaction"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2451,7 +2525,12 @@ impl From<Problem> for ListChannelsResponse {
             403u16 => Self::Forbidden(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "listChannels"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2531,7 +2610,12 @@ impl From<Problem> for GetChannelResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "getChannel"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2614,7 +2698,12 @@ impl From<Problem> for GetChannelMessagesResponse {
             404u16 => Self::NotFound(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "getChannelMessages"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2686,7 +2775,12 @@ impl From<Problem> for RegisterResponse {
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "register"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2751,7 +2845,12 @@ impl From<Problem> for LoginResponse {
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "login"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2816,7 +2915,12 @@ impl From<Problem> for RequestOtpResponse {
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "requestOtp"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2881,7 +2985,12 @@ impl From<Problem> for VerifyOtpResponse {
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "verifyOtp"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2946,7 +3055,12 @@ impl From<Problem> for RefreshSessionResponse {
             413u16 => Self::PayloadTooLarge(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
-            _ => {
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "refreshSession"
+                );
                 problem.status = 500;
                 Self::InternalServerError(Json(problem))
             }
@@ -2970,7 +3084,8 @@ pub trait MessagingApi: Send + Sync + 'static {
     ///
     /// Creates a thread and its first message in one step. A customer (with `x-auth-token`)
     /// may omit `customer_id`; if given it must be its own (gateByCustomerId). The store
-    /// (secret key, no token) must name an existing `customer_id`.
+    /// (secret key, no token) must name an existing `customer_id`. A `resource_id` that already
+    /// has a thread in this store and mode is 409; address that thread as `thrd_<resource_id>`.
     fn create_conversation(
         &self,
         api_key: String,
@@ -3246,7 +3361,8 @@ impl<T: MessagingApi> Api<T> {
     ///
     /// Creates a thread and its first message in one step. A customer (with `x-auth-token`)
     /// may omit `customer_id`; if given it must be its own (gateByCustomerId). The store
-    /// (secret key, no token) must name an existing `customer_id`.
+    /// (secret key, no token) must name an existing `customer_id`. A `resource_id` that already
+    /// has a thread in this store and mode is 409; address that thread as `thrd_<resource_id>`.
     #[oai(
         path = "/v1/messaging/threads",
         method = "post",

@@ -8305,7 +8305,8 @@ let response = client.list_threads()
 
 Creates a thread and its first message in one step. A customer (with `x-auth-token`)
 may omit `customer_id`; if given it must be its own (gateByCustomerId). The store
-(secret key, no token) must name an existing `customer_id`.
+(secret key, no token) must name an existing `customer_id`. A `resource_id` that already
+has a thread in this store and mode is 409; address that thread as `thrd_<resource_id>`.
 
 
 Sends a `POST` request to `/v1/messaging/threads`
@@ -10784,6 +10785,13 @@ pub mod builder {
                     )
                 }
                 404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                409u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,

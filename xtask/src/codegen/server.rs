@@ -543,7 +543,8 @@ impl Ctx<'_> {
                 fn from(mut problem: #problem_ident) -> Self {
                     match problem.status as u16 {
                         #(#problem_arms)*
-                        _ => {
+                        undeclared => {
+                            debug_assert!(false, "{} answered {undeclared}, which the spec does not declare for it", #op_id);
                             problem.status = 500;
                             Self::InternalServerError(Json(problem))
                         }
