@@ -215,13 +215,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_malformed_thread_id_is_named_as_in_the_spec() {
+    fn a_malformed_message_id_is_named_as_in_the_spec() {
         let err: poem::Error = ParsePathError {
             name: "param0",
             reason: "bad uuid".to_owned(),
         }
         .into();
-        let problem = problem_for_error(&err, "/v1/messaging/threads/nope");
+        let problem = problem_for_error(&err, "/v1/messaging/messages/nope");
         assert_eq!(problem.status, StatusCode::BAD_REQUEST);
         assert_eq!(problem.code, "invalid_path_parameter");
         assert_eq!(problem.detail.as_deref(), Some("id must be a UUID"));

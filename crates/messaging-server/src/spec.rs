@@ -186,11 +186,12 @@ mod tests {
     #[test]
     fn path_parameters_are_named_as_in_the_spec() {
         let params = SPEC
-            .path_params_of("/v1/messaging/threads/not-a-uuid/messages")
+            .path_params_of("/v1/messaging/messages/not-a-uuid/reactions/x")
             .unwrap();
-        assert_eq!(params.len(), 1);
+        assert_eq!(params.len(), 2);
         assert_eq!(params[0].name, "id");
         assert_eq!(params[0].format.as_deref(), Some("uuid"));
+        assert_eq!(params[1].name, "emoji");
     }
 
     #[test]

@@ -37,7 +37,14 @@ struct Inner {
     db: DatabaseConnection,
     keys: auth::ServerKeys,
     config: ServiceConfig,
+    /// Recently verified API keys, by keyed hash (never the key itself).
+    key_cache: moka::sync::Cache<String, auth::Caller>,
 }
+
+/// How long a verified API key is trusted without asking the database again. Revoking or
+/// rotating through this process takes effect at once; elsewhere (the CLI, other replicas)
+/// within this time.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl MessagingService {
     /// Connects to `database_url` (`sqlite://…`, `sqlite::memory:` or `postgres://…`), runs
@@ -47,7 +54,15 @@ impl MessagingService {
         migration::run(&db).await.map_err(StartupError::Migrate)?;
         let keys = auth::ServerKeys::load(&db, config.secret.as_deref()).await?;
         Ok(Self {
-            inner: Arc::new(Inner { db, keys, config }),
+            inner: Arc::new(Inner {
+                db,
+                keys,
+                config,
+                key_cache: moka::sync::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(KEY_CACHE_TTL)
+                    .build(),
+            }),
         })
     }
 
@@ -89,6 +104,17 @@ async fn connect_database(database_url: &str) -> Result<DatabaseConnection, Star
             options = sea_orm::ConnectOptions::new(format!("{database_url}{sep}mode=rwc"));
             options.sqlx_logging(false);
         }
+    }
+    if database_url.starts_with("sqlite:") {
+        // WAL lets readers run beside the single writer; NORMAL sync is safe with WAL (a crash
+        // of the process loses nothing; a power cut may lose the last commits); a 64 MiB page
+        // cache per connection keeps the hot indexes in memory.
+        options.map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+                .pragma("cache_size", "-65536")
+                .busy_timeout(std::time::Duration::from_secs(10))
+        });
     }
     if database_url.starts_with("sqlite::memory:") {
         // Every connection to `sqlite::memory:` would see its own empty database.

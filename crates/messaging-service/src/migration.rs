@@ -13,6 +13,7 @@ mod m20261121_000010_create_thread_subscribers;
 mod m20261121_000011_create_channels;
 mod m20261121_000012_add_message_channel_fields;
 mod m20261121_000013_create_message_reactions;
+mod m20261121_000014_reindex_customer_threads;
 
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000011_create_channels::Migration),
             Box::new(m20261121_000012_add_message_channel_fields::Migration),
             Box::new(m20261121_000013_create_message_reactions::Migration),
+            Box::new(m20261121_000014_reindex_customer_threads::Migration),
         ]
     }
 }

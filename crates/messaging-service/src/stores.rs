@@ -118,7 +118,9 @@ impl MessagingService {
         }
         let mut row: api_key::ActiveModel = key.into();
         row.revoked_at = Set(Some(Utc::now()));
-        Ok(row.update(self.db()).await?.into())
+        let revoked = row.update(self.db()).await?;
+        self.inner.key_cache.invalidate_all();
+        Ok(revoked.into())
     }
 
     /// Replaces a key with a fresh one of the same kind and mode, revoking the old one in the
@@ -148,6 +150,7 @@ impl MessagingService {
         revoked.revoked_at = Set(Some(Utc::now()));
         revoked.update(&txn).await?;
         txn.commit().await?;
+        self.inner.key_cache.invalidate_all();
         Ok((key, info))
     }
 

@@ -30,6 +30,32 @@ use crate::{
     wire::ThreadFields,
 };
 
+/// The caller's thread named by `id`, scoped to its store and mode: another store's or mode's
+/// thread is simply not found (404, never 403).
+fn thread_query(
+    caller: &Caller,
+    id: &str,
+) -> Result<sea_orm::Select<thread::Entity>, ServiceError> {
+    let select = thread::Entity::find()
+        .filter(thread::Column::StoreId.eq(caller.store_id))
+        .filter(thread::Column::Mode.eq(caller.mode.as_str()));
+    Ok(match ThreadRef::parse(id)? {
+        ThreadRef::Id(id) => select.filter(thread::Column::Id.eq(id)),
+        ThreadRef::Resource(resource) => select.filter(thread::Column::ResourceId.eq(resource)),
+    })
+}
+
+/// gateByThreadId: a customer may only touch its own threads.
+fn gate_by_thread(caller: &Caller, thread: &thread::Model) -> Result<(), ServiceError> {
+    match caller.customer_id() {
+        Some(customer) if thread.customer_id != customer => Err(ServiceError::forbidden(
+            "thread_not_owned",
+            "This thread belongs to another customer.",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// How a request names a thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ThreadRef {
@@ -102,22 +128,11 @@ impl MessagingService {
         caller: &Caller,
         id: &str,
     ) -> Result<thread::Model, ServiceError> {
-        let select = thread::Entity::find()
-            .filter(thread::Column::StoreId.eq(caller.store_id))
-            .filter(thread::Column::Mode.eq(caller.mode.as_str()));
-        let select = match ThreadRef::parse(id)? {
-            ThreadRef::Id(id) => select.filter(thread::Column::Id.eq(id)),
-            ThreadRef::Resource(resource) => select.filter(thread::Column::ResourceId.eq(resource)),
-        };
-        let thread = select.one(conn).await?.ok_or_else(thread_not_found)?;
-        if let Some(customer) = caller.customer_id()
-            && thread.customer_id != customer
-        {
-            return Err(ServiceError::forbidden(
-                "thread_not_owned",
-                "This thread belongs to another customer.",
-            ));
-        }
+        let thread = thread_query(caller, id)?
+            .one(conn)
+            .await?
+            .ok_or_else(thread_not_found)?;
+        gate_by_thread(caller, &thread)?;
         Ok(thread)
     }
 
@@ -260,9 +275,19 @@ impl MessagingService {
         expand: Option<ThreadExpand>,
     ) -> Result<Thread, ServiceError> {
         let fields = ThreadFields::parse(fields)?;
-        let thread = self.load_thread(self.db(), caller, id).await?;
+        // The thread and its subscribers in one query: this is the hottest read.
+        let (thread, mut subscribers) = thread_query(caller, id)?
+            .find_with_related(crate::entity::thread_subscriber::Entity)
+            .all(self.db())
+            .await?
+            .pop()
+            .ok_or_else(thread_not_found)?;
+        gate_by_thread(caller, &thread)?;
+        subscribers.sort_by(|a, b| {
+            (a.created_at, &a.subscriber_id).cmp(&(b.created_at, &b.subscriber_id))
+        });
         let thread_id = thread.id;
-        let mut wire = fields.apply(self.wire_thread(caller, thread).await?);
+        let mut wire = fields.apply(wire::thread(thread, caller, &subscribers)?);
         if expand == Some(ThreadExpand::RecentMessages) {
             let mut recent = message::Entity::find()
                 .filter(message::Column::ThreadId.eq(thread_id))

@@ -85,6 +85,9 @@ impl MessagingService {
         let invalid = || ServiceError::unauthorized("invalid_api_key", "The API key is not valid.");
         let parts = ApiKeyParts::parse(api_key).ok_or_else(invalid)?;
         let hash = self.inner.keys.hash_credential(api_key);
+        if let Some(caller) = self.inner.key_cache.get(&hash) {
+            return Ok(caller);
+        }
         let (key, store) = api_key::Entity::find()
             .filter(api_key::Column::KeyHash.eq(&hash))
             .filter(api_key::Column::RevokedAt.is_null())
@@ -98,14 +101,16 @@ impl MessagingService {
         if !matches || key.mode != parts.mode.as_str() || key.kind != parts.kind.as_str() {
             return Err(invalid());
         }
-        Ok(Caller {
+        let caller = Caller {
             store_id: store.id,
             store_name: store.name,
             store_avatar: store.avatar_url,
             mode: parts.mode,
             key_kind: parts.kind,
             actor: Actor::Store,
-        })
+        };
+        self.inner.key_cache.insert(hash, caller.clone());
+        Ok(caller)
     }
 
     /// The caller of a messaging operation: a customer with a token, or the store with a secret key.

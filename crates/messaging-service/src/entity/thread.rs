@@ -40,6 +40,15 @@ pub struct Model {
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    #[sea_orm(has_many = "super::thread_subscriber::Entity")]
+    Subscribers,
+}
+
+impl Related<super::thread_subscriber::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Subscribers.def()
+    }
+}
 
 impl ActiveModelBehavior for ActiveModel {}
