@@ -1,12 +1,16 @@
 //! Who is calling: API keys, customer sessions, and the caller every operation acts as.
 
 mod caller;
+mod otp_delivery;
 mod passwords;
 mod secrets;
 mod sessions;
 mod tokens;
 
 pub use caller::{Actor, Caller, KeyKind, Mode};
+pub use otp_delivery::{
+    OtpChannel, OtpDelivery, OtpMessage, OtpOutbox, SmtpConfigError, SmtpSender,
+};
 pub use secrets::ServerKeys;
 pub use tokens::ApiKeyParts;
 

@@ -1,15 +1,11 @@
 //! Settings of the service: the server secret, token lifetimes and how one-time codes travel.
 
-/// How one-time codes reach customers.
-#[derive(Debug, Clone, Default)]
-pub enum OtpDelivery {
-    /// Development default: the code is written to the server log (target `otp`).
-    #[default]
-    Log,
-}
+pub use crate::auth::{
+    OtpChannel, OtpDelivery, OtpMessage, OtpOutbox, SmtpConfigError, SmtpSender,
+};
 
 /// Settings of the service.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServiceConfig {
     /// Secret that signs access tokens and cursors and keys the API key hashes. When absent, a
     /// random secret is generated once and kept in the database, so replicas share it.
@@ -36,5 +32,35 @@ impl Default for ServiceConfig {
             otp_max_attempts: 5,
             otp: OtpDelivery::Log,
         }
+    }
+}
+
+/// Never shows the secret.
+impl std::fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceConfig")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("access_token_ttl_secs", &self.access_token_ttl_secs)
+            .field("refresh_token_ttl_secs", &self.refresh_token_ttl_secs)
+            .field("otp_ttl_secs", &self.otp_ttl_secs)
+            .field("otp_max_attempts", &self.otp_max_attempts)
+            .field("otp", &self.otp)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let config = ServiceConfig {
+            secret: Some("hunter2".to_owned()),
+            ..ServiceConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
     }
 }

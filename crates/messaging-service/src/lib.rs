@@ -18,9 +18,11 @@ mod subscribers;
 mod threads;
 mod wire;
 
-pub use config::{OtpDelivery, ServiceConfig};
+pub use config::{
+    OtpChannel, OtpDelivery, OtpMessage, OtpOutbox, ServiceConfig, SmtpConfigError, SmtpSender,
+};
 pub use error::{ServiceError, StartupError};
-pub use stores::{CreatedStore, KeyInfo};
+pub use stores::{CreatedStore, KeyInfo, RotatedKey};
 
 use std::sync::Arc;
 

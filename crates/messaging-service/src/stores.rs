@@ -3,7 +3,7 @@
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
+    TransactionTrait, sea_query::Expr,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -52,6 +52,21 @@ impl From<api_key::Model> for KeyInfo {
     }
 }
 
+/// A rotated key: the new key, shown once, and the id of the key it replaces (now revoked).
+#[derive(Debug, Clone, Serialize)]
+pub struct RotatedKey {
+    pub key: String,
+    #[serde(flatten)]
+    pub info: KeyInfo,
+    pub replaces: Uuid,
+}
+
+fn corrupt(column: &str, value: &str) -> ServiceError {
+    ServiceError::internal(std::io::Error::other(format!(
+        "api_keys.{column} holds an unknown value {value:?}"
+    )))
+}
+
 /// The part of a key kept in clear: type, mode and the first four random characters.
 fn key_prefix(key: &str) -> String {
     let visible = key.len().min("tybrite_sk_test_".len() + 4);
@@ -97,61 +112,75 @@ impl MessagingService {
         Ok(created)
     }
 
-    /// Every key of a store, newest first.
+    /// Every key of a store (revoked ones too), newest first. An unknown store is 404.
     pub async fn list_keys(&self, store_id: Uuid) -> Result<Vec<KeyInfo>, ServiceError> {
+        store::Entity::find_by_id(store_id)
+            .one(self.db())
+            .await?
+            .ok_or_else(|| ServiceError::not_found("store_not_found", "No store with that id."))?;
         let keys = api_key::Entity::find()
             .filter(api_key::Column::StoreId.eq(store_id))
             .order_by_desc(api_key::Column::CreatedAt)
+            .order_by_desc(api_key::Column::Id)
             .all(self.db())
             .await?;
         Ok(keys.into_iter().map(KeyInfo::from).collect())
     }
 
-    /// Revokes a key at once. Revoking a revoked key is a no-op; an unknown key is 404.
+    /// Revokes a key: the next request with it is 401 in this process, and in others once their
+    /// cache of verified keys expires (`KEY_CACHE_TTL`). Revoking a revoked key changes nothing
+    /// and returns it as it is; an unknown key is 404.
     pub async fn revoke_key(&self, key_id: Uuid) -> Result<KeyInfo, ServiceError> {
+        api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
+            .filter(api_key::Column::Id.eq(key_id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(self.db())
+            .await?;
         let key = api_key::Entity::find_by_id(key_id)
             .one(self.db())
             .await?
             .ok_or_else(|| ServiceError::not_found("key_not_found", "No key with that id."))?;
-        if key.revoked_at.is_some() {
-            return Ok(key.into());
-        }
-        let mut row: api_key::ActiveModel = key.into();
-        row.revoked_at = Set(Some(Utc::now()));
-        let revoked = row.update(self.db()).await?;
         self.inner.key_cache.invalidate_all();
-        Ok(revoked.into())
+        Ok(key.into())
     }
 
-    /// Replaces a key with a fresh one of the same kind and mode, revoking the old one in the
-    /// same transaction. Returns the new key (shown once) and its record.
-    pub async fn rotate_key(&self, key_id: Uuid) -> Result<(String, KeyInfo), ServiceError> {
+    /// Replaces an active key with a fresh one of the same store, kind and mode, revoking the
+    /// old one in the same transaction. The new key is shown once, in the result. Of two
+    /// concurrent rotations of one key only one succeeds; a revoked or unknown key is 404.
+    pub async fn rotate_key(&self, key_id: Uuid) -> Result<RotatedKey, ServiceError> {
+        let not_found = || ServiceError::not_found("key_not_found", "No active key with that id.");
         let txn = self.db().begin().await?;
         let old = api_key::Entity::find_by_id(key_id)
             .one(&txn)
             .await?
             .filter(|k| k.revoked_at.is_none())
-            .ok_or_else(|| {
-                ServiceError::not_found("key_not_found", "No active key with that id.")
-            })?;
-        let kind = if old.kind == KeyKind::Secret.as_str() {
-            KeyKind::Secret
-        } else {
-            KeyKind::Publishable
-        };
-        let mode = Mode::parse(&old.mode).unwrap_or(Mode::Test);
+            .ok_or_else(not_found)?;
+        let kind = KeyKind::parse(&old.kind).ok_or_else(|| corrupt("kind", &old.kind))?;
+        let mode = Mode::parse(&old.mode).ok_or_else(|| corrupt("mode", &old.mode))?;
+        let revoked = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
+            .filter(api_key::Column::Id.eq(old.id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if revoked != 1 {
+            return Err(not_found());
+        }
         let key = ApiKeyParts { kind, mode }.generate();
         let info = self
             .key_row(old.store_id, kind, mode, &key)
             .insert(&txn)
             .await?
             .into();
-        let mut revoked: api_key::ActiveModel = old.into();
-        revoked.revoked_at = Set(Some(Utc::now()));
-        revoked.update(&txn).await?;
         txn.commit().await?;
         self.inner.key_cache.invalidate_all();
-        Ok((key, info))
+        Ok(RotatedKey {
+            key,
+            info,
+            replaces: old.id,
+        })
     }
 
     fn key_row(

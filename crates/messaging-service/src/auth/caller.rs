@@ -48,6 +48,13 @@ impl KeyKind {
             Self::Publishable => "publishable",
         }
     }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "secret" => Some(Self::Secret),
+            "publishable" => Some(Self::Publishable),
+            _ => None,
+        }
+    }
 }
 
 /// Whom an operation acts for.
@@ -145,6 +152,13 @@ impl MessagingService {
             None => {}
         }
         Ok(caller)
+    }
+
+    /// The customer an access token names when its signature and expiry hold. Whether it
+    /// belongs to the key's store and mode is checked per request; this is for rate limiting
+    /// per customer, where an unverified claim would let anyone spend another's budget.
+    pub fn access_token_customer(&self, token: &str) -> Option<Uuid> {
+        verify_access_token(&self.inner.keys, token).map(|claims| claims.sub)
     }
 
     /// The caller of an auth operation: only secret keys may manage customer sessions.

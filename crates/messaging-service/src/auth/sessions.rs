@@ -15,12 +15,11 @@ use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
 use super::{
-    Caller, passwords,
+    Caller, OtpChannel, OtpMessage, passwords,
     tokens::{random_otp_code, random_string, sign_access_token},
 };
 use crate::{
     MessagingService,
-    config::OtpDelivery,
     entity::{customer, otp_code, refresh_token},
     error::{ServiceError, is_unique_violation},
     wire,
@@ -130,12 +129,26 @@ impl MessagingService {
         self.open_session(&caller, customer).await
     }
 
+    /// Sends a code to a registered customer. The answer is the same whether or not the
+    /// customer exists, so it cannot be used to find out who is registered.
     pub(crate) async fn request_otp(
         &self,
         api_key: &str,
         body: OtpRequest,
     ) -> Result<OtpAccepted, ServiceError> {
         let caller = self.secret_key_caller(api_key).await?;
+        let delivery = &self.inner.config.otp;
+        let channel = match (&body.email, &body.phone) {
+            (None, Some(_)) => OtpChannel::Phone,
+            _ => OtpChannel::Email,
+        };
+        // Decided before the lookup, so it says nothing about who is registered.
+        if !delivery.supports(channel) {
+            return Err(ServiceError::bad_request(
+                "otp_channel_unavailable",
+                "This server cannot send codes by phone; ask for one by email.",
+            ));
+        }
         let customer = self
             .find_otp_customer(&caller, body.email.as_deref(), body.phone.as_deref())
             .await?;
@@ -157,11 +170,18 @@ impl MessagingService {
             }
             .insert(self.db())
             .await?;
-            match self.inner.config.otp {
-                OtpDelivery::Log => {
-                    tracing::info!(target: "otp", customer_id = %customer.id, %code, "one-time code (development delivery: log)")
-                }
-            }
+            let to = match channel {
+                OtpChannel::Email => customer.email,
+                OtpChannel::Phone => customer.phone.unwrap_or_default(),
+            };
+            delivery.deliver(OtpMessage {
+                customer_id: customer.id,
+                channel,
+                to,
+                name: customer.name,
+                code,
+                expires_in: ttl,
+            });
         }
         Ok(OtpAccepted { expires_in: ttl })
     }
@@ -237,11 +257,19 @@ impl MessagingService {
             .await?
             .ok_or_else(invalid)?;
         let customer = customer.ok_or_else(invalid)?;
-        if token.used_at.is_some()
-            || token.expires_at <= now
-            || customer.store_id != caller.store_id
-            || customer.mode != caller.mode.as_str()
-        {
+        // Another store's or mode's token is unknown here: it changes nothing.
+        if customer.store_id != caller.store_id || customer.mode != caller.mode.as_str() {
+            return Err(invalid());
+        }
+        if token.used_at.is_some() {
+            // A used token presented again means two parties hold it: end every session of
+            // the customer that could still be refreshed, so a stolen token dies with the
+            // legitimate one.
+            self.revoke_refresh_tokens(customer.id, now).await?;
+            tracing::warn!(customer_id = %customer.id, "a used refresh token was presented again; the customer's refresh tokens are revoked");
+            return Err(invalid());
+        }
+        if token.expires_at <= now {
             return Err(invalid());
         }
         // Single use: only the request that flips `used_at` gets a new session.
@@ -256,6 +284,21 @@ impl MessagingService {
             return Err(invalid());
         }
         self.open_session(&caller, customer).await
+    }
+
+    /// Marks every unused refresh token of a customer as used.
+    async fn revoke_refresh_tokens(
+        &self,
+        customer_id: Uuid,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), ServiceError> {
+        refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
+            .filter(refresh_token::Column::CustomerId.eq(customer_id))
+            .filter(refresh_token::Column::UsedAt.is_null())
+            .exec(self.db())
+            .await?;
+        Ok(())
     }
 
     async fn find_customer_by_email(
