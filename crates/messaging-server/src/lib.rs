@@ -2,10 +2,11 @@
 //! the spec documents, Swagger UI, health) with its middleware, and the functions that run it.
 //!
 //! Layers, outermost first: request context (request id, span, access log, every error to
-//! problem+json), panics to 500, body limit, rate limits, then the routes.
+//! problem+json), panics to 500, URI and header limits, body limit, rate limits, then the routes.
 
 mod body_limit;
 mod docs;
+mod header_limit;
 mod health;
 mod problem;
 mod rate_limit;
@@ -27,10 +28,13 @@ use poem::{
 };
 use poem_openapi::OpenApiService;
 
+pub use header_limit::MAX_URI_BYTES;
 pub use problem::{PROBLEM_JSON, Problem};
 pub use request_context::{REQUEST_ID_HEADER, RequestId};
 pub use server::{ServeError, ServerConfig, run, serve, shutdown_signal, spawn};
-pub use settings::{DEFAULT_MAX_BODY_BYTES, HttpSettings, RateLimitSettings};
+pub use settings::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, HttpSettings, RateLimitSettings,
+};
 pub use spec::SPEC_YAML;
 pub use telemetry::{LogFormat, init_tracing};
 
@@ -41,7 +45,7 @@ pub fn app(
     service: MessagingService,
     settings: &HttpSettings,
 ) -> impl Endpoint<Output = Response> + 'static {
-    with_middleware(routes(service), settings)
+    with_middleware(routes(service.clone()), service, settings)
 }
 
 /// The poem-openapi service for the generated API, titled and described as the spec is.
@@ -78,22 +82,27 @@ async fn health_of(service: MessagingService) -> Response {
     health::health(&service).await
 }
 
-/// Request context outermost, then panic catching, the body limit and rate limits.
+/// Request context outermost, then panic catching, the head limits, the body limit and rate
+/// limits.
 fn with_middleware<E>(
     routes: E,
+    service: MessagingService,
     settings: &HttpSettings,
 ) -> impl Endpoint<Output = Response> + 'static
 where
     E: Endpoint + 'static,
 {
-    let limiter = settings
-        .rate_limits
-        .as_ref()
-        .map(|limits| Arc::new(RateLimiter::new(limits)));
+    let limiter = settings.rate_limits.as_ref().map(|limits| {
+        let verify: rate_limit::TokenVerifier =
+            Arc::new(move |token| service.access_token_customer(token));
+        Arc::new(RateLimiter::new(limits, verify))
+    });
     let max_body_bytes = settings.max_body_bytes;
+    let max_header_bytes = settings.max_header_bytes;
     routes
         .around(move |inner, req| enforce_rate_limits(limiter.clone(), inner, req))
         .before(move |req| body_limit::limit_body(req, max_body_bytes))
+        .before(move |req| async move { header_limit::limit_head(req, max_header_bytes) })
         .with(CatchPanic::new().with_handler(problem::response_for_panic))
         .around(|inner, req| async move { request_context::handle(inner.as_ref(), req).await })
 }

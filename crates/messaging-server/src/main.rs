@@ -1,15 +1,19 @@
 //! `messaging-server`: serves the messaging API (`serve`, the default) and administers stores
-//! (`stores create`). Flags can also be set through environment variables.
+//! and their API keys (`stores create`, `stores keys list|rotate|revoke`). Flags can also be set
+//! through environment variables. Administrative commands print JSON on stdout and nothing else
+//! there; logs and errors go to stderr.
 
-use std::num::NonZeroU32;
+use std::{num::NonZeroU32, str::FromStr};
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use messaging_server::{
-    DEFAULT_MAX_BODY_BYTES, HttpSettings, LogFormat, RateLimitSettings, ServerConfig, init_tracing,
-    run,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, HttpSettings, LogFormat, RateLimitSettings,
+    ServerConfig, init_tracing, run,
 };
-use messaging_service::{MessagingService, ServiceConfig};
+use messaging_service::{MessagingService, OtpDelivery, ServiceConfig, SmtpSender};
+use serde::Serialize;
+use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 #[command(name = "messaging-server", version, about)]
@@ -51,6 +55,53 @@ enum StoresCommand {
         #[command(flatten)]
         service: ServiceArgs,
     },
+    /// List, rotate and revoke a store's API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a store's keys (never the keys themselves: id, mode, kind, prefix, dates) as a JSON
+    /// array, newest first, revoked ones included.
+    List {
+        #[arg(long)]
+        store_id: Uuid,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Replace a key with a fresh one of the same store, kind and mode and revoke the old one.
+    /// Prints the new key (shown once) and its record as one JSON object.
+    Rotate {
+        #[arg(long)]
+        key_id: Uuid,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+    /// Revoke a key at once; requests with it get 401. Prints its record as one JSON object.
+    Revoke {
+        #[arg(long)]
+        key_id: Uuid,
+        #[command(flatten)]
+        service: ServiceArgs,
+    },
+}
+
+/// A value that never shows in `Debug` output: secrets and URLs that may hold passwords.
+#[derive(Clone)]
+struct Secret(String);
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// What every command needs to reach the service.
@@ -60,14 +111,63 @@ struct ServiceArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "sqlite://data/messaging.db"
+        default_value = "sqlite://data/messaging.db",
+        hide_env_values = true
     )]
-    database_url: String,
+    database_url: Secret,
 
     /// Server secret for signing tokens and keying hashes; when absent, one is generated and kept
     /// in the database.
     #[arg(long, env = "MESSAGING_SECRET", hide_env_values = true)]
-    secret: Option<String>,
+    secret: Option<Secret>,
+}
+
+/// How one-time login codes reach customers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+enum OtpDeliveryKind {
+    /// Write codes to the server log (target `otp`): development only.
+    #[default]
+    Log,
+    /// Email codes through an SMTP relay (`--smtp-url`, `--smtp-from`). Codes by phone are
+    /// refused with 400 `otp_channel_unavailable`: there is no SMS sender.
+    Smtp,
+}
+
+#[derive(Debug, Args)]
+struct OtpArgs {
+    /// Where one-time codes go.
+    #[arg(long, env = "MESSAGING_OTP_DELIVERY", value_enum, default_value_t)]
+    otp_delivery: OtpDeliveryKind,
+
+    /// SMTP relay for `--otp-delivery smtp`: `smtps://user:password@host[:465]` (TLS),
+    /// `smtp://user:password@host:587?tls=required` (STARTTLS) or `smtp://localhost:25` (plain,
+    /// for a local relay). TLS is rustls with the Mozilla roots.
+    #[arg(long, env = "MESSAGING_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<Secret>,
+
+    /// Sender of code emails, e.g. `Acme <no-reply@acme.example>`.
+    #[arg(long, env = "MESSAGING_SMTP_FROM")]
+    smtp_from: Option<String>,
+}
+
+impl OtpArgs {
+    fn delivery(&self) -> anyhow::Result<OtpDelivery> {
+        match self.otp_delivery {
+            OtpDeliveryKind::Log => Ok(OtpDelivery::Log),
+            OtpDeliveryKind::Smtp => {
+                let url = self
+                    .smtp_url
+                    .as_ref()
+                    .context("--otp-delivery smtp needs --smtp-url (or MESSAGING_SMTP_URL)")?;
+                let from = self
+                    .smtp_from
+                    .as_deref()
+                    .context("--otp-delivery smtp needs --smtp-from (or MESSAGING_SMTP_FROM)")?;
+                let sender = SmtpSender::new(&url.0, from).context("invalid SMTP settings")?;
+                Ok(OtpDelivery::Smtp(sender))
+            }
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +182,14 @@ struct ServeArgs {
     /// Largest request body in bytes; larger ones get 413.
     #[arg(long, env = "MESSAGING_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     max_body_bytes: usize,
+
+    /// Largest total size of the request headers in bytes (names and values); larger ones get
+    /// 431. The HTTP parser itself refuses headers past about 400 KiB.
+    #[arg(long, env = "MESSAGING_MAX_HEADER_BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES)]
+    max_header_bytes: usize,
+
+    #[command(flatten)]
+    otp: OtpArgs,
 
     #[command(flatten)]
     rate_limits: RateLimitArgs,
@@ -121,41 +229,78 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::Stores(StoresCommand::Create { name, service })) => {
-            create_store(&name, service).await
-        }
+        Some(Command::Stores(command)) => stores(command).await,
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut service = service_config(args.service.secret);
+    service.otp = args.otp.delivery()?;
     let config = ServerConfig {
         bind: args.bind,
-        database_url: args.service.database_url,
-        service: service_config(args.service.secret),
+        database_url: args.service.database_url.0,
+        service,
         http: HttpSettings {
             max_body_bytes: args.max_body_bytes,
+            max_header_bytes: args.max_header_bytes,
             rate_limits: args.rate_limits.settings(),
         },
     };
     run(config).await.context("messaging-server failed")
 }
 
-/// Prints exactly one JSON object on stdout; everything else goes to the log on stderr.
-async fn create_store(name: &str, args: ServiceArgs) -> anyhow::Result<()> {
-    let service = MessagingService::connect(&args.database_url, service_config(args.secret))
+/// Each command prints exactly one JSON value on stdout; everything else goes to stderr.
+async fn stores(command: StoresCommand) -> anyhow::Result<()> {
+    match command {
+        StoresCommand::Create { name, service } => {
+            let store = connect(service)
+                .await?
+                .create_store(&name)
+                .await
+                .context("could not create the store")?;
+            print_json(&store)
+        }
+        StoresCommand::Keys(KeysCommand::List { store_id, service }) => {
+            let keys = connect(service)
+                .await?
+                .list_keys(store_id)
+                .await
+                .context("could not list the keys")?;
+            print_json(&keys)
+        }
+        StoresCommand::Keys(KeysCommand::Rotate { key_id, service }) => {
+            let rotated = connect(service)
+                .await?
+                .rotate_key(key_id)
+                .await
+                .context("could not rotate the key")?;
+            print_json(&rotated)
+        }
+        StoresCommand::Keys(KeysCommand::Revoke { key_id, service }) => {
+            let revoked = connect(service)
+                .await?
+                .revoke_key(key_id)
+                .await
+                .context("could not revoke the key")?;
+            print_json(&revoked)
+        }
+    }
+}
+
+async fn connect(args: ServiceArgs) -> anyhow::Result<MessagingService> {
+    MessagingService::connect(&args.database_url.0, service_config(args.secret))
         .await
-        .context("could not start the messaging service")?;
-    let store = service
-        .create_store(name)
-        .await
-        .context("could not create the store")?;
-    println!("{}", serde_json::to_string(&store)?);
+        .context("could not start the messaging service")
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
 
-fn service_config(secret: Option<String>) -> ServiceConfig {
+fn service_config(secret: Option<Secret>) -> ServiceConfig {
     ServiceConfig {
-        secret,
+        secret: secret.map(|s| s.0),
         ..ServiceConfig::default()
     }
 }

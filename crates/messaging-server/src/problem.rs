@@ -89,14 +89,17 @@ pub fn problem_for_error(err: &poem::Error, request_path: &str) -> Problem {
         return Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid_parameter",
-            err.to_string(),
+            without_values(&err.to_string()),
         );
     }
     if let Some(payload_err) = err.downcast_ref::<ParseRequestPayloadError>() {
         return Problem::new(
             StatusCode::BAD_REQUEST,
             "invalid_body",
-            format!("The request body is not valid: {}", payload_err.reason),
+            format!(
+                "The request body is not valid: {}",
+                without_values(&payload_err.reason)
+            ),
         );
     }
     if err.is::<AuthorizationError>() {
@@ -192,6 +195,45 @@ fn code_for_client_status(status: StatusCode) -> &'static str {
     }
 }
 
+/// poem-openapi says what it found where a value had the wrong type (`Expected input type
+/// "string", found {"token":"…"}.`). The value may be a password or a token sent in the wrong
+/// shape, so the problem names only its JSON type.
+fn without_values(message: &str) -> String {
+    const FOUND: &str = ", found ";
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(FOUND) {
+        let (head, tail) = rest.split_at(at + FOUND.len());
+        out.push_str(head);
+        // The value is the shortest prefix of `tail` that is JSON followed by a period.
+        let value_end = tail
+            .match_indices('.')
+            .map(|(i, _)| i)
+            .find(|&i| serde_json::from_str::<Value>(&tail[..i]).is_ok());
+        match value_end {
+            Some(end) => {
+                let kind = match serde_json::from_str::<Value>(&tail[..end]) {
+                    Ok(Value::Null) => "null",
+                    Ok(Value::Bool(_)) => "a boolean",
+                    Ok(Value::Number(_)) => "a number",
+                    Ok(Value::String(_)) => "a string",
+                    Ok(Value::Array(_)) => "an array",
+                    Ok(Value::Object(_)) => "an object",
+                    Err(_) => "another value",
+                };
+                out.push_str(kind);
+                rest = &tail[end..];
+            }
+            None => {
+                out.push_str("another value.");
+                return out;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// "id must be a UUID": poem-openapi names path parameters `param0`, `param1`…, so the name
 /// and the expected form come from the spec path the request matched.
 fn path_parameter_detail(err: &ParsePathError, request_path: &str) -> String {
@@ -244,6 +286,25 @@ mod tests {
         let body = response.into_body().into_string().await.unwrap();
         assert!(body.contains("internal_error"));
         assert!(!body.contains("secret state"));
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_are_not_echoed() {
+        assert_eq!(
+            without_values(
+                r#"Expected input type "string", found {"tok":"SECRET. x"}. (occurred while parsing "RefreshRequest")"#
+            ),
+            r#"Expected input type "string", found an object. (occurred while parsing "RefreshRequest")"#
+        );
+        assert_eq!(
+            without_values(r#"Expected input type "string", found 12345678."#),
+            r#"Expected input type "string", found a number."#
+        );
+        assert_eq!(
+            without_values(r#"Expected input type "string", found ["a", "b"]"#),
+            r#"Expected input type "string", found another value."#
+        );
+        assert_eq!(without_values("nothing to hide"), "nothing to hide");
     }
 
     #[test]

@@ -1,11 +1,19 @@
-//! Rate limiting with `governor`: one keyed limiter for API callers (by API key and by customer
-//! token) and a tighter one for `/v1/auth/*` (by client IP and by the `email` in the body).
-//! Keys and emails are kept only as SHA-256 digests, never in the clear.
+//! Rate limiting with `governor`: one keyed limiter for API callers (by API key and by customer)
+//! and a tighter one for `/v1/auth/*` (by client IP and by the `email` or `phone` in the body).
+//! Keys, tokens, emails and phones are kept only as SHA-256 digests, never in the clear.
+//!
+//! A customer is counted by the customer id of a valid access token, so every session of one
+//! customer shares one budget; a token that does not verify is counted by its digest (and is
+//! refused later anyway). Unverified claims are never trusted: anyone could name another
+//! customer in one and spend that customer's budget.
 
 use std::{
     net::IpAddr,
     num::NonZeroU32,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -15,6 +23,7 @@ use poem::{
     http::{HeaderValue, StatusCode, header},
 };
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use crate::{body_limit::LimitedBody, problem::Problem, settings::RateLimitSettings};
 
@@ -30,7 +39,8 @@ type Digest32 = [u8; 32];
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum CallerKey {
     ApiKey(Digest32),
-    CustomerToken(Digest32),
+    Customer(Uuid),
+    UnverifiedToken(Digest32),
 }
 
 /// Who an auth request is counted against.
@@ -38,7 +48,11 @@ enum CallerKey {
 enum AuthKey {
     ClientIp(IpAddr),
     Email(Digest32),
+    Phone(Digest32),
 }
+
+/// The customer of a valid access token.
+pub type TokenVerifier = Arc<dyn Fn(&str) -> Option<Uuid> + Send + Sync>;
 
 /// The limiters of one running app.
 pub struct RateLimiter {
@@ -47,6 +61,7 @@ pub struct RateLimiter {
     callers_burst: NonZeroU32,
     auth_burst: NonZeroU32,
     checks: AtomicU64,
+    verify_token: TokenVerifier,
 }
 
 /// A refused request: how long to wait and the size of the bucket that ran out.
@@ -57,7 +72,7 @@ pub struct Limited {
 }
 
 impl RateLimiter {
-    pub fn new(settings: &RateLimitSettings) -> Self {
+    pub fn new(settings: &RateLimitSettings, verify_token: TokenVerifier) -> Self {
         let callers = Quota::per_second(settings.per_second).allow_burst(settings.burst);
         let auth = Quota::per_minute(settings.auth_per_minute).allow_burst(settings.auth_burst);
         Self {
@@ -66,13 +81,14 @@ impl RateLimiter {
             callers_burst: settings.burst,
             auth_burst: settings.auth_burst,
             checks: AtomicU64::new(0),
+            verify_token,
         }
     }
 
     /// Counts `req` against every key it carries; the first exhausted one refuses it.
     pub fn check(&self, req: &Request) -> Result<(), Limited> {
         self.prune_now_and_then();
-        for key in caller_keys(req) {
+        for key in caller_keys(req, self.verify_token.as_ref()) {
             check_key(&self.callers, &key, self.callers_burst)?;
         }
         if req.uri().path().starts_with(AUTH_PATH_PREFIX) {
@@ -105,13 +121,19 @@ where
     })
 }
 
-fn caller_keys(req: &Request) -> Vec<CallerKey> {
+fn caller_keys(
+    req: &Request,
+    verify_token: &(dyn Fn(&str) -> Option<Uuid> + Send + Sync),
+) -> Vec<CallerKey> {
     let api_key = req
         .header(header::AUTHORIZATION)
         .map(|v| CallerKey::ApiKey(sha256(v)));
     let token = req
         .header("x-auth-token")
-        .map(|v| CallerKey::CustomerToken(sha256(v)));
+        .map(|token| match verify_token(token) {
+            Some(customer) => CallerKey::Customer(customer),
+            None => CallerKey::UnverifiedToken(sha256(token)),
+        });
     api_key.into_iter().chain(token).collect()
 }
 
@@ -120,19 +142,30 @@ fn auth_keys(req: &Request) -> Vec<AuthKey> {
         .remote_addr()
         .as_socket_addr()
         .map(|addr| AuthKey::ClientIp(addr.ip()));
-    let email = req
+    let (email, phone) = req
         .extensions()
         .get::<LimitedBody>()
-        .and_then(|body| email_of(&body.0))
-        .map(|email| AuthKey::Email(sha256(&email)));
-    ip.into_iter().chain(email).collect()
+        .map(|body| identities_of(&body.0))
+        .unwrap_or_default();
+    let email = email.map(|email| AuthKey::Email(sha256(&email)));
+    let phone = phone.map(|phone| AuthKey::Phone(sha256(&phone)));
+    ip.into_iter().chain(email).chain(phone).collect()
 }
 
-/// The `email` field of a JSON body, trimmed and lower-cased, when there is one.
-fn email_of(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let email = value.get("email")?.as_str()?.trim().to_lowercase();
-    (!email.is_empty()).then_some(email)
+/// The `email` (trimmed, lower-cased) and `phone` (trimmed) fields of a JSON body.
+fn identities_of(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (None, None);
+    };
+    let field = |name: &str| {
+        value
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    (field("email").map(|e| e.to_lowercase()), field("phone"))
 }
 
 fn sha256(value: &str) -> Digest32 {
@@ -187,7 +220,7 @@ mod tests {
 
     #[test]
     fn each_api_key_has_its_own_bucket() {
-        let limiter = RateLimiter::new(&settings(2));
+        let limiter = RateLimiter::new(&settings(2), Arc::new(|_| None));
         assert!(
             limiter
                 .check(&request("/v1/messaging/threads", "Bearer a"))
@@ -225,12 +258,38 @@ mod tests {
     }
 
     #[test]
-    fn emails_are_read_from_json_bodies() {
+    fn emails_and_phones_are_read_from_json_bodies() {
         assert_eq!(
-            email_of(br#"{"email":" Jane@Example.com "}"#).as_deref(),
-            Some("jane@example.com")
+            identities_of(br#"{"email":" Jane@Example.com "}"#),
+            (Some("jane@example.com".to_owned()), None)
         );
-        assert_eq!(email_of(br#"{"phone":"+1"}"#), None);
-        assert_eq!(email_of(b"not json"), None);
+        assert_eq!(
+            identities_of(br#"{"phone":"+14155550123"}"#),
+            (None, Some("+14155550123".to_owned()))
+        );
+        assert_eq!(identities_of(b"not json"), (None, None));
+    }
+
+    #[test]
+    fn every_session_of_one_customer_shares_a_bucket() {
+        let customer = Uuid::now_v7();
+        // Tokens that start with "valid" verify as `customer`.
+        let verify: TokenVerifier =
+            Arc::new(move |token| token.starts_with("valid").then_some(customer));
+        let limiter = RateLimiter::new(&settings(2), verify);
+        let with_token = |key: &str, token: &str| {
+            Request::builder()
+                .uri_str("/v1/messaging/threads")
+                .header(header::AUTHORIZATION, key)
+                .header("x-auth-token", token)
+                .finish()
+        };
+        assert!(limiter.check(&with_token("Bearer a", "valid-1")).is_ok());
+        assert!(limiter.check(&with_token("Bearer b", "valid-2")).is_ok());
+        assert!(
+            limiter.check(&with_token("Bearer c", "valid-3")).is_err(),
+            "a third session of the same customer is over the customer's budget"
+        );
+        assert!(limiter.check(&with_token("Bearer d", "forged")).is_ok());
     }
 }

@@ -1,4 +1,4 @@
-//! Settings of the HTTP layer: body size and rate limits. The binary fills them from flags and
+//! Settings of the HTTP layer: body and header sizes and rate limits. The binary fills them from flags and
 //! environment; tests and benchmarks build them directly (for example without rate limits).
 
 use std::num::NonZeroU32;
@@ -6,11 +6,16 @@ use std::num::NonZeroU32;
 /// Default largest request body: 64 KiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// Default largest total size of the request headers: 32 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// How the HTTP layer treats requests before they reach the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpSettings {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Largest total size of the request headers accepted; larger ones get 431.
+    pub max_header_bytes: usize,
     /// Rate limits; `None` turns rate limiting off.
     pub rate_limits: Option<RateLimitSettings>,
 }
@@ -19,6 +24,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             rate_limits: Some(RateLimitSettings::default()),
         }
     }
@@ -34,9 +40,10 @@ impl HttpSettings {
     }
 }
 
-/// Token buckets: one per API key and one per customer token, refilled `per_second` and holding
-/// `burst`; on `/v1/auth/*` also one per client IP and one per email, refilled `auth_per_minute`
-/// and holding `auth_burst`.
+/// Token buckets: one per API key and one per customer (the customer of a valid access token,
+/// else the token itself), refilled `per_second` and holding `burst`; on `/v1/auth/*` also one
+/// per client IP, one per email and one per phone, refilled `auth_per_minute` and holding
+/// `auth_burst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitSettings {
     pub per_second: NonZeroU32,
