@@ -10,14 +10,14 @@ mod postgres;
 use std::net::SocketAddr;
 
 use messaging_server::HttpSettings;
-use messaging_service::{CreatedStore, MessagingService, ServiceConfig};
+use messaging_service::{CreatedStore, MessagingService, OtpDelivery, OtpOutbox, ServiceConfig};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use tokio::task::JoinHandle;
 
 pub use postgres::TestDatabase;
 
 /// Secret the test servers sign tokens with.
-const TEST_SECRET: &str = "messaging-tests-secret-not-for-production-0123456789";
+pub const TEST_SECRET: &str = "messaging-tests-secret-not-for-production-0123456789";
 
 /// Where a test's database lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub struct TestApp {
     /// The service behind the server, sharing its database.
     pub service: MessagingService,
     pub backend: Backend,
+    /// One-time codes the server "sent": tests read them here instead of from the log.
+    pub otp: OtpOutbox,
     http: reqwest::Client,
     server: JoinHandle<std::io::Result<()>>,
     /// Declared last: the server stops before its database is dropped.
@@ -58,6 +60,23 @@ pub async fn spawn_app_on(backend: Backend) -> Option<TestApp> {
 
 /// The real app on `backend` with explicit HTTP settings (body limit, rate limits).
 pub async fn spawn_app_with(backend: Backend, settings: HttpSettings) -> Option<TestApp> {
+    spawn_app_with_config(backend, settings, |_| {}).await
+}
+
+/// The real app on `backend` with explicit HTTP settings and service settings: `configure`
+/// changes the test defaults (the test secret, codes kept in [`TestApp::otp`]), e.g. to shorten
+/// token lifetimes.
+pub async fn spawn_app_with_config(
+    backend: Backend,
+    settings: HttpSettings,
+    configure: impl FnOnce(&mut ServiceConfig),
+) -> Option<TestApp> {
+    let mut config = test_service_config();
+    configure(&mut config);
+    let otp = match &config.otp {
+        OtpDelivery::Memory(outbox) => outbox.clone(),
+        _ => OtpOutbox::new(),
+    };
     let database = match backend {
         Backend::Sqlite => None,
         Backend::Postgres => Some(TestDatabase::create().await?),
@@ -65,7 +84,7 @@ pub async fn spawn_app_with(backend: Backend, settings: HttpSettings) -> Option<
     let url = database
         .as_ref()
         .map_or("sqlite::memory:", TestDatabase::url);
-    let service = MessagingService::connect(url, test_service_config())
+    let service = MessagingService::connect(url, config)
         .await
         .unwrap_or_else(|err| panic!("the messaging service did not start on {backend:?}: {err}"));
     let (address, server) = messaging_server::spawn(service.clone(), &settings)
@@ -76,6 +95,7 @@ pub async fn spawn_app_with(backend: Backend, settings: HttpSettings) -> Option<
         base_url: format!("http://{address}"),
         service,
         backend,
+        otp,
         http: reqwest::Client::new(),
         server,
         database,
@@ -85,8 +105,27 @@ pub async fn spawn_app_with(backend: Backend, settings: HttpSettings) -> Option<
 pub(crate) fn test_service_config() -> ServiceConfig {
     ServiceConfig {
         secret: Some(TEST_SECRET.to_owned()),
+        otp: OtpDelivery::Memory(OtpOutbox::new()),
         ..ServiceConfig::default()
     }
+}
+
+/// An access token signed as the test servers sign them (HS256 with the key derived from
+/// [`TEST_SECRET`]), with any claims: for expired, foreign or otherwise crafted tokens. Tests
+/// that use it also check that a well-formed one is accepted, so a drift between this and the
+/// service shows as a failure, not as a false pass.
+pub fn sign_test_token(claims: &serde_json::Value) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(TEST_SECRET.as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(b"access-token-signing");
+    let key = mac.finalize().into_bytes();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(&key),
+    )
+    .expect("HS256 signing of JSON claims cannot fail")
 }
 
 impl TestApp {
