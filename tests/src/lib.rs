@@ -3,6 +3,7 @@
 //! template) and returns a [`TestApp`] with typed helpers. Also the OpenAPI normaliser and the
 //! JSON differ used by the contract tests.
 
+pub mod fixtures;
 pub mod json_diff;
 pub mod openapi_normal_form;
 mod postgres;

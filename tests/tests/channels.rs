@@ -6,17 +6,15 @@ use std::collections::HashSet;
 
 use chrono::{Duration, Utc};
 use messaging_client::{
-    Client, Error, ResponseValue,
-    types::{self, MessageType, Problem, SenderType, SubscriberType, ThreadExpand},
+    Client,
+    types::{self, MessageType, SenderType, SubscriberType, ThreadExpand},
 };
-use messaging_tests::{TestApp, both_backends};
+use messaging_tests::{
+    TestApp, both_backends,
+    fixtures::{Customer, page_size, problem, register_customer},
+};
 use serde_json::json;
 use uuid::Uuid;
-
-struct Customer {
-    id: Uuid,
-    token: String,
-}
 
 struct World {
     app: TestApp,
@@ -32,8 +30,8 @@ async fn world(app: TestApp) -> World {
     let keys = app.create_store("Acme").await;
     let store = app.client(&keys.secret_key_test);
     let public = app.client(&keys.publishable_key_test);
-    let jane = register(&store, "jane@example.com", "Jane Doe").await;
-    let bob = register(&store, "bob@example.com", "Bob Roe").await;
+    let jane = register_customer(&store, "jane@example.com", "Jane Doe").await;
+    let bob = register_customer(&store, "bob@example.com", "Bob Roe").await;
     World {
         store_id: keys.store_id,
         secret_key: keys.secret_key_test.clone(),
@@ -42,31 +40,6 @@ async fn world(app: TestApp) -> World {
         public,
         jane,
         bob,
-    }
-}
-
-async fn register(store: &Client, email: &str, name: &str) -> Customer {
-    let body: types::RegisterRequest = serde_json::from_value(
-        json!({"email": email, "password": "correct horse battery staple", "name": name}),
-    )
-    .unwrap();
-    let session = store
-        .register()
-        .body(body)
-        .send()
-        .await
-        .expect("register")
-        .into_inner();
-    Customer {
-        id: session.customer.id,
-        token: session.session.access_token,
-    }
-}
-
-fn problem<T: std::fmt::Debug>(result: Result<ResponseValue<T>, Error<Problem>>) -> Problem {
-    match result {
-        Err(Error::ErrorResponse(problem)) => problem.into_inner(),
-        other => panic!("expected a problem response, got {other:?}"),
     }
 }
 
@@ -206,7 +179,7 @@ both_backends!(resource_threads_have_predictable_ids, |app| async move {
     // Another store may use the same resource id.
     let other = w.app.create_store("Other").await;
     let other_store = w.app.client(&other.secret_key_test);
-    let bob_elsewhere = register(&other_store, "bob@example.com", "Bob").await;
+    let bob_elsewhere = register_customer(&other_store, "bob@example.com", "Bob").await;
     let mut elsewhere = duplicate;
     elsewhere.customer_id = Some(bob_elsewhere.id);
     other_store
@@ -862,7 +835,7 @@ both_backends!(
                 .store
                 .get_channel_messages()
                 .id(channel.id)
-                .limit(std::num::NonZeroU32::new(2).unwrap());
+                .limit(page_size(2));
             if let Some(c) = &cursor {
                 request = request.cursor(c.as_str());
             }

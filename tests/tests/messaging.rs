@@ -4,20 +4,17 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use messaging_client::{
-    Client, Error, ResponseValue,
-    types::{self, Problem, SenderType, SortOrder, ThreadPriority, ThreadStatus, ThreadType},
+    Client, Error,
+    types::{self, SenderType, SortOrder, ThreadPriority, ThreadStatus, ThreadType},
 };
 use messaging_service::entity::{message, thread};
-use messaging_tests::{TestApp, both_backends};
+use messaging_tests::{
+    TestApp, both_backends,
+    fixtures::{Customer, page_size, problem, register_customer},
+};
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use serde_json::json;
 use uuid::Uuid;
-
-/// A customer with a session.
-struct Customer {
-    id: Uuid,
-    token: String,
-}
 
 /// A store with its keys and two registered customers.
 struct World {
@@ -38,8 +35,8 @@ async fn world(app: TestApp) -> World {
     let keys = app.create_store("Acme").await;
     let store = app.client(&keys.secret_key_test);
     let public = app.client(&keys.publishable_key_test);
-    let jane = register(&store, "jane@example.com", "Jane Doe").await;
-    let bob = register(&store, "bob@example.com", "Bob Roe").await;
+    let jane = register_customer(&store, "jane@example.com", "Jane Doe").await;
+    let bob = register_customer(&store, "bob@example.com", "Bob Roe").await;
     World {
         store_id: keys.store_id,
         secret_key: keys.secret_key_test.clone(),
@@ -50,36 +47,6 @@ async fn world(app: TestApp) -> World {
         public,
         jane,
         bob,
-    }
-}
-
-async fn register(store: &Client, email: &str, name: &str) -> Customer {
-    let body: types::RegisterRequest = serde_json::from_value(
-        json!({"email": email, "password": "correct horse battery staple", "name": name}),
-    )
-    .unwrap();
-    let session = store
-        .register()
-        .body(body)
-        .send()
-        .await
-        .expect("register")
-        .into_inner();
-    Customer {
-        id: session.customer.id,
-        token: session.session.access_token,
-    }
-}
-
-fn nz(n: u32) -> std::num::NonZeroU32 {
-    std::num::NonZeroU32::new(n).expect("page sizes are not zero")
-}
-
-/// The problem of a failed call; panics on success or on a failure that is not a problem.
-fn problem<T: std::fmt::Debug>(result: Result<ResponseValue<T>, Error<Problem>>) -> Problem {
-    match result {
-        Err(Error::ErrorResponse(problem)) => problem.into_inner(),
-        other => panic!("expected a problem response, got {other:?}"),
     }
 }
 
@@ -544,7 +511,7 @@ both_backends!(thread_cursors_never_skip_or_repeat, |app| async move {
             .public
             .list_threads()
             .x_auth_token(w.jane.token.as_str())
-            .limit(nz(17));
+            .limit(page_size(17));
         if let Some(c) = &cursor {
             request = request.cursor(c.as_str());
         }
@@ -577,7 +544,7 @@ both_backends!(thread_cursors_never_skip_or_repeat, |app| async move {
         .public
         .list_threads()
         .x_auth_token(w.jane.token.as_str())
-        .limit(nz(5))
+        .limit(page_size(5))
         .send()
         .await
         .unwrap();
@@ -632,7 +599,7 @@ both_backends!(messages_pages_orders_and_hides_deleted, |app| async move {
                     .x_auth_token(w.jane.token.as_str())
                     .id(thread.to_string())
                     .order(order)
-                    .limit(nz(4));
+                    .limit(page_size(4));
                 if let Some(c) = &cursor {
                     request = request.cursor(c.as_str());
                 }

@@ -20,6 +20,17 @@ fn respond<T, R: From<Problem>>(result: Result<T, ServiceError>, ok: impl FnOnce
     }
 }
 
+/// The caller of an operation whose parameters carry `x-auth-token` and `x-acting-user`.
+macro_rules! participant {
+    ($service:expr, $api_key:expr, $params:expr) => {
+        $service.participant(
+            &$api_key,
+            $params.x_auth_token.as_deref(),
+            $params.x_acting_user.as_deref(),
+        )
+    };
+}
+
 /// Page sizes arrive validated (1 to 200); the clamp only guards the conversion.
 fn page_size(limit: i32) -> u64 {
     limit.clamp(1, 200) as u64
@@ -46,13 +57,7 @@ impl MessagingApi for MessagingService {
         params: ListThreadsParams,
     ) -> ListThreadsResponse {
         let result = async {
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             let query = ThreadQuery {
                 customer_id: params.customer_id,
                 status: params.status,
@@ -76,13 +81,7 @@ impl MessagingApi for MessagingService {
         body: CreateConversationRequest,
     ) -> CreateConversationResponse {
         let result = async {
-            let (caller, author) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, author) = participant!(self, api_key, params).await?;
             self.create_conversation(&caller, &author, body).await
         };
         respond(result.await, |c| {
@@ -94,13 +93,7 @@ impl MessagingApi for MessagingService {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
             ThreadRef::parse(&params.id)?;
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.get_thread(&caller, &params.id, params.fields.as_deref(), params.expand)
                 .await
         };
@@ -116,13 +109,7 @@ impl MessagingApi for MessagingService {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
             ThreadRef::parse(&params.id)?;
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.update_thread(&caller, &params.id, body).await
         };
         respond(result.await, |thread| {
@@ -138,13 +125,7 @@ impl MessagingApi for MessagingService {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
             ThreadRef::parse(&params.id)?;
-            let (caller, reader) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, reader) = participant!(self, api_key, params).await?;
             self.mark_thread_read(&caller, &reader, &params.id).await
         };
         respond(result.await, |thread| {
@@ -160,13 +141,7 @@ impl MessagingApi for MessagingService {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
             ThreadRef::parse(&params.id)?;
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             let order = params.order.unwrap_or(SortOrder::Asc);
             self.thread_messages(
                 &caller,
@@ -191,13 +166,7 @@ impl MessagingApi for MessagingService {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
             ThreadRef::parse(&params.id)?;
-            let (caller, author) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, author) = participant!(self, api_key, params).await?;
             self.send_message(&caller, &author, &params.id, body).await
         };
         respond(result.await, |message| {
@@ -212,13 +181,7 @@ impl MessagingApi for MessagingService {
         body: EditMessageRequest,
     ) -> EditMessageResponse {
         let result = async {
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.edit_message(&caller, params.id, body.message_content)
                 .await
         };
@@ -233,13 +196,7 @@ impl MessagingApi for MessagingService {
         params: DeleteMessageParams,
     ) -> DeleteMessageResponse {
         let result = async {
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.delete_message(&caller, params.id).await
         };
         respond(result.await, |d| DeleteMessageResponse::Ok(Json(d)))
@@ -253,13 +210,7 @@ impl MessagingApi for MessagingService {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
             ThreadRef::parse(&params.id)?;
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.list_subscribers(&caller, &params.id).await
         };
         respond(result.await, |subscribers| {
@@ -276,13 +227,7 @@ impl MessagingApi for MessagingService {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
             ThreadRef::parse(&params.id)?;
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.add_subscriber(&caller, &params.id, body).await
         };
         respond(result.await, |subscriber| {
@@ -298,13 +243,7 @@ impl MessagingApi for MessagingService {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
             ThreadRef::parse(&params.id)?;
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.remove_subscriber(&caller, &params.id, &params.subscriber_id)
                 .await
         };
@@ -319,13 +258,7 @@ impl MessagingApi for MessagingService {
         params: AddReactionParams,
     ) -> AddReactionResponse {
         let result = async {
-            let (caller, reactor) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, reactor) = participant!(self, api_key, params).await?;
             self.react(&caller, &reactor, params.id, &params.emoji, true)
                 .await
         };
@@ -340,13 +273,7 @@ impl MessagingApi for MessagingService {
         params: RemoveReactionParams,
     ) -> RemoveReactionResponse {
         let result = async {
-            let (caller, reactor) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, reactor) = participant!(self, api_key, params).await?;
             self.react(&caller, &reactor, params.id, &params.emoji, false)
                 .await
         };
@@ -361,13 +288,7 @@ impl MessagingApi for MessagingService {
         params: ListChannelsParams,
     ) -> ListChannelsResponse {
         let result = async {
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.list_channels(&caller, page_size(params.limit), params.cursor.as_deref())
                 .await
         };
@@ -376,13 +297,7 @@ impl MessagingApi for MessagingService {
 
     async fn get_channel(&self, api_key: String, params: GetChannelParams) -> GetChannelResponse {
         let result = async {
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.get_channel(&caller, params.id).await
         };
         respond(result.await, |channel| {
@@ -396,13 +311,7 @@ impl MessagingApi for MessagingService {
         params: GetChannelMessagesParams,
     ) -> GetChannelMessagesResponse {
         let result = async {
-            let (caller, _) = self
-                .participant(
-                    &api_key,
-                    params.x_auth_token.as_deref(),
-                    params.x_acting_user.as_deref(),
-                )
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             let order = params.order.unwrap_or(SortOrder::Asc);
             self.channel_messages(
                 &caller,

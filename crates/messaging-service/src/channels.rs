@@ -26,6 +26,7 @@ use crate::{
     cursor::{self, Position},
     entity::{channel, channel_member, message, thread, thread_subscriber},
     error::ServiceError,
+    messages::MessagePage,
     now,
     subscribers::kind_of,
     threads::{from_micros, micros},
@@ -296,60 +297,17 @@ impl MessagingService {
         cursor_text: Option<&str>,
     ) -> Result<MessageList, ServiceError> {
         let channel = self.load_channel(caller, id).await?;
-        let scope = format!("channel-messages|{}|{}", channel.id, order.as_str());
-        let position = cursor_text
-            .map(|c| cursor::decode(&self.inner.keys, &scope, c))
-            .transpose()?;
-        let mut select = message::Entity::find()
+        let published = message::Entity::find()
             .filter(message::Column::ChannelId.eq(channel.id))
             .filter(message::Column::PublishedAt.is_not_null())
             .filter(message::Column::IsDeleted.eq(false));
-        if let Some(position) = position {
-            let key = Expr::tuple([
-                Expr::col(message::Column::PublishedAt),
-                Expr::col(message::Column::Id),
-            ]);
-            let after = Expr::tuple([
-                Expr::val(from_micros(position.micros)?),
-                Expr::val(position.id),
-            ]);
-            select = select.filter(match order {
-                SortOrder::Asc => key.gt(after),
-                SortOrder::Desc => key.lt(after),
-            });
-        }
-        select = match order {
-            SortOrder::Asc => select
-                .order_by_asc(message::Column::PublishedAt)
-                .order_by_asc(message::Column::Id),
-            SortOrder::Desc => select
-                .order_by_desc(message::Column::PublishedAt)
-                .order_by_desc(message::Column::Id),
+        let page = MessagePage {
+            scope: format!("channel-messages|{}|{}", channel.id, order.as_str()),
+            time: message::Column::PublishedAt,
+            order,
+            limit,
         };
-        let mut rows = select.limit(limit + 1).all(self.db()).await?;
-        let has_more = rows.len() as u64 > limit;
-        rows.truncate(limit as usize);
-        let next_cursor = match rows.last() {
-            Some(last) if has_more => Some(cursor::encode(
-                &self.inner.keys,
-                &scope,
-                Position {
-                    pinned: None,
-                    micros: micros(last.published_at.unwrap_or(last.created_at)),
-                    id: last.id,
-                },
-            )),
-            _ => None,
-        };
-        let messages = self.wire_messages(rows).await?;
-        Ok(MessageList {
-            messages,
-            pagination: Pagination {
-                limit: limit as i32,
-                next_cursor,
-                has_more,
-            },
-        })
+        self.message_page(published, page, cursor_text).await
     }
 
     /// Publishes every due message once. Returns how many this call published.

@@ -53,6 +53,15 @@ fn validate_media_urls(urls: &[String]) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// How to page a list of messages: the cursor scope, the time column it is ordered by, the
+/// direction and the page size.
+pub struct MessagePage {
+    pub scope: String,
+    pub time: message::Column,
+    pub order: SortOrder,
+    pub limit: u64,
+}
+
 fn message_not_found() -> ServiceError {
     ServiceError::not_found("message_not_found", "No message with that id.")
 }
@@ -67,19 +76,37 @@ impl MessagingService {
         cursor_text: Option<&str>,
     ) -> Result<MessageList, ServiceError> {
         let thread = self.load_thread(self.db(), caller, thread_id).await?;
-        let scope = format!("messages|{}|{}", thread.id, order.as_str());
-        let position = cursor_text
-            .map(|c| cursor::decode(&self.inner.keys, &scope, c))
-            .transpose()?;
-
-        let mut select = message::Entity::find()
+        let live = message::Entity::find()
             .filter(message::Column::ThreadId.eq(thread.id))
             .filter(message::Column::IsDeleted.eq(false));
-        if let Some(position) = position {
-            let key = Expr::tuple([
-                Expr::col(message::Column::CreatedAt),
-                Expr::col(message::Column::Id),
-            ]);
+        let page = MessagePage {
+            scope: format!("messages|{}|{}", thread.id, order.as_str()),
+            time: message::Column::CreatedAt,
+            order,
+            limit,
+        };
+        self.message_page(live, page, cursor_text).await
+    }
+
+    /// One keyset page of `select`, ordered by `(time, id)` in `page.order`, with the cursor
+    /// to the next page. Pages never skip or repeat a message, even when many share a time.
+    pub(crate) async fn message_page(
+        &self,
+        mut select: sea_orm::Select<message::Entity>,
+        page: MessagePage,
+        cursor_text: Option<&str>,
+    ) -> Result<MessageList, ServiceError> {
+        let MessagePage {
+            scope,
+            time,
+            order,
+            limit,
+        } = page;
+        if let Some(position) = cursor_text
+            .map(|c| cursor::decode(&self.inner.keys, &scope, c))
+            .transpose()?
+        {
+            let key = Expr::tuple([Expr::col(time), Expr::col(message::Column::Id)]);
             let after = Expr::tuple([
                 Expr::val(from_micros(position.micros)?),
                 Expr::val(position.id),
@@ -90,26 +117,27 @@ impl MessagingService {
             });
         }
         select = match order {
-            SortOrder::Asc => select
-                .order_by_asc(message::Column::CreatedAt)
-                .order_by_asc(message::Column::Id),
+            SortOrder::Asc => select.order_by_asc(time).order_by_asc(message::Column::Id),
             SortOrder::Desc => select
-                .order_by_desc(message::Column::CreatedAt)
+                .order_by_desc(time)
                 .order_by_desc(message::Column::Id),
         };
         let mut rows = select.limit(limit + 1).all(self.db()).await?;
         let has_more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);
         let next_cursor = match rows.last() {
-            Some(last) if has_more => Some(cursor::encode(
-                &self.inner.keys,
-                &scope,
-                Position {
+            Some(last) if has_more => {
+                let at = match time {
+                    message::Column::PublishedAt => last.published_at.unwrap_or(last.created_at),
+                    _ => last.created_at,
+                };
+                let position = Position {
                     pinned: None,
-                    micros: micros(last.created_at),
+                    micros: micros(at),
                     id: last.id,
-                },
-            )),
+                };
+                Some(cursor::encode(&self.inner.keys, &scope, position))
+            }
             _ => None,
         };
         let messages = self.wire_messages(rows).await?;

@@ -1,0 +1,46 @@
+//! Fixtures the end-to-end suites share: registered customers, typed problems, page sizes.
+
+use messaging_client::{Client, Error, ResponseValue, types};
+use serde_json::json;
+use uuid::Uuid;
+
+/// A registered customer with a session.
+#[derive(Debug, Clone)]
+pub struct Customer {
+    pub id: Uuid,
+    pub token: String,
+}
+
+/// Registers a customer through the API with the store's secret-key client.
+pub async fn register_customer(store: &Client, email: &str, name: &str) -> Customer {
+    let body: types::RegisterRequest = serde_json::from_value(
+        json!({"email": email, "password": "correct horse battery staple", "name": name}),
+    )
+    .expect("a valid registration");
+    let session = store
+        .register()
+        .body(body)
+        .send()
+        .await
+        .expect("register")
+        .into_inner();
+    Customer {
+        id: session.customer.id,
+        token: session.session.access_token,
+    }
+}
+
+/// The problem of a failed call; panics on success or on a failure that is not a problem.
+pub fn problem<T: std::fmt::Debug>(
+    result: Result<ResponseValue<T>, Error<types::Problem>>,
+) -> types::Problem {
+    match result {
+        Err(Error::ErrorResponse(problem)) => problem.into_inner(),
+        other => panic!("expected a problem response, got {other:?}"),
+    }
+}
+
+/// A page size for the client's `limit` (1 to 200).
+pub fn page_size(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).expect("page sizes are not zero")
+}
