@@ -1242,3 +1242,91 @@ both_backends!(
         let _ = &w.publishable_key;
     }
 );
+
+/// A file database has a pool of connections, so writers really race (the in-memory database of
+/// the other tests has one connection). Every send must succeed and every count must hold:
+/// write transactions take SQLite's write lock up front instead of failing with SQLITE_BUSY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_on_a_sqlite_file_all_succeed() {
+    let dir = std::env::temp_dir().join(format!("messaging-writers-{}", Uuid::now_v7().simple()));
+    let url = format!("sqlite://{}/messaging.db", dir.display());
+    let service = messaging_service::MessagingService::connect(
+        &url,
+        messaging_service::ServiceConfig::default(),
+    )
+    .await
+    .expect("file database");
+    let (address, server) = messaging_server::spawn(
+        service.clone(),
+        &messaging_server::HttpSettings::without_rate_limits(),
+    )
+    .await
+    .expect("server");
+    let keys = service.create_store("Acme").await.unwrap();
+    let base = format!("http://{address}");
+    let store = messaging_client::with_api_key(&base, &keys.secret_key_test).unwrap();
+    let jane = register_customer(&store, "jane@example.com", "Jane Doe").await;
+    let threads: Vec<Uuid> = futures::future::join_all((0..4).map(|i| {
+        let store = &store;
+        let jane = jane.id;
+        async move {
+            let body: types::CreateConversationRequest = serde_json::from_value(
+                json!({"customer_id": jane, "subject": format!("t{i}"), "message": "hi"}),
+            )
+            .unwrap();
+            store
+                .create_conversation()
+                .body(body)
+                .send()
+                .await
+                .expect("create")
+                .into_inner()
+                .thread
+                .id
+        }
+    }))
+    .await;
+    let public = messaging_client::with_api_key(&base, &keys.publishable_key_test).unwrap();
+    let sends = (0..80).map(|i| {
+        let (store, public, token) = (&store, &public, jane.token.as_str());
+        let thread = threads[(i / 2) % threads.len()].to_string();
+        async move {
+            let result = if i % 2 == 0 {
+                public
+                    .send_message()
+                    .x_auth_token(token)
+                    .id(thread)
+                    .body_map(|b| b.message("from jane"))
+                    .send()
+                    .await
+            } else {
+                store
+                    .send_message()
+                    .id(thread)
+                    .body_map(|b| b.message("from the store"))
+                    .send()
+                    .await
+            };
+            result
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string())
+        }
+    });
+    let results = futures::future::join_all(sends).await;
+    assert!(results.iter().all(|r| r == &Ok(201)), "{results:?}");
+    for thread in &threads {
+        let t = store
+            .get_thread()
+            .id(thread.to_string())
+            .send()
+            .await
+            .unwrap();
+        // The first message (from the store) plus 10 store and 10 customer messages.
+        assert_eq!(
+            (t.unread_count_customer, t.unread_count_store),
+            (Some(11), Some(10))
+        );
+    }
+    server.abort();
+    let _ = std::fs::remove_dir_all(dir);
+}

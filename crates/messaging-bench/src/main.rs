@@ -54,6 +54,9 @@ const HOT_MESSAGES: usize = 60;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        messaging_server::init_tracing(messaging_server::LogFormat::Text);
+    }
     if args.threads <= HOT_THREADS
         || args
             .messages
@@ -415,7 +418,23 @@ impl Load {
                             let _ = response.bytes().await;
                             latencies.push(started.elapsed());
                         }
-                        _ => errors += 1,
+                        Ok(response) => {
+                            if errors == 0 {
+                                eprintln!(
+                                    "{} answered {}: {}",
+                                    endpoint.name(),
+                                    response.status(),
+                                    response.text().await.unwrap_or_default()
+                                );
+                            }
+                            errors += 1;
+                        }
+                        Err(err) => {
+                            if errors == 0 {
+                                eprintln!("{} failed: {err}", endpoint.name());
+                            }
+                            errors += 1;
+                        }
                     }
                     n += self.concurrency;
                 }

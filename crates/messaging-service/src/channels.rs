@@ -14,7 +14,7 @@ use messaging_api::{
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, EntityTrait, JoinType, QueryFilter, QueryOrder, QuerySelect,
-    RelationTrait, TransactionTrait,
+    RelationTrait,
     sea_query::{Expr, ExprTrait},
 };
 use sha2::{Digest, Sha256};
@@ -313,7 +313,6 @@ impl MessagingService {
     /// Publishes every due message once. Returns how many this call published.
     pub async fn publish_due(&self) -> Result<u64, ServiceError> {
         let at = now();
-        let txn = self.db().begin().await?;
         let due: Vec<(Uuid, Option<Uuid>)> = message::Entity::find()
             .select_only()
             .column(message::Column::Id)
@@ -323,11 +322,13 @@ impl MessagingService {
             .order_by_asc(message::Column::PublishToChannelAt)
             .limit(1_000)
             .into_tuple()
-            .all(&txn)
+            .all(self.db())
             .await?;
         if due.is_empty() {
             return Ok(0);
         }
+        // Only now take the write lock: an idle tick blocks no writer.
+        let txn = self.begin_write().await?;
         let ids: Vec<Uuid> = due.iter().map(|(id, _)| *id).collect();
         // The condition on `published_at` is what makes publishing exactly-once: a concurrent
         // publisher's update of the same rows waits for ours and then matches nothing.

@@ -85,6 +85,20 @@ impl MessagingService {
     fn db(&self) -> &DatabaseConnection {
         &self.inner.db
     }
+
+    /// Starts a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes cannot upgrade its
+    /// lock while another writer commits, and would fail with `SQLITE_BUSY` instead of waiting.
+    async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+        self.inner
+            .db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await
+    }
 }
 
 /// Opens a pool. A SQLite file URL creates the file (and its directory) on first start.
@@ -117,6 +131,12 @@ async fn connect_database(database_url: &str) -> Result<DatabaseConnection, Star
                 .pragma("cache_size", "-65536")
                 .busy_timeout(std::time::Duration::from_secs(10))
         });
+    }
+    if database_url.starts_with("sqlite:") {
+        // Each SQLite connection runs on its own worker thread and writes are serialised anyway;
+        // a few connections per core keep readers parallel without thrashing the scheduler.
+        let per_core = std::thread::available_parallelism().map_or(2, usize::from) as u32;
+        options.max_connections((2 * per_core).max(2));
     }
     if database_url.starts_with("sqlite::memory:") {
         // Every connection to `sqlite::memory:` would see its own empty database.

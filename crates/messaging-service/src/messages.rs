@@ -9,7 +9,7 @@ use messaging_api::{
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -181,7 +181,7 @@ impl MessagingService {
             // Non-text messages are system messages: they notify the customer.
             (_, (_, store)) => (SenderType::System, store),
         };
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let thread = self.load_thread(&txn, caller, thread_ref).await?;
         subscribers::require_member(&txn, thread.id, author).await?;
         if thread.status == ThreadStatus::Closed.as_str() {

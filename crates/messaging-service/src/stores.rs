@@ -3,7 +3,7 @@
 use chrono::Utc;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait, sea_query::Expr,
+    sea_query::Expr,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -85,7 +85,7 @@ impl MessagingService {
         }
         let now = Utc::now();
         let store_id = Uuid::now_v7();
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         store::ActiveModel {
             id: Set(store_id),
             name: Set(name.to_owned()),
@@ -150,7 +150,7 @@ impl MessagingService {
     /// concurrent rotations of one key only one succeeds; a revoked or unknown key is 404.
     pub async fn rotate_key(&self, key_id: Uuid) -> Result<RotatedKey, ServiceError> {
         let not_found = || ServiceError::not_found("key_not_found", "No active key with that id.");
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let old = api_key::Entity::find_by_id(key_id)
             .one(&txn)
             .await?

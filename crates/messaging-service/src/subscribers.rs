@@ -11,7 +11,7 @@ use messaging_api::{AddSubscriberRequest, Subscriber, SubscriberType};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, TransactionTrait,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -269,7 +269,7 @@ impl MessagingService {
             return Err(store_only());
         }
         let id = valid_subscriber_id(body.id.trim())?.to_owned();
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let thread = self.load_thread(&txn, caller, thread_ref).await?;
         let (name, email, phone) = match body.r#type {
             SubscriberType::Contact => {
@@ -373,7 +373,7 @@ impl MessagingService {
         if caller.customer_id().is_some() {
             return Err(store_only());
         }
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let thread = self.load_thread(&txn, caller, thread_ref).await?;
         let existing = thread_subscriber::Entity::find_by_id((thread.id, subscriber_id.to_owned()))
             .filter(thread_subscriber::Column::IsArchived.eq(false))

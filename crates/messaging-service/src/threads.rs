@@ -12,7 +12,6 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -364,7 +363,7 @@ impl MessagingService {
         reader: &Participant,
         id: &str,
     ) -> Result<Thread, ServiceError> {
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let thread = self.load_thread(&txn, caller, id).await?;
         subscribers::require_member(&txn, thread.id, reader).await?;
         let column = match caller.actor {
@@ -472,7 +471,7 @@ impl MessagingService {
             name: Set(Some(body.name.unwrap_or(subject))),
             channel_id: Set(None),
         };
-        let txn = self.db().begin().await?;
+        let txn = self.begin_write().await?;
         let thread = match thread_row.insert(&txn).await {
             Ok(thread) => thread,
             Err(err) if is_unique_violation(&err) => {
