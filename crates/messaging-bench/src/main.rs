@@ -398,9 +398,9 @@ impl Load {
     }
 
     async fn run(&self, endpoint: Endpoint, fixture: &Fixture) -> Stats {
-        // Warm up connections and caches for a moment, unmeasured.
-        self.drive(endpoint, fixture, Duration::from_millis(500))
-            .await;
+        // Warm connections and caches, unmeasured: a bulk load leaves the database's buffer pool
+        // full of freshly written pages, and the targets are about the steady state.
+        self.drive(endpoint, fixture, Duration::from_secs(2)).await;
         let started = Instant::now();
         let (mut latencies, errors) = self
             .drive(endpoint, fixture, Duration::from_secs(self.seconds))
