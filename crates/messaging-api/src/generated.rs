@@ -551,6 +551,7 @@ impl ::std::str::FromStr for ThreadExpand {
 }
 /// One emoji on a message.
 #[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
 pub struct Reaction {
     /// The emoji.
     #[oai(rename = "emoji", deserialize_with = "strict_string")]
@@ -562,8 +563,19 @@ pub struct Reaction {
     #[oai(rename = "subscriber_ids", deserialize_with = "strict_string")]
     pub subscriber_ids: Vec<String>,
 }
+impl poem_openapi::types::Example for Reaction {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"count\":2,\"emoji\":\"👍\",\"subscriber_ids\":[\"0b6f1c7e-2f4a-4f7e-9d2a-5a1c3e8b9f10\",\"staff-42\"]}",
+            )
+            .expect("the example of Reaction in the spec must be valid");
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect("the example of Reaction in the spec must be valid")
+    }
+}
 /// A user, organization or contact on a thread or channel, with what a chat UI needs.
 #[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
 pub struct Subscriber {
     /// The id of the user, organization (store) or contact (customer).
     #[oai(rename = "id", deserialize_with = "strict_string")]
@@ -593,6 +605,16 @@ pub struct Subscriber {
     /// When the subscriber last marked the thread read; never set for contacts.
     #[oai(rename = "viewed_at", skip_serializing_if_is_none)]
     pub viewed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+impl poem_openapi::types::Example for Subscriber {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"email\":\"sam@acme.example\",\"id\":\"staff-42\",\"is_archived\":false,\"name\":\"Sam Staff\",\"type\":\"user\",\"viewed_at\":\"2023-11-07T05:31:56Z\"}",
+            )
+            .expect("the example of Subscriber in the spec must be valid");
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect("the example of Subscriber in the spec must be valid")
+    }
 }
 /// A thread's subscribers.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -657,6 +679,7 @@ impl poem_openapi::types::Example for AddSubscriberRequest {
 /// The conversation space of one set of active subscribers: every thread with that set
 /// publishes its messages here.
 #[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
 pub struct Channel {
     /// Channel id.
     #[oai(rename = "id")]
@@ -694,6 +717,16 @@ pub struct Channel {
     /// When a message was last published into the channel or it last changed.
     #[oai(rename = "updated_at")]
     pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+impl poem_openapi::types::Example for Channel {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"has_more\":false,\"id\":\"7e1d2c3b-4a5f-4e6d-8c7b-9a0f1e2d3c4b\",\"name\":\"Acme, Sam Staff, Jane Doe\",\"organization_id\":\"5f4e3d2c-1b0a-4f9e-8d7c-6b5a4f3e2d1c\",\"publisher_ids\":[\"order-8821\"],\"subscriber_hash\":\"3f9a2c1e8b7d6f5a4e3d2c1b0a9f8e7d6c5b4a3f2e1d0c9b8a7f6e5d4c3b2a19\",\"subscriber_ids\":[\"5f4e3d2c-1b0a-4f9e-8d7c-6b5a4f3e2d1c\",\"staff-42\",\"0b6f1c7e-2f4a-4f7e-9d2a-5a1c3e8b9f10\"],\"subscribers\":[{\"id\":\"5f4e3d2c-1b0a-4f9e-8d7c-6b5a4f3e2d1c\",\"is_archived\":false,\"name\":\"Acme\",\"type\":\"organization\"},{\"id\":\"staff-42\",\"is_archived\":false,\"name\":\"Sam Staff\",\"type\":\"user\"},{\"email\":\"jane@example.com\",\"id\":\"0b6f1c7e-2f4a-4f7e-9d2a-5a1c3e8b9f10\",\"is_archived\":false,\"name\":\"Jane Doe\",\"type\":\"contact\"}],\"updated_at\":\"2023-11-07T05:31:56Z\"}",
+            )
+            .expect("the example of Channel in the spec must be valid");
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect("the example of Channel in the spec must be valid")
+    }
 }
 /// A page of channels.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -985,6 +1018,7 @@ impl poem_openapi::types::Example for DeletedMessage {
 }
 /// A customer of the store.
 #[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
 pub struct Customer {
     /// Customer id.
     #[oai(rename = "id")]
@@ -1003,8 +1037,19 @@ pub struct Customer {
     )]
     pub phone: Option<String>,
 }
+impl poem_openapi::types::Example for Customer {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"email\":\"jane@example.com\",\"id\":\"0b6f1c7e-2f4a-4f7e-9d2a-5a1c3e8b9f10\",\"name\":\"Jane Doe\",\"phone\":\"+14155550123\"}",
+            )
+            .expect("the example of Customer in the spec must be valid");
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect("the example of Customer in the spec must be valid")
+    }
+}
 /// A customer session. Send `access_token` as `x-auth-token`.
 #[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
 pub struct Session {
     /// Signed, short-lived token naming the customer, store and mode.
     #[oai(rename = "access_token", deserialize_with = "strict_string")]
@@ -1021,6 +1066,16 @@ pub struct Session {
     /// When `access_token` expires.
     #[oai(rename = "expires_at")]
     pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+impl poem_openapi::types::Example for Session {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"access_token\":\"eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIwYjZmMWM3ZSJ9.c2lnbmF0dXJl\",\"expires_at\":\"2023-11-07T05:46:56Z\",\"expires_in\":900,\"refresh_token\":\"9fQm3xKp2Lw8ZrT5vYb1NcJd7HsGe4UaKo6WiEq0RtMn\",\"token_type\":\"bearer\"}",
+            )
+            .expect("the example of Session in the spec must be valid");
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect("the example of Session in the spec must be valid")
+    }
 }
 /// A customer with a fresh session.
 #[derive(Object, Debug, Clone, PartialEq)]
