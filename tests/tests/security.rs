@@ -737,6 +737,8 @@ struct Row {
     name: &'static str,
     key: Option<String>,
     token: Option<String>,
+    /// `x-acting-user`: a store staff member acting with the secret key.
+    acting_user: Option<&'static str>,
     expect: Expect,
 }
 
@@ -754,6 +756,7 @@ fn rows(f: &Fixture, operation: &Operation, case: &Case) -> Vec<Row> {
         name,
         key: key.map(str::to_owned),
         token: token.map(str::to_owned),
+        acting_user: None,
         expect,
     };
     let invalid_key = Expect::Problem(401, "invalid_api_key");
@@ -866,6 +869,24 @@ fn rows(f: &Fixture, operation: &Operation, case: &Case) -> Vec<Row> {
                 None,
                 need(case.store, "the store"),
             ),
+            Row {
+                acting_user: Some("staff-1"),
+                ..row(
+                    "a customer token with x-acting-user",
+                    pk,
+                    jane,
+                    Expect::Problem(400, "acting_user_with_token"),
+                )
+            },
+            Row {
+                acting_user: Some("not a valid id!"),
+                ..row(
+                    "a malformed x-acting-user",
+                    Some(&acme.secret_key_test),
+                    None,
+                    Expect::Problem(400, "invalid_subscriber_id"),
+                )
+            },
             row("the owner", pk, jane, case.owner),
         ]
     } else {
@@ -994,6 +1015,9 @@ async fn send(
     }
     if let Some(token) = &row.token {
         request = request.header("x-auth-token", token);
+    }
+    if let Some(acting_user) = row.acting_user {
+        request = request.header("x-acting-user", acting_user);
     }
     if let Some(body) = body {
         request = request.json(body);
