@@ -44,3 +44,40 @@ pub fn problem<T: std::fmt::Debug>(
 pub fn page_size(n: u32) -> std::num::NonZeroU32 {
     std::num::NonZeroU32::new(n).expect("page sizes are not zero")
 }
+
+/// A store ("Acme") with its keys, a client per key, and two registered customers: the world
+/// most end-to-end tests start from.
+pub struct Shop {
+    pub app: crate::TestApp,
+    pub store_id: Uuid,
+    pub secret_key: String,
+    pub publishable_key: String,
+    pub live_secret_key: String,
+    /// Acts as the store (secret key, no token).
+    pub store: Client,
+    /// The publishable key: customers add their token per call.
+    pub public: Client,
+    pub jane: Customer,
+    pub bob: Customer,
+}
+
+impl Shop {
+    pub async fn open(app: crate::TestApp) -> Self {
+        let keys = app.create_store("Acme").await;
+        let store = app.client(&keys.secret_key_test);
+        let public = app.client(&keys.publishable_key_test);
+        let jane = register_customer(&store, "jane@example.com", "Jane Doe").await;
+        let bob = register_customer(&store, "bob@example.com", "Bob Roe").await;
+        Self {
+            store_id: keys.store_id,
+            secret_key: keys.secret_key_test,
+            publishable_key: keys.publishable_key_test,
+            live_secret_key: keys.secret_key_live,
+            app,
+            store,
+            public,
+            jane,
+            bob,
+        }
+    }
+}

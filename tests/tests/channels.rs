@@ -11,36 +11,23 @@ use messaging_client::{
 };
 use messaging_tests::{
     TestApp, both_backends,
-    fixtures::{Customer, page_size, problem, register_customer},
+    fixtures::{Shop, page_size, problem, register_customer},
 };
 use serde_json::json;
 use uuid::Uuid;
 
-struct World {
-    app: TestApp,
-    store_id: Uuid,
-    secret_key: String,
-    store: Client,
-    public: Client,
-    jane: Customer,
-    bob: Customer,
+/// The shared shop, plus this suite's own steps.
+struct World(Shop);
+
+impl std::ops::Deref for World {
+    type Target = Shop;
+    fn deref(&self) -> &Shop {
+        &self.0
+    }
 }
 
 async fn world(app: TestApp) -> World {
-    let keys = app.create_store("Acme").await;
-    let store = app.client(&keys.secret_key_test);
-    let public = app.client(&keys.publishable_key_test);
-    let jane = register_customer(&store, "jane@example.com", "Jane Doe").await;
-    let bob = register_customer(&store, "bob@example.com", "Bob Roe").await;
-    World {
-        store_id: keys.store_id,
-        secret_key: keys.secret_key_test.clone(),
-        app,
-        store,
-        public,
-        jane,
-        bob,
-    }
+    World(Shop::open(app).await)
 }
 
 impl World {

@@ -4,50 +4,31 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use messaging_client::{
-    Client, Error,
+    Error,
     types::{self, SenderType, SortOrder, ThreadPriority, ThreadStatus, ThreadType},
 };
 use messaging_service::entity::{message, thread};
 use messaging_tests::{
     TestApp, both_backends,
-    fixtures::{Customer, page_size, problem, register_customer},
+    fixtures::{Shop, page_size, problem, register_customer},
 };
 use sea_orm::{ActiveValue::Set, EntityTrait};
 use serde_json::json;
 use uuid::Uuid;
 
 /// A store with its keys and two registered customers.
-struct World {
-    app: TestApp,
-    store_id: Uuid,
-    secret_key: String,
-    publishable_key: String,
-    live_secret_key: String,
-    /// Acts as the store (secret key, no token).
-    store: Client,
-    /// The publishable key: customers add their token per call.
-    public: Client,
-    jane: Customer,
-    bob: Customer,
+/// The shared shop, plus this suite's own steps.
+struct World(Shop);
+
+impl std::ops::Deref for World {
+    type Target = Shop;
+    fn deref(&self) -> &Shop {
+        &self.0
+    }
 }
 
 async fn world(app: TestApp) -> World {
-    let keys = app.create_store("Acme").await;
-    let store = app.client(&keys.secret_key_test);
-    let public = app.client(&keys.publishable_key_test);
-    let jane = register_customer(&store, "jane@example.com", "Jane Doe").await;
-    let bob = register_customer(&store, "bob@example.com", "Bob Roe").await;
-    World {
-        store_id: keys.store_id,
-        secret_key: keys.secret_key_test.clone(),
-        publishable_key: keys.publishable_key_test.clone(),
-        live_secret_key: keys.secret_key_live.clone(),
-        app,
-        store,
-        public,
-        jane,
-        bob,
-    }
+    World(Shop::open(app).await)
 }
 
 fn conversation_body(customer_id: Option<Uuid>, subject: &str) -> types::CreateConversationRequest {
