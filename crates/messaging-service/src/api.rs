@@ -92,9 +92,9 @@ impl MessagingApi for MessagingService {
     async fn get_thread(&self, api_key: String, params: GetThreadParams) -> GetThreadResponse {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
-            ThreadRef::parse(&params.id)?;
+            let thread = ThreadRef::parse(&params.id)?;
             let (caller, _) = participant!(self, api_key, params).await?;
-            self.get_thread(&caller, &params.id, params.fields.as_deref(), params.expand)
+            self.get_thread(&caller, &thread, params.fields.as_deref(), params.expand)
                 .await
         };
         respond(result.await, |t| GetThreadResponse::Ok(Json(t)))
@@ -108,9 +108,9 @@ impl MessagingApi for MessagingService {
     ) -> UpdateThreadResponse {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
-            ThreadRef::parse(&params.id)?;
+            let thread = ThreadRef::parse(&params.id)?;
             let (caller, _) = participant!(self, api_key, params).await?;
-            self.update_thread(&caller, &params.id, body).await
+            self.update_thread(&caller, &thread, body).await
         };
         respond(result.await, |thread| {
             UpdateThreadResponse::Ok(Json(ThreadEnvelope { thread }))
@@ -124,9 +124,9 @@ impl MessagingApi for MessagingService {
     ) -> MarkThreadReadResponse {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
-            ThreadRef::parse(&params.id)?;
+            let thread = ThreadRef::parse(&params.id)?;
             let (caller, reader) = participant!(self, api_key, params).await?;
-            self.mark_thread_read(&caller, &reader, &params.id).await
+            self.mark_thread_read(&caller, &reader, &thread).await
         };
         respond(result.await, |thread| {
             MarkThreadReadResponse::Ok(Json(ThreadEnvelope { thread }))
@@ -140,12 +140,12 @@ impl MessagingApi for MessagingService {
     ) -> GetThreadMessagesResponse {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
-            ThreadRef::parse(&params.id)?;
+            let thread = ThreadRef::parse(&params.id)?;
             let (caller, _) = participant!(self, api_key, params).await?;
             let order = params.order.unwrap_or(SortOrder::Asc);
             self.thread_messages(
                 &caller,
-                &params.id,
+                &thread,
                 order,
                 page_size(params.limit),
                 params.cursor.as_deref(),
@@ -165,9 +165,9 @@ impl MessagingApi for MessagingService {
     ) -> SendMessageResponse {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
-            ThreadRef::parse(&params.id)?;
+            let thread = ThreadRef::parse(&params.id)?;
             let (caller, author) = participant!(self, api_key, params).await?;
-            self.send_message(&caller, &author, &params.id, body).await
+            self.send_message(&caller, &author, &thread, body).await
         };
         respond(result.await, |message| {
             SendMessageResponse::Created(Json(MessageEnvelope { message }))
@@ -209,9 +209,9 @@ impl MessagingApi for MessagingService {
     ) -> ListSubscribersResponse {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
-            ThreadRef::parse(&params.id)?;
+            let thread = ThreadRef::parse(&params.id)?;
             let (caller, _) = participant!(self, api_key, params).await?;
-            self.list_subscribers(&caller, &params.id).await
+            self.list_subscribers(&caller, &thread).await
         };
         respond(result.await, |subscribers| {
             ListSubscribersResponse::Ok(Json(SubscriberList { subscribers }))
@@ -226,9 +226,9 @@ impl MessagingApi for MessagingService {
     ) -> AddSubscriberResponse {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
-            ThreadRef::parse(&params.id)?;
+            let thread = ThreadRef::parse(&params.id)?;
             let (caller, _) = participant!(self, api_key, params).await?;
-            self.add_subscriber(&caller, &params.id, body).await
+            self.add_subscriber(&caller, &thread, body).await
         };
         respond(result.await, |subscriber| {
             AddSubscriberResponse::Created(Json(SubscriberEnvelope { subscriber }))
@@ -242,9 +242,9 @@ impl MessagingApi for MessagingService {
     ) -> RemoveSubscriberResponse {
         let result = async {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
-            ThreadRef::parse(&params.id)?;
+            let thread = ThreadRef::parse(&params.id)?;
             let (caller, _) = participant!(self, api_key, params).await?;
-            self.remove_subscriber(&caller, &params.id, &params.subscriber_id)
+            self.remove_subscriber(&caller, &thread, &params.subscriber_id)
                 .await
         };
         respond(result.await, |subscriber| {

@@ -22,7 +22,7 @@ use crate::{
     error::ServiceError,
     now,
     subscribers::{self, Participant},
-    threads::{NewMessage, from_micros, micros, sender_of},
+    threads::{NewMessage, ThreadRef, from_micros, micros, sender_of},
 };
 
 /// At most this many attachments per message, each URL at most `MAX_MEDIA_URL_LEN` bytes.
@@ -70,7 +70,7 @@ impl MessagingService {
     pub(crate) async fn thread_messages(
         &self,
         caller: &Caller,
-        thread_id: &str,
+        thread_id: &ThreadRef,
         order: SortOrder,
         limit: u64,
         cursor_text: Option<&str>,
@@ -158,7 +158,7 @@ impl MessagingService {
         &self,
         caller: &Caller,
         author: &Participant,
-        thread_ref: &str,
+        thread_ref: &ThreadRef,
         body: SendMessageRequest,
     ) -> Result<Message, ServiceError> {
         if body.message.trim().is_empty() {

@@ -15,6 +15,7 @@ use crate::{
     error::ServiceError,
     now,
     subscribers::Participant,
+    threads::ThreadRef,
 };
 
 /// An emoji is 1 to 64 bytes with no whitespace or control characters.
@@ -90,7 +91,7 @@ impl MessagingService {
                 ServiceError::not_found("message_not_found", "No message with that id.")
             })?;
         // gateByThreadId on the message's thread.
-        self.load_thread(self.db(), caller, &message.thread_id.to_string())
+        self.load_thread(self.db(), caller, &ThreadRef::Id(message.thread_id))
             .await?;
         Ok(message)
     }

@@ -22,6 +22,7 @@ use crate::{
     entity::{customer, thread, thread_subscriber},
     error::ServiceError,
     now,
+    threads::ThreadRef,
 };
 
 /// Who acts in a request, as a thread subscriber.
@@ -249,7 +250,7 @@ impl MessagingService {
     pub(crate) async fn list_subscribers(
         &self,
         caller: &Caller,
-        thread_ref: &str,
+        thread_ref: &ThreadRef,
     ) -> Result<Vec<Subscriber>, ServiceError> {
         let thread = self.load_thread(self.db(), caller, thread_ref).await?;
         let subscribers = subscribers_of(self.db(), &[thread.id]).await?;
@@ -262,7 +263,7 @@ impl MessagingService {
     pub(crate) async fn add_subscriber(
         &self,
         caller: &Caller,
-        thread_ref: &str,
+        thread_ref: &ThreadRef,
         body: AddSubscriberRequest,
     ) -> Result<Subscriber, ServiceError> {
         if caller.customer_id().is_some() {
@@ -367,7 +368,7 @@ impl MessagingService {
     pub(crate) async fn remove_subscriber(
         &self,
         caller: &Caller,
-        thread_ref: &str,
+        thread_ref: &ThreadRef,
         subscriber_id: &str,
     ) -> Result<Subscriber, ServiceError> {
         if caller.customer_id().is_some() {

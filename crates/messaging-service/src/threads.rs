@@ -31,17 +31,16 @@ use crate::{
 
 /// The caller's thread named by `id`, scoped to its store and mode: another store's or mode's
 /// thread is simply not found (404, never 403).
-fn thread_query(
-    caller: &Caller,
-    id: &str,
-) -> Result<sea_orm::Select<thread::Entity>, ServiceError> {
+fn thread_query(caller: &Caller, id: &ThreadRef) -> sea_orm::Select<thread::Entity> {
     let select = thread::Entity::find()
         .filter(thread::Column::StoreId.eq(caller.store_id))
         .filter(thread::Column::Mode.eq(caller.mode.as_str()));
-    Ok(match ThreadRef::parse(id)? {
-        ThreadRef::Id(id) => select.filter(thread::Column::Id.eq(id)),
-        ThreadRef::Resource(resource) => select.filter(thread::Column::ResourceId.eq(resource)),
-    })
+    match id {
+        ThreadRef::Id(id) => select.filter(thread::Column::Id.eq(*id)),
+        ThreadRef::Resource(resource) => {
+            select.filter(thread::Column::ResourceId.eq(resource.as_str()))
+        }
+    }
 }
 
 /// gateByThreadId: a customer may only touch its own threads.
@@ -125,9 +124,9 @@ impl MessagingService {
         &self,
         conn: &C,
         caller: &Caller,
-        id: &str,
+        id: &ThreadRef,
     ) -> Result<thread::Model, ServiceError> {
-        let thread = thread_query(caller, id)?
+        let thread = thread_query(caller, id)
             .one(conn)
             .await?
             .ok_or_else(thread_not_found)?;
@@ -269,13 +268,13 @@ impl MessagingService {
     pub(crate) async fn get_thread(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &ThreadRef,
         fields: Option<&str>,
         expand: Option<ThreadExpand>,
     ) -> Result<Thread, ServiceError> {
         let fields = ThreadFields::parse(fields)?;
         // The thread and its subscribers in one query: this is the hottest read.
-        let (thread, mut subscribers) = thread_query(caller, id)?
+        let (thread, mut subscribers) = thread_query(caller, id)
             .find_with_related(crate::entity::thread_subscriber::Entity)
             .all(self.db())
             .await?
@@ -308,7 +307,7 @@ impl MessagingService {
     pub(crate) async fn update_thread(
         &self,
         caller: &Caller,
-        id: &str,
+        id: &ThreadRef,
         body: UpdateThreadRequest,
     ) -> Result<Thread, ServiceError> {
         if body == UpdateThreadRequest::default() {
@@ -361,7 +360,7 @@ impl MessagingService {
         &self,
         caller: &Caller,
         reader: &Participant,
-        id: &str,
+        id: &ThreadRef,
     ) -> Result<Thread, ServiceError> {
         let txn = self.begin_write().await?;
         let thread = self.load_thread(&txn, caller, id).await?;
@@ -378,8 +377,12 @@ impl MessagingService {
         if reader.is_store_side() {
             subscribers::mark_read(&txn, &thread, reader).await?;
         }
-        let thread = self.load_thread(&txn, caller, id).await?;
         txn.commit().await?;
+        let mut thread = thread;
+        match caller.actor {
+            Actor::Customer(_) => thread.unread_count_customer = 0,
+            Actor::Store => thread.unread_count_store = 0,
+        }
         self.wire_thread(caller, thread).await
     }
 
