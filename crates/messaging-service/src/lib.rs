@@ -105,42 +105,37 @@ impl MessagingService {
 async fn connect_database(database_url: &str) -> Result<DatabaseConnection, StartupError> {
     let mut options = sea_orm::ConnectOptions::new(database_url.to_owned());
     options.sqlx_logging(false);
-    if let Some(path) = sqlite_file_path(database_url) {
-        if let Some(dir) = std::path::Path::new(&path)
+    if let Some(path) = sqlite_file_path(database_url)
+        && let Some(dir) = std::path::Path::new(&path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|source| StartupError::DataDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
-        if !database_url.contains("mode=") {
-            let sep = if database_url.contains('?') { '&' } else { '?' };
-            options = sea_orm::ConnectOptions::new(format!("{database_url}{sep}mode=rwc"));
-            options.sqlx_logging(false);
-        }
+    {
+        std::fs::create_dir_all(dir).map_err(|source| StartupError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     if database_url.starts_with("sqlite:") {
-        // WAL lets readers run beside the single writer; NORMAL sync is safe with WAL (a crash
-        // of the process loses nothing; a power cut may lose the last commits); a 64 MiB page
-        // cache per connection keeps the hot indexes in memory.
+        // The file is created on first start. WAL lets readers run beside the single writer;
+        // NORMAL sync is safe with WAL (a crash of the process loses nothing; a power cut may
+        // lose the last commits); a 64 MiB page cache per connection keeps the hot indexes in
+        // memory.
         options.map_sqlx_sqlite_opts(|opts| {
-            opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            opts.create_if_missing(true)
+                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .pragma("cache_size", "-65536")
                 .busy_timeout(std::time::Duration::from_secs(10))
         });
-    }
-    if database_url.starts_with("sqlite:") {
         // Each SQLite connection runs on its own worker thread and writes are serialised anyway;
         // a few connections per core keep readers parallel without thrashing the scheduler.
-        let per_core = std::thread::available_parallelism().map_or(2, usize::from) as u32;
-        options.max_connections((2 * per_core).max(2));
-    }
-    if database_url.starts_with("sqlite::memory:") {
-        // Every connection to `sqlite::memory:` would see its own empty database.
-        options.max_connections(1).min_connections(1);
+        // Every connection to `sqlite::memory:` would see its own empty database: one only.
+        let connections = if database_url.starts_with("sqlite::memory:") {
+            1
+        } else {
+            2 * std::thread::available_parallelism().map_or(2, usize::from) as u32
+        };
+        options.max_connections(connections).min_connections(1);
     }
     Database::connect(options)
         .await
