@@ -1,8 +1,11 @@
-//! `cargo xtask`: workspace automation (code generation from the OpenAPI spec).
+//! `cargo xtask`: workspace automation around the OpenAPI spec: code generation
+//! (`codegen`) and the breaking-change check (`breaking`).
 
+mod breaking;
 mod codegen;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -25,11 +28,35 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Compare openapi/messaging.yaml in the working tree with a base version and report
+    /// changes that break existing callers or code built on the generated client.
+    /// Exit status: 0 nothing breaking, 1 breaking changes, 2 the comparison failed.
+    Breaking {
+        /// Git ref whose openapi/messaging.yaml is the base (a branch, `origin/main`, a tag).
+        #[arg(
+            long,
+            value_name = "GIT-REF",
+            default_value = "HEAD",
+            conflicts_with = "base_file"
+        )]
+        base: String,
+        /// Compare with this file instead of a git ref.
+        #[arg(long, value_name = "PATH")]
+        base_file: Option<PathBuf>,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
+    let root = workspace_root();
     match Cli::parse().command {
-        Command::Codegen { check } => codegen::run(&workspace_root(), check),
+        Command::Codegen { check } => codegen::run(&root, check).map(|()| ExitCode::SUCCESS),
+        Command::Breaking { base, base_file } => {
+            let base = match base_file {
+                Some(path) => breaking::Base::File(path),
+                None => breaking::Base::Git(base),
+            };
+            Ok(breaking::run(&root, &base))
+        }
     }
 }
 
