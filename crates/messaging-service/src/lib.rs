@@ -86,6 +86,10 @@ impl MessagingService {
         &self.inner.db
     }
 
+    fn backend(&self) -> sea_orm::DbBackend {
+        self.inner.db.get_database_backend()
+    }
+
     /// Starts a transaction that will write. On SQLite it takes the write lock up front
     /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes cannot upgrade its
     /// lock while another writer commits, and would fail with `SQLITE_BUSY` instead of waiting.
@@ -119,12 +123,14 @@ async fn connect_database(database_url: &str) -> Result<DatabaseConnection, Star
         // The file is created on first start. WAL lets readers run beside the single writer;
         // NORMAL sync is safe with WAL (a crash of the process loses nothing; a power cut may
         // lose the last commits); a 64 MiB page cache per connection keeps the hot indexes in
-        // memory.
+        // memory, and memory-mapped reads share one copy of the file's pages (the operating
+        // system's) between all connections instead of each reading its own into its cache.
         options.map_sqlx_sqlite_opts(|opts| {
             opts.create_if_missing(true)
                 .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
                 .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
                 .pragma("cache_size", "-65536")
+                .pragma("mmap_size", "1073741824")
                 .busy_timeout(std::time::Duration::from_secs(10))
         });
         // Each SQLite connection runs on its own worker thread and writes are serialised anyway;
@@ -136,6 +142,13 @@ async fn connect_database(database_url: &str) -> Result<DatabaseConnection, Star
             2 * std::thread::available_parallelism().map_or(2, usize::from) as u32
         };
         options.max_connections(connections).min_connections(1);
+        // An embedded database cannot drop a connection: no ping before each checkout (on
+        // SQLite that ping is a round trip to the connection's worker thread).
+        options.test_before_acquire(false);
+    } else {
+        // A server, a proxy or a firewall may drop a connection that sat idle; a busy one is
+        // known alive. Ping only those idle for a while, not on every checkout.
+        options.test_before_acquire_if_idle_for(std::time::Duration::from_secs(30));
     }
     Database::connect(options)
         .await
@@ -157,4 +170,33 @@ fn sqlite_file_path(url: &str) -> Option<String> {
 pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
     use chrono::SubsecRound;
     chrono::Utc::now().trunc_subsecs(6)
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectionTrait, Statement};
+
+    /// `.cargo/config.toml` compiles the bundled SQLite with the query planner stability
+    /// guarantee. Without it SQLite re-plans every statement with `LIMIT ?` (every page, every
+    /// single-row lookup) on each run; that was a third of getThread's time.
+    #[tokio::test]
+    async fn bundled_sqlite_is_compiled_with_the_workspace_flags() {
+        let db = super::connect_database("sqlite::memory:").await.unwrap();
+        let row = db
+            .query_one_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT sqlite_compileoption_used('ENABLE_QPSG') AS qpsg, \
+                 sqlite_compileoption_used('DEFAULT_MEMSTATUS=0') AS no_memstatus",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        let qpsg: i64 = row.try_get("", "qpsg").unwrap();
+        let no_memstatus: i64 = row.try_get("", "no_memstatus").unwrap();
+        assert_eq!(
+            (qpsg, no_memstatus),
+            (1, 1),
+            "LIBSQLITE3_FLAGS in .cargo/config.toml did not reach libsqlite3-sys"
+        );
+    }
 }
