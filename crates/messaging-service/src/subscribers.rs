@@ -4,16 +4,18 @@
 //! (a user, named by `x-acting-user` with a secret key). Adding or removing a subscriber moves
 //! the thread to the channel of its new set of active subscribers.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use messaging_api::{AddSubscriberRequest, Subscriber, SubscriberType};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QueryResult, QuerySelect, Select, SelectModel, Selector,
     sea_query::{Expr, ExprTrait},
 };
+use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::{
@@ -159,6 +161,136 @@ pub async fn subscribers_of<C: ConnectionTrait>(
         grouped.entry(row.thread_id).or_default().push(row);
     }
     Ok(grouped)
+}
+
+/// A thread with all its subscribers (archived ones included), read as one row: the database
+/// aggregates the subscribers into a JSON array column, so getThread and every page of
+/// listThreads is one query and one row per thread, not a join that repeats the thread per
+/// subscriber or a second query.
+pub struct ThreadWithSubscribers {
+    pub thread: thread::Model,
+    /// Ordered by when they joined, then by id.
+    pub subscribers: Vec<thread_subscriber::Model>,
+}
+
+/// The alias of the aggregated column.
+const SUBSCRIBERS_COLUMN: &str = "subscribers_json";
+
+impl ThreadWithSubscribers {
+    /// Reads the threads `select` finds, each with its subscribers.
+    pub fn select(
+        select: Select<thread::Entity>,
+        backend: DbBackend,
+    ) -> Selector<SelectModel<Self>> {
+        select
+            .expr_as(
+                Expr::cust(subscribers_json_sql(backend)),
+                SUBSCRIBERS_COLUMN,
+            )
+            .into_model::<Self>()
+    }
+}
+
+impl FromQueryResult for ThreadWithSubscribers {
+    fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        let thread = thread::Model::from_query_result(row, pre)?;
+        let json: String = row.try_get(pre, SUBSCRIBERS_COLUMN)?;
+        let mut subscribers = serde_json::from_str::<Vec<SubscriberJson>>(&json)
+            .map_err(|e| DbErr::Type(format!("subscribers of thread {}: {e}", thread.id)))?
+            .into_iter()
+            .map(|s| s.into_model(thread.id))
+            .collect::<Vec<_>>();
+        subscribers.sort_by(|a, b| {
+            (a.created_at, &a.subscriber_id).cmp(&(b.created_at, &b.subscriber_id))
+        });
+        Ok(Self {
+            thread,
+            subscribers,
+        })
+    }
+}
+
+/// One element of the aggregated array: a `thread_subscribers` row without its thread id.
+#[derive(Deserialize)]
+struct SubscriberJson {
+    subscriber_id: String,
+    kind: String,
+    name: String,
+    email: Option<String>,
+    phone: Option<String>,
+    is_archived: bool,
+    viewed_at: Option<DateTime<Utc>>,
+    unread_count: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl SubscriberJson {
+    fn into_model(self, thread_id: Uuid) -> thread_subscriber::Model {
+        thread_subscriber::Model {
+            thread_id,
+            subscriber_id: self.subscriber_id,
+            kind: self.kind,
+            name: self.name,
+            email: self.email,
+            phone: self.phone,
+            is_archived: self.is_archived,
+            viewed_at: self.viewed_at,
+            unread_count: self.unread_count,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// The correlated subquery that aggregates a thread's subscribers into a JSON array (text), in
+/// each backend's dialect. Its keys are the fields of [`SubscriberJson`].
+fn subscribers_json_sql(backend: DbBackend) -> &'static str {
+    const FIELDS: [&str; 10] = [
+        "subscriber_id",
+        "kind",
+        "name",
+        "email",
+        "phone",
+        "is_archived",
+        "viewed_at",
+        "unread_count",
+        "created_at",
+        "updated_at",
+    ];
+    fn build(object: &str, array: impl Fn(&str) -> String, boolean: fn(&str) -> String) -> String {
+        let pairs = FIELDS
+            .iter()
+            .map(|f| match *f {
+                "is_archived" => format!("'{f}', {}", boolean(&format!("s.{f}"))),
+                _ => format!("'{f}', s.{f}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            r#"(SELECT {} FROM "thread_subscribers" AS s WHERE s."thread_id" = "threads"."id")"#,
+            array(&format!("{object}({pairs})"))
+        )
+    }
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
+        build(
+            "json_build_object",
+            |o| format!("COALESCE(json_agg({o}), '[]')::text"),
+            |b| b.to_owned(),
+        )
+    });
+    // SQLite keeps booleans as 0 and 1; `json('true')` is a JSON boolean.
+    static SQLITE: LazyLock<String> = LazyLock::new(|| {
+        build(
+            "json_object",
+            |o| format!("json_group_array({o})"),
+            |b| format!("json(iif({b}, 'true', 'false'))"),
+        )
+    });
+    match backend {
+        DbBackend::Postgres => &POSTGRES,
+        _ => &SQLITE,
+    }
 }
 
 /// A user acting on a thread must be one of its active subscribers.

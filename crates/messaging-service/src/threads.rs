@@ -24,7 +24,7 @@ use crate::{
     entity::{customer, message, thread},
     error::{ServiceError, is_unique_violation},
     now,
-    subscribers::{self, Participant, initial_subscribers, subscribers_of},
+    subscribers::{self, Participant, ThreadWithSubscribers, initial_subscribers, subscribers_of},
     wire,
     wire::ThreadFields,
 };
@@ -225,16 +225,17 @@ impl MessagingService {
                 ])),
             );
         }
-        let mut rows = select
+        let select = select
             .order_by_desc(thread::Column::IsPinned)
             .order_by_desc(thread::Column::LastMessageAt)
             .order_by_desc(thread::Column::Id)
-            .limit(query.limit + 1)
+            .limit(query.limit + 1);
+        let mut rows = ThreadWithSubscribers::select(select, self.backend())
             .all(self.db())
             .await?;
         let has_more = rows.len() as u64 > query.limit;
         rows.truncate(query.limit as usize);
-        let next_cursor = match rows.last() {
+        let next_cursor = match rows.last().map(|row| &row.thread) {
             Some(last) if has_more => Some(cursor::encode(
                 &self.inner.keys,
                 &scope,
@@ -246,14 +247,9 @@ impl MessagingService {
             )),
             _ => None,
         };
-        let ids: Vec<Uuid> = rows.iter().map(|t| t.id).collect();
-        let mut subscribers = subscribers_of(self.db(), &ids).await?;
         let threads = rows
             .into_iter()
-            .map(|row| {
-                let subscribers = subscribers.remove(&row.id).unwrap_or_default();
-                wire::thread(row, caller, &subscribers).map(|t| fields.apply(t))
-            })
+            .map(|row| wire::thread(row.thread, caller, &row.subscribers).map(|t| fields.apply(t)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(ThreadList {
             threads,
@@ -273,17 +269,15 @@ impl MessagingService {
         expand: Option<ThreadExpand>,
     ) -> Result<Thread, ServiceError> {
         let fields = ThreadFields::parse(fields)?;
-        // The thread and its subscribers in one query: this is the hottest read.
-        let (thread, mut subscribers) = thread_query(caller, id)
-            .find_with_related(crate::entity::thread_subscriber::Entity)
-            .all(self.db())
+        // The thread and its subscribers in one row: this is the hottest read.
+        let ThreadWithSubscribers {
+            thread,
+            subscribers,
+        } = ThreadWithSubscribers::select(thread_query(caller, id), self.backend())
+            .one(self.db())
             .await?
-            .pop()
             .ok_or_else(thread_not_found)?;
         gate_by_thread(caller, &thread)?;
-        subscribers.sort_by(|a, b| {
-            (a.created_at, &a.subscriber_id).cmp(&(b.created_at, &b.subscriber_id))
-        });
         let thread_id = thread.id;
         let mut wire = fields.apply(wire::thread(thread, caller, &subscribers)?);
         if expand == Some(ThreadExpand::RecentMessages) {
