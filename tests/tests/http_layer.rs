@@ -335,3 +335,78 @@ both_backends!(a_new_store_has_an_empty_inbox, |app| async move {
     let health = app.http().get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
 });
+
+/// The value of one series in a Prometheus text scrape (0 when absent).
+fn series_value(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app.http().get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()[CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    response.text().await.unwrap()
+}
+
+both_backends!(
+    metrics_count_requests_by_operation_and_status,
+    |app| async move {
+        const GET_THREAD_400: &str =
+            r#"http_requests_total{method="GET",operation="getThread",status="400"}"#;
+        const LIST_200: &str =
+            r#"http_requests_total{method="GET",operation="listThreads",status="200"}"#;
+        const UNMATCHED_404: &str =
+            r#"http_requests_total{method="GET",operation="unmatched",status="404"}"#;
+        // The recorder is shared by every app in this test process: compare before and after.
+        let before = scrape(&app).await;
+
+        let store = app.create_store("Acme").await;
+        let client = app.client(&store.secret_key_test);
+        for _ in 0..3 {
+            client.list_threads().send().await.expect("200");
+        }
+        let malformed = send(
+            &app,
+            Method::GET,
+            "/v1/messaging/threads/not-a-uuid",
+            Some(SOME_KEY),
+        );
+        assert_eq!(malformed.await.status(), StatusCode::BAD_REQUEST);
+        let unknown = send(&app, Method::GET, "/v1/secret-path-4242", Some(SOME_KEY)).await;
+        assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+        let after = scrape(&app).await;
+        let grew = |series: &str| series_value(&after, series) - series_value(&before, series);
+        assert!(grew(LIST_200) >= 3.0, "{after}");
+        assert!(grew(GET_THREAD_400) >= 1.0, "{after}");
+        assert!(grew(UNMATCHED_404) >= 1.0, "{after}");
+        assert!(
+            series_value(
+                &after,
+                r#"http_request_duration_seconds_count{method="GET",operation="listThreads"}"#
+            ) >= 3.0,
+            "{after}"
+        );
+        assert!(after.contains(r#"http_request_duration_seconds_bucket{method="GET",operation="listThreads",le="0.005"}"#));
+        assert!(after.contains("# TYPE http_requests_total counter"));
+        // Raw paths never become labels.
+        assert!(!after.contains("secret-path-4242"));
+        assert!(!after.contains("not-a-uuid"));
+        // The pool is read at scrape time: the scrape's own request holds no connection.
+        assert!(
+            series_value(&after, r#"db_pool_connections{state="idle"}"#) >= 1.0,
+            "{after}"
+        );
+        assert!(after.contains(r#"db_pool_connections{state="in_use"}"#));
+    }
+);

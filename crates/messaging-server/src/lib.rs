@@ -8,6 +8,7 @@ mod body_limit;
 mod docs;
 mod header_limit;
 mod health;
+mod metrics;
 mod problem;
 mod rate_limit;
 mod request_context;
@@ -45,6 +46,7 @@ pub fn app(
     service: MessagingService,
     settings: &HttpSettings,
 ) -> impl Endpoint<Output = Response> + 'static {
+    metrics::install();
     with_middleware(routes(service.clone()), service, settings)
 }
 
@@ -63,7 +65,14 @@ fn routes(service: MessagingService) -> Route {
     let generated_schema = bytes::Bytes::from(api.spec());
     let swagger_ui = Arc::new(SwaggerUi::new());
     Route::new()
-        .at("/healthz", get(make(move |_| health_of(service.clone()))))
+        .at("/healthz", {
+            let service = service.clone();
+            get(make(move |_| health_of(service.clone())))
+        })
+        .at(
+            "/metrics",
+            get(make(move |_| metrics::render(service.clone()))),
+        )
         .at("/openapi.yaml", get(make_sync(|_| docs::spec_yaml())))
         .at(
             "/openapi.json",

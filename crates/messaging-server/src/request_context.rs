@@ -1,6 +1,7 @@
 //! Per-request context, outermost in the app: the request id (taken from a valid
-//! `x-request-id` or a fresh UUID v7), the tracing span, the access log line, the conversion of
-//! every remaining error into problem+json, and the `request_id` stamped into problem bodies.
+//! `x-request-id` or a fresh UUID v7), the tracing span, the access log line and the request
+//! metrics, the conversion of every remaining error into problem+json, and the `request_id`
+//! stamped into problem bodies.
 
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use poem::{
     Endpoint, IntoResponse, Request, Response,
     http::{HeaderValue, header},
 };
+use poem_openapi::OperationId;
 use serde_json::Value;
 use tracing::Instrument;
 
@@ -47,16 +49,26 @@ pub async fn handle<E: Endpoint>(inner: &E, mut req: Request) -> poem::Result<Re
     let started = Instant::now();
 
     let response = async {
-        let response = match inner.call(req).await {
-            Ok(output) => output.into_response(),
-            Err(err) => response_for_error(err, &path),
+        let (response, operation) = match inner.call(req).await {
+            Ok(output) => {
+                let response = output.into_response();
+                let operation = response.data::<OperationId>().map(|id| id.0);
+                (response, operation)
+            }
+            Err(err) => {
+                let operation = err.data::<OperationId>().map(|id| id.0);
+                (response_for_error(err, &path), operation)
+            }
         };
         let response = stamp_request_id(response, &request_id).await;
+        let elapsed = started.elapsed();
+        crate::metrics::record_request(&method, operation, &path, response.status(), elapsed);
         tracing::info!(
             %method,
             %path,
+            operation,
             status = response.status().as_u16(),
-            latency_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             "request finished"
         );
         response

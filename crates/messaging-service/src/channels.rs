@@ -363,6 +363,7 @@ impl MessagingService {
             match self.publish_due().await {
                 Ok(0) => {}
                 Ok(count) => {
+                    metrics::counter!("messaging_messages_published_total").increment(count);
                     tracing::info!(count, "published scheduled messages to their channels")
                 }
                 Err(err) => tracing::warn!(

@@ -73,6 +73,25 @@ impl MessagingService {
         &self.inner.db
     }
 
+    /// The database pool's connections: open and idle ones.
+    pub fn pool_status(&self) -> PoolStatus {
+        let db = &self.inner.db;
+        let (size, idle) = match db.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                let pool = db.get_postgres_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+            _ => {
+                let pool = db.get_sqlite_connection_pool();
+                (pool.size(), pool.num_idle())
+            }
+        };
+        PoolStatus {
+            idle,
+            in_use: (size as usize).saturating_sub(idle),
+        }
+    }
+
     /// Whether the database answers.
     pub async fn health(&self) -> Result<(), DbErr> {
         self.inner
@@ -163,6 +182,13 @@ fn sqlite_file_path(url: &str) -> Option<String> {
         return None;
     }
     Some(rest.split('?').next().unwrap_or(rest).to_owned())
+}
+
+/// The database pool's connections, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub idle: usize,
+    pub in_use: usize,
 }
 
 /// The current time at the database's precision (microseconds), so what is written is what is

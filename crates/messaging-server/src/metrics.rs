@@ -1,0 +1,149 @@
+//! `/metrics`: the server's metrics in the Prometheus text format.
+//!
+//! - `http_requests_total{method, operation, status}`: requests answered.
+//! - `http_request_duration_seconds{method, operation}`: how long they took (histogram).
+//! - `db_pool_connections{state}`: the database pool's `idle` and `in_use` connections, read
+//!   when scraped.
+//! - `messaging_messages_published_total`: scheduled messages the publisher moved into their
+//!   channels (recorded by the service).
+//!
+//! `operation` is the spec's operationId, the fixed route for the documents and health
+//! (`/healthz`, `/docs`, …), or `unmatched`: never a raw path, so the set of series stays small
+//! whatever clients request.
+
+use std::{sync::OnceLock, time::Duration};
+
+use messaging_service::MessagingService;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use poem::{
+    Response,
+    http::{Method, StatusCode, header},
+};
+
+const REQUESTS: &str = "http_requests_total";
+const DURATION: &str = "http_request_duration_seconds";
+const POOL: &str = "db_pool_connections";
+
+/// Latency buckets, in seconds: sub-millisecond reads up to slow writes.
+const BUCKETS: &[f64] = &[
+    0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// How often recorded histogram samples are folded into their buckets between scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Routes outside the API that get their own `operation` label.
+const FIXED_ROUTES: &[&str] = &[
+    "/healthz",
+    "/metrics",
+    "/openapi.yaml",
+    "/openapi.json",
+    "/openapi/spec.json",
+    "/docs",
+];
+
+/// The process-wide recorder, installed on first use (every app in a process shares it).
+fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), BUCKETS)
+            .expect("the bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("another metrics recorder is installed; /metrics will stay empty");
+        }
+        metrics::describe_counter!(REQUESTS, "HTTP requests answered.");
+        metrics::describe_histogram!(
+            DURATION,
+            metrics::Unit::Seconds,
+            "Time to answer an HTTP request."
+        );
+        metrics::describe_gauge!(POOL, "Database pool connections by state.");
+        metrics::describe_counter!(
+            "messaging_messages_published_total",
+            "Scheduled messages published to their channels."
+        );
+        let upkeep = handle.clone();
+        std::thread::Builder::new()
+            .name("metrics-upkeep".to_owned())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(UPKEEP_INTERVAL);
+                    upkeep.run_upkeep();
+                }
+            })
+            .expect("the metrics upkeep thread starts");
+        handle
+    })
+}
+
+/// Installs the recorder, so metrics recorded before the first scrape are kept.
+pub fn install() {
+    handle();
+}
+
+/// Records one answered request.
+pub fn record_request(
+    method: &Method,
+    operation: Option<&'static str>,
+    path: &str,
+    status: StatusCode,
+    elapsed: Duration,
+) {
+    let operation = operation.unwrap_or_else(|| route_label(path));
+    let method = method_label(method);
+    metrics::counter!(REQUESTS, "method" => method, "operation" => operation, "status" => status.as_str().to_owned())
+        .increment(1);
+    metrics::histogram!(DURATION, "method" => method, "operation" => operation)
+        .record(elapsed.as_secs_f64());
+}
+
+/// The scrape: pool gauges refreshed, then every metric in the text format.
+pub async fn render(service: MessagingService) -> Response {
+    let pool = service.pool_status();
+    metrics::gauge!(POOL, "state" => "idle").set(pool.idle as f64);
+    metrics::gauge!(POOL, "state" => "in_use").set(pool.in_use as f64);
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+        .body(handle().render())
+}
+
+fn route_label(path: &str) -> &'static str {
+    FIXED_ROUTES
+        .iter()
+        .find(|route| path == **route || (**route == "/docs" && path.starts_with("/docs/")))
+        .copied()
+        .unwrap_or("unmatched")
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_never_carry_a_raw_path() {
+        assert_eq!(route_label("/healthz"), "/healthz");
+        assert_eq!(route_label("/docs/index.css"), "/docs");
+        assert_eq!(route_label("/v1/messaging/threads/123"), "unmatched");
+        assert_eq!(route_label("/healthz/extra"), "unmatched");
+        assert_eq!(route_label("/docsX"), "unmatched");
+    }
+}
