@@ -54,6 +54,8 @@ const CUSTOMERS: usize = 1_000;
 /// work at every table size: only the table grows, not the page.
 const HOT_THREADS: usize = 100;
 const HOT_MESSAGES: usize = 60;
+/// The prime step between the threads successive requests read.
+const THREAD_STRIDE: usize = 7_919;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -71,6 +73,9 @@ async fn main() -> anyhow::Result<()> {
             "need more than {HOT_THREADS} threads and at least {} messages",
             HOT_THREADS * HOT_MESSAGES
         );
+    }
+    if args.threads % THREAD_STRIDE == 0 {
+        bail!("the thread count must not be a multiple of {THREAD_STRIDE}");
     }
     let tempdir = std::env::temp_dir().join(format!("messaging-bench-{}", Uuid::now_v7().simple()));
     let database_url = match &args.database_url {
@@ -343,8 +348,9 @@ impl Fixture {
     }
 
     fn thread(&self, n: usize) -> Uuid {
-        // A fixed stride walks the table so reads do not all hit one page.
-        self.thread_ids[(n.wrapping_mul(7_919)) % self.thread_ids.len()]
+        // A fixed prime stride walks the whole table (the count is not a multiple of it) so
+        // reads do not all hit one page.
+        self.thread_ids[(n.wrapping_mul(THREAD_STRIDE)) % self.thread_ids.len()]
     }
 }
 

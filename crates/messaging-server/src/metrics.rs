@@ -8,8 +8,9 @@
 //!   channels (recorded by the service).
 //!
 //! `operation` is the spec's operationId, the fixed route for the documents and health
-//! (`/healthz`, `/docs`, …), or `unmatched`: never a raw path, so the set of series stays small
-//! whatever clients request.
+//! (`/healthz`, `/docs`, …), `unmatched` for a path or method no route has (404, 405), or `none`
+//! when the middleware answered before any operation ran (rate limits, size limits, a panic):
+//! never a raw path, so the set of series stays small whatever clients request.
 
 use std::{sync::OnceLock, time::Duration};
 
@@ -92,7 +93,7 @@ pub fn record_request(
     status: StatusCode,
     elapsed: Duration,
 ) {
-    let operation = operation.unwrap_or_else(|| route_label(path));
+    let operation = operation.unwrap_or_else(|| route_label(path, status));
     let method = method_label(method);
     metrics::counter!(REQUESTS, "method" => method, "operation" => operation, "status" => status.as_str().to_owned())
         .increment(1);
@@ -113,12 +114,16 @@ pub async fn render(service: MessagingService) -> Response {
         .body(handle().render())
 }
 
-fn route_label(path: &str) -> &'static str {
-    FIXED_ROUTES
+/// The label of a response that no operation produced.
+fn route_label(path: &str, status: StatusCode) -> &'static str {
+    let fixed = FIXED_ROUTES
         .iter()
-        .find(|route| path == **route || (**route == "/docs" && path.starts_with("/docs/")))
-        .copied()
-        .unwrap_or("unmatched")
+        .find(|route| path == **route || (**route == "/docs" && path.starts_with("/docs/")));
+    match (fixed, status) {
+        (Some(route), _) => route,
+        (None, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => "unmatched",
+        (None, _) => "none",
+    }
 }
 
 fn method_label(method: &Method) -> &'static str {
@@ -140,10 +145,13 @@ mod tests {
 
     #[test]
     fn labels_never_carry_a_raw_path() {
-        assert_eq!(route_label("/healthz"), "/healthz");
-        assert_eq!(route_label("/docs/index.css"), "/docs");
-        assert_eq!(route_label("/v1/messaging/threads/123"), "unmatched");
-        assert_eq!(route_label("/healthz/extra"), "unmatched");
-        assert_eq!(route_label("/docsX"), "unmatched");
+        let label = |path| route_label(path, StatusCode::NOT_FOUND);
+        assert_eq!(label("/healthz"), "/healthz");
+        assert_eq!(label("/docs/index.css"), "/docs");
+        assert_eq!(label("/v1/messaging/threads/123"), "unmatched");
+        assert_eq!(label("/healthz/extra"), "unmatched");
+        assert_eq!(label("/docsX"), "unmatched");
+        let limited = route_label("/v1/messaging/threads", StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited, "none");
     }
 }

@@ -73,7 +73,7 @@ impl MessagingService {
         &self.inner.db
     }
 
-    /// The database pool's connections: open and idle ones.
+    /// The database pool's connections: idle and in use.
     pub fn pool_status(&self) -> PoolStatus {
         let db = &self.inner.db;
         let (size, idle) = match db.get_database_backend() {
@@ -166,8 +166,9 @@ async fn connect_database(database_url: &str) -> Result<DatabaseConnection, Star
         options.test_before_acquire(false);
     } else {
         // A server, a proxy or a firewall may drop a connection that sat idle; a busy one is
-        // known alive. Ping only those idle for a while, not on every checkout.
-        options.test_before_acquire_if_idle_for(std::time::Duration::from_secs(30));
+        // known alive (sqlx also pings each connection as it returns to the pool). Ping only
+        // those idle for a while, not on every checkout.
+        options.test_before_acquire_if_idle_for(std::time::Duration::from_secs(10));
     }
     Database::connect(options)
         .await

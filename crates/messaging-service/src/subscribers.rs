@@ -244,48 +244,39 @@ impl SubscriberJson {
 }
 
 /// The correlated subquery that aggregates a thread's subscribers into a JSON array (text), in
-/// each backend's dialect. Its keys are the fields of [`SubscriberJson`].
+/// each backend's dialect. Its keys are every column of `thread_subscribers` but the thread id
+/// (a blob on SQLite, which JSON cannot hold), so they are the fields of [`SubscriberJson`].
 fn subscribers_json_sql(backend: DbBackend) -> &'static str {
-    const FIELDS: [&str; 10] = [
-        "subscriber_id",
-        "kind",
-        "name",
-        "email",
-        "phone",
-        "is_archived",
-        "viewed_at",
-        "unread_count",
-        "created_at",
-        "updated_at",
-    ];
-    fn build(object: &str, array: impl Fn(&str) -> String, boolean: fn(&str) -> String) -> String {
-        let pairs = FIELDS
-            .iter()
-            .map(|f| match *f {
-                "is_archived" => format!("'{f}', {}", boolean(&format!("s.{f}"))),
-                _ => format!("'{f}', s.{f}"),
+    use sea_orm::{IdenStatic, Iterable};
+    use thread_subscriber::Column;
+
+    /// `'column', <value>` for every column, the value written by `value`.
+    fn pairs(value: fn(Column, &str) -> String) -> String {
+        Column::iter()
+            .filter(|column| !matches!(column, Column::ThreadId))
+            .map(|column| {
+                let name = column.as_str();
+                format!("'{name}', {}", value(column, &format!("s.{name}")))
             })
             .collect::<Vec<_>>()
-            .join(", ");
-        format!(
-            r#"(SELECT {} FROM "thread_subscribers" AS s WHERE s."thread_id" = "threads"."id")"#,
-            array(&format!("{object}({pairs})"))
-        )
+            .join(", ")
     }
+    const FROM: &str = r#"FROM "thread_subscribers" AS s WHERE s."thread_id" = "threads"."id""#;
+
     static POSTGRES: LazyLock<String> = LazyLock::new(|| {
-        build(
-            "json_build_object",
-            |o| format!("COALESCE(json_agg({o}), '[]')::text"),
-            |b| b.to_owned(),
-        )
+        let object = format!("json_build_object({})", pairs(|_, value| value.to_owned()));
+        format!("(SELECT COALESCE(json_agg({object}), '[]')::text {FROM})")
     });
     // SQLite keeps booleans as 0 and 1; `json('true')` is a JSON boolean.
     static SQLITE: LazyLock<String> = LazyLock::new(|| {
-        build(
-            "json_object",
-            |o| format!("json_group_array({o})"),
-            |b| format!("json(iif({b}, 'true', 'false'))"),
-        )
+        let object = format!(
+            "json_object({})",
+            pairs(|column, value| match column {
+                Column::IsArchived => format!("json(iif({value}, 'true', 'false'))"),
+                _ => value.to_owned(),
+            })
+        );
+        format!("(SELECT json_group_array({object}) {FROM})")
     });
     match backend {
         DbBackend::Postgres => &POSTGRES,
