@@ -162,18 +162,22 @@ fn redact(url: &str) -> String {
 }
 
 /// After a bulk load, bring the database to the state a live one is in: SQLite's write-ahead
-/// log checkpointed into the database file, PostgreSQL's planner statistics up to date (what
-/// autovacuum does on its own).
+/// log checkpointed into the database file; on PostgreSQL, the new pages marked all-visible and
+/// the planner statistics refreshed (so an autovacuum of a million fresh rows does not run
+/// during the measurements), then a checkpoint, so the bulk load's dirty pages are not being
+/// written out while they run.
 async fn settle(service: &MessagingService) -> anyhow::Result<()> {
     use sea_orm::ConnectionTrait;
     let db = service.database();
-    let statement = match db.get_database_backend() {
-        sea_orm::DatabaseBackend::Sqlite => "PRAGMA wal_checkpoint(TRUNCATE)",
-        // As after any bulk load: mark the new pages all-visible and refresh the statistics, so
-        // an autovacuum of a million fresh rows does not run during the measurements.
-        _ => "VACUUM ANALYZE",
+    let statements: &[&str] = match db.get_database_backend() {
+        sea_orm::DatabaseBackend::Sqlite => &["PRAGMA wal_checkpoint(TRUNCATE)"],
+        _ => &["VACUUM ANALYZE", "CHECKPOINT"],
     };
-    db.execute_unprepared(statement).await?;
+    for statement in statements {
+        db.execute_unprepared(statement)
+            .await
+            .with_context(|| format!("settling the database with {statement}"))?;
+    }
     Ok(())
 }
 

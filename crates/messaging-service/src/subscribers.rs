@@ -244,39 +244,32 @@ impl SubscriberJson {
 }
 
 /// The correlated subquery that aggregates a thread's subscribers into a JSON array (text), in
-/// each backend's dialect. Its keys are every column of `thread_subscribers` but the thread id
-/// (a blob on SQLite, which JSON cannot hold), so they are the fields of [`SubscriberJson`].
+/// each backend's dialect. Its keys are the columns of `thread_subscribers`, so they are the
+/// fields of [`SubscriberJson`] (which leaves out the thread id: a blob on SQLite, which JSON
+/// cannot hold).
 fn subscribers_json_sql(backend: DbBackend) -> &'static str {
     use sea_orm::{IdenStatic, Iterable};
     use thread_subscriber::Column;
 
-    /// `'column', <value>` for every column, the value written by `value`.
-    fn pairs(value: fn(Column, &str) -> String) -> String {
-        Column::iter()
+    const FROM: &str = r#"FROM "thread_subscribers" AS s WHERE s."thread_id" = "threads"."id""#;
+    // PostgreSQL turns whole rows into JSON objects (its fastest way): every column, keyed by
+    // its name; the thread id comes along as a string and is ignored.
+    static POSTGRES: LazyLock<String> =
+        LazyLock::new(|| format!("(SELECT COALESCE(json_agg(s), '[]')::text {FROM})"));
+    // SQLite names each column, and keeps booleans as 0 and 1 (`json('true')` is a JSON true).
+    static SQLITE: LazyLock<String> = LazyLock::new(|| {
+        let pairs = Column::iter()
             .filter(|column| !matches!(column, Column::ThreadId))
             .map(|column| {
                 let name = column.as_str();
-                format!("'{name}', {}", value(column, &format!("s.{name}")))
+                match column {
+                    Column::IsArchived => format!("'{name}', json(iif(s.{name}, 'true', 'false'))"),
+                    _ => format!("'{name}', s.{name}"),
+                }
             })
             .collect::<Vec<_>>()
-            .join(", ")
-    }
-    const FROM: &str = r#"FROM "thread_subscribers" AS s WHERE s."thread_id" = "threads"."id""#;
-
-    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
-        let object = format!("json_build_object({})", pairs(|_, value| value.to_owned()));
-        format!("(SELECT COALESCE(json_agg({object}), '[]')::text {FROM})")
-    });
-    // SQLite keeps booleans as 0 and 1; `json('true')` is a JSON boolean.
-    static SQLITE: LazyLock<String> = LazyLock::new(|| {
-        let object = format!(
-            "json_object({})",
-            pairs(|column, value| match column {
-                Column::IsArchived => format!("json(iif({value}, 'true', 'false'))"),
-                _ => value.to_owned(),
-            })
-        );
-        format!("(SELECT json_group_array({object}) {FROM})")
+            .join(", ");
+        format!("(SELECT json_group_array(json_object({pairs})) {FROM})")
     });
     match backend {
         DbBackend::Postgres => &POSTGRES,
