@@ -99,6 +99,39 @@ impl<'a> Shape<'a> {
         }
     }
 
+    /// A `min…`/`max…` pair of counts: lengths, items or properties.
+    fn counts(&mut self, names: [&'static str; 2], min: Option<usize>, max: Option<usize>) {
+        self.limit(names[0], min.map(|v| v as f64), Constraint::Min);
+        self.limit(names[1], max.map(|v| v as f64), Constraint::Max);
+    }
+
+    /// The keywords of a string: lengths and pattern.
+    fn text(&mut self, min: Option<usize>, max: Option<usize>, pattern: Option<&'a String>) {
+        self.counts(["minLength", "maxLength"], min, max);
+        if let Some(pattern) = pattern {
+            self.constraints
+                .push(("pattern", Constraint::Pattern(pattern)));
+        }
+    }
+
+    /// The keywords of an object: properties, which are required, what else is allowed, and
+    /// how many.
+    fn members(
+        &mut self,
+        properties: impl IntoIterator<Item = (&'a String, &'a ReferenceOr<Box<Schema>>)>,
+        required: &'a [String],
+        additional: Option<&'a AdditionalProperties>,
+        counts: [Option<usize>; 2],
+    ) {
+        self.properties = properties
+            .into_iter()
+            .map(|(n, p)| (n.as_str(), p))
+            .collect();
+        self.required = required.iter().map(String::as_str).collect();
+        self.additional_properties(additional);
+        self.counts(["minProperties", "maxProperties"], counts[0], counts[1]);
+    }
+
     fn read_type(&mut self, typed: &'a Type) {
         match typed {
             Type::String(string) => self.read_string(string),
@@ -140,20 +173,11 @@ impl<'a> Shape<'a> {
         self.type_name = Some("string");
         self.format = format_name(serde_json::to_value(&string.format));
         self.enumeration = enum_values(serde_json::to_value(&string.enumeration));
-        self.limit(
-            "minLength",
-            string.min_length.map(|v| v as f64),
-            Constraint::Min,
+        self.text(
+            string.min_length,
+            string.max_length,
+            string.pattern.as_ref(),
         );
-        self.limit(
-            "maxLength",
-            string.max_length.map(|v| v as f64),
-            Constraint::Max,
-        );
-        if let Some(pattern) = &string.pattern {
-            self.constraints
-                .push(("pattern", Constraint::Pattern(pattern)));
-        }
     }
 
     fn numeric(
@@ -171,22 +195,11 @@ impl<'a> Shape<'a> {
 
     fn read_object(&mut self, object: &'a ObjectType) {
         self.type_name = Some("object");
-        self.properties = object
-            .properties
-            .iter()
-            .map(|(n, p)| (n.as_str(), p))
-            .collect();
-        self.required = object.required.iter().map(String::as_str).collect();
-        self.additional_properties(object.additional_properties.as_ref());
-        self.limit(
-            "minProperties",
-            object.min_properties.map(|v| v as f64),
-            Constraint::Min,
-        );
-        self.limit(
-            "maxProperties",
-            object.max_properties.map(|v| v as f64),
-            Constraint::Max,
+        self.members(
+            &object.properties,
+            &object.required,
+            object.additional_properties.as_ref(),
+            [object.min_properties, object.max_properties],
         );
     }
 
@@ -203,16 +216,7 @@ impl<'a> Shape<'a> {
     fn read_array(&mut self, array: &'a ArrayType) {
         self.type_name = Some("array");
         self.items = array.items.as_ref();
-        self.limit(
-            "minItems",
-            array.min_items.map(|v| v as f64),
-            Constraint::Min,
-        );
-        self.limit(
-            "maxItems",
-            array.max_items.map(|v| v as f64),
-            Constraint::Max,
-        );
+        self.counts(["minItems", "maxItems"], array.min_items, array.max_items);
         self.flag("uniqueItems", array.unique_items, "true");
     }
 
@@ -262,20 +266,7 @@ impl<'a> Shape<'a> {
             .iter()
             .map(serde_json::Value::to_string)
             .collect();
-        self.limit(
-            "minLength",
-            any.min_length.map(|v| v as f64),
-            Constraint::Min,
-        );
-        self.limit(
-            "maxLength",
-            any.max_length.map(|v| v as f64),
-            Constraint::Max,
-        );
-        if let Some(pattern) = &any.pattern {
-            self.constraints
-                .push(("pattern", Constraint::Pattern(pattern)));
-        }
+        self.text(any.min_length, any.max_length, any.pattern.as_ref());
         self.numeric(
             any.minimum,
             any.maximum,
@@ -283,26 +274,14 @@ impl<'a> Shape<'a> {
             any.exclusive_maximum == Some(true),
         );
         self.limit("multipleOf", any.multiple_of, Constraint::MultipleOf);
-        self.properties = any
-            .properties
-            .iter()
-            .map(|(n, p)| (n.as_str(), p))
-            .collect();
-        self.required = any.required.iter().map(String::as_str).collect();
-        self.additional_properties(any.additional_properties.as_ref());
-        self.limit(
-            "minProperties",
-            any.min_properties.map(|v| v as f64),
-            Constraint::Min,
-        );
-        self.limit(
-            "maxProperties",
-            any.max_properties.map(|v| v as f64),
-            Constraint::Max,
+        self.members(
+            &any.properties,
+            &any.required,
+            any.additional_properties.as_ref(),
+            [any.min_properties, any.max_properties],
         );
         self.items = any.items.as_ref();
-        self.limit("minItems", any.min_items.map(|v| v as f64), Constraint::Min);
-        self.limit("maxItems", any.max_items.map(|v| v as f64), Constraint::Max);
+        self.counts(["minItems", "maxItems"], any.min_items, any.max_items);
         self.flag("uniqueItems", any.unique_items == Some(true), "true");
         self.variants = any.one_of.iter().chain(&any.any_of).collect();
         self.merge_all(spec, &any.all_of, depth)
