@@ -16,7 +16,6 @@ use sea_orm::{ActiveValue::Set, EntityTrait};
 use serde_json::json;
 use uuid::Uuid;
 
-/// A store with its keys and two registered customers.
 /// The shared shop, plus this suite's own steps.
 struct World(Shop);
 

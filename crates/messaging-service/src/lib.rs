@@ -76,7 +76,7 @@ impl MessagingService {
     /// The database pool's connections: idle and in use.
     pub fn pool_status(&self) -> PoolStatus {
         let db = &self.inner.db;
-        let (size, idle) = match db.get_database_backend() {
+        let (size, idle) = match self.backend() {
             sea_orm::DbBackend::Postgres => {
                 let pool = db.get_postgres_connection_pool();
                 (pool.size(), pool.num_idle())

@@ -4,7 +4,7 @@
 //! (a user, named by `x-acting-user` with a secret key). Adding or removing a subscriber moves
 //! the thread to the channel of its new set of active subscribers.
 
-use std::{collections::HashMap, sync::LazyLock};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use messaging_api::{AddSubscriberRequest, Subscriber, SubscriberType};
@@ -142,25 +142,18 @@ pub fn initial_subscribers(
     ]
 }
 
-/// Every subscriber of the given threads, in one query, grouped by thread.
+/// Every subscriber of a thread (archived ones included), ordered by when they joined, then by
+/// id. Pages of threads read theirs within each thread's row: [`ThreadWithSubscribers`].
 pub async fn subscribers_of<C: ConnectionTrait>(
     conn: &C,
-    thread_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Vec<thread_subscriber::Model>>, ServiceError> {
-    let mut grouped: HashMap<Uuid, Vec<thread_subscriber::Model>> = HashMap::new();
-    if thread_ids.is_empty() {
-        return Ok(grouped);
-    }
-    let rows = thread_subscriber::Entity::find()
-        .filter(thread_subscriber::Column::ThreadId.is_in(thread_ids.iter().copied()))
+    thread_id: Uuid,
+) -> Result<Vec<thread_subscriber::Model>, ServiceError> {
+    Ok(thread_subscriber::Entity::find()
+        .filter(thread_subscriber::Column::ThreadId.eq(thread_id))
         .order_by_asc(thread_subscriber::Column::CreatedAt)
         .order_by_asc(thread_subscriber::Column::SubscriberId)
         .all(conn)
-        .await?;
-    for row in rows {
-        grouped.entry(row.thread_id).or_default().push(row);
-    }
-    Ok(grouped)
+        .await?)
 }
 
 /// A thread with all its subscribers (archived ones included), read as one row: the database
@@ -369,11 +362,8 @@ impl MessagingService {
         thread_ref: &ThreadRef,
     ) -> Result<Vec<Subscriber>, ServiceError> {
         let thread = self.load_thread(self.db(), caller, thread_ref).await?;
-        let subscribers = subscribers_of(self.db(), &[thread.id]).await?;
-        Ok(subscribers
-            .get(&thread.id)
-            .map(|rows| rows.iter().map(wire_subscriber).collect())
-            .unwrap_or_default())
+        let subscribers = subscribers_of(self.db(), thread.id).await?;
+        Ok(subscribers.iter().map(wire_subscriber).collect())
     }
 
     pub(crate) async fn add_subscriber(

@@ -140,10 +140,7 @@ impl MessagingService {
         caller: &Caller,
         thread: thread::Model,
     ) -> Result<Thread, ServiceError> {
-        let subscribers = subscribers_of(self.db(), &[thread.id])
-            .await?
-            .remove(&thread.id)
-            .unwrap_or_default();
+        let subscribers = subscribers_of(self.db(), thread.id).await?;
         wire::thread(thread, caller, &subscribers)
     }
 
