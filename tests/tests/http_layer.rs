@@ -395,13 +395,32 @@ both_backends!(
         assert_eq!(out_of_range.await.status(), StatusCode::BAD_REQUEST);
         let unknown = send(&app, Method::GET, "/v1/secret-path-4242", Some(SOME_KEY)).await;
         assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+        // The server's other routes are labelled by their route, never by the requested path.
+        for (path, status) in [
+            ("/healthz", StatusCode::OK),
+            ("/docs/swagger-initializer.js", StatusCode::OK),
+            ("/healthz/extra", StatusCode::NOT_FOUND),
+            ("/docsX", StatusCode::NOT_FOUND),
+        ] {
+            assert_eq!(
+                send(&app, Method::GET, path, None).await.status(),
+                status,
+                "{path}"
+            );
+        }
 
         let after = scrape(&app).await;
         let grew = |series: &str| series_value(&after, series) - series_value(&before, series);
         assert!(grew(LIST_200) >= 3.0, "{after}");
         assert!(grew(GET_THREAD_400) >= 1.0, "{after}");
         assert!(grew(LIST_400) >= 1.0, "{after}");
-        assert!(grew(UNMATCHED_404) >= 1.0, "{after}");
+        assert!(grew(UNMATCHED_404) >= 3.0, "{after}");
+        let route_200 = |route: &str| {
+            format!(r#"http_requests_total{{method="GET",operation="{route}",status="200"}}"#)
+        };
+        assert!(grew(&route_200("/healthz")) >= 1.0, "{after}");
+        assert!(grew(&route_200("/docs")) >= 1.0, "{after}");
+        assert!(grew(&route_200("/metrics")) >= 1.0, "{after}");
         assert!(
             series_value(
                 &after,
@@ -414,6 +433,9 @@ both_backends!(
         // Raw paths never become labels.
         assert!(!after.contains("secret-path-4242"));
         assert!(!after.contains("not-a-uuid"));
+        assert!(!after.contains("swagger-initializer"));
+        assert!(!after.contains("/healthz/extra"));
+        assert!(!after.contains("docsX"));
         // The pool, read at scrape time (its values depend on the publisher's ticks).
         assert!(
             after.contains(r#"db_pool_connections{state="idle"}"#),

@@ -27,7 +27,7 @@ use poem::{
     get,
     middleware::CatchPanic,
 };
-use poem_openapi::OpenApiService;
+use poem_openapi::{OpenApiService, OperationId};
 
 pub use header_limit::MAX_URI_BYTES;
 pub use problem::{PROBLEM_JSON, Problem};
@@ -64,27 +64,59 @@ fn routes(service: MessagingService) -> Route {
     let api = api_service(service.clone());
     let generated_schema = bytes::Bytes::from(api.spec());
     let swagger_ui = Arc::new(SwaggerUi::new());
+    let health = service.clone();
     Route::new()
-        .at("/healthz", {
-            let service = service.clone();
-            get(make(move |_| health_of(service.clone())))
-        })
+        .at(
+            "/healthz",
+            named("/healthz", get(make(move |_| health_of(health.clone())))),
+        )
         .at(
             "/metrics",
-            get(make(move |_| metrics::render(service.clone()))),
+            named(
+                "/metrics",
+                get(make(move |_| metrics::render(service.clone()))),
+            ),
         )
-        .at("/openapi.yaml", get(make_sync(|_| docs::spec_yaml())))
+        .at(
+            "/openapi.yaml",
+            named("/openapi.yaml", get(make_sync(|_| docs::spec_yaml()))),
+        )
         .at(
             "/openapi.json",
-            get(make_sync(move |_| {
-                docs::generated_spec(generated_schema.clone())
-            })),
+            named(
+                "/openapi.json",
+                get(make_sync(move |_| {
+                    docs::generated_spec(generated_schema.clone())
+                })),
+            ),
         )
-        .at("/openapi/spec.json", get(make_sync(|_| docs::spec_json())))
-        .at("/docs", get(make_sync(|_| docs::redirect_to_docs())))
-        .at("/docs/", get(Arc::clone(&swagger_ui)))
-        .at("/docs/*path", get(swagger_ui))
+        .at(
+            "/openapi/spec.json",
+            named("/openapi/spec.json", get(make_sync(|_| docs::spec_json()))),
+        )
+        .at(
+            "/docs",
+            named("/docs", get(make_sync(|_| docs::redirect_to_docs()))),
+        )
+        .at("/docs/", named("/docs", get(Arc::clone(&swagger_ui))))
+        .at("/docs/*path", named("/docs", get(swagger_ui)))
         .nest("/", api)
+}
+
+/// Names a route outside the API for metrics and logs, as poem-openapi names each operation of
+/// the API with its operationId.
+fn named(
+    name: &'static str,
+    endpoint: impl Endpoint + 'static,
+) -> impl Endpoint<Output = Response> {
+    endpoint.after(move |result| async move {
+        let mut result = result.map(IntoResponse::into_response);
+        match &mut result {
+            Ok(response) => response.set_data(OperationId(name)),
+            Err(err) => err.set_data(OperationId(name)),
+        }
+        result
+    })
 }
 
 async fn health_of(service: MessagingService) -> Response {

@@ -7,7 +7,7 @@
 //! - `messaging_messages_published_total`: scheduled messages the publisher moved into their
 //!   channels (recorded by the service).
 //!
-//! `operation` is the spec's operationId, the fixed route for the documents and health
+//! `operation` is the spec's operationId, the name the server gives its other routes
 //! (`/healthz`, `/docs`, …), `unmatched` for a path or method no route has (404, 405), or `none`
 //! when the middleware answered before any operation ran (rate limits, size limits, a panic):
 //! never a raw path, so the set of series stays small whatever clients request.
@@ -32,16 +32,6 @@ const BUCKETS: &[f64] = &[
 
 /// How often recorded histogram samples are folded into their buckets between scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Routes outside the API that get their own `operation` label.
-const FIXED_ROUTES: &[&str] = &[
-    "/healthz",
-    "/metrics",
-    "/openapi.yaml",
-    "/openapi.json",
-    "/openapi/spec.json",
-    "/docs",
-];
 
 /// The process-wide recorder, installed on first use (every app in a process shares it).
 fn handle() -> &'static PrometheusHandle {
@@ -85,15 +75,14 @@ pub fn install() {
     handle();
 }
 
-/// Records one answered request.
+/// Records one answered request; `operation` is the name of the route that answered it.
 pub fn record_request(
     method: &Method,
     operation: Option<&'static str>,
-    path: &str,
     status: StatusCode,
     elapsed: Duration,
 ) {
-    let operation = operation.unwrap_or_else(|| route_label(path, status));
+    let operation = operation.unwrap_or_else(|| unnamed_label(status));
     let method = method_label(method);
     metrics::counter!(REQUESTS, "method" => method, "operation" => operation, "status" => status.as_str().to_owned())
         .increment(1);
@@ -114,15 +103,11 @@ pub async fn render(service: MessagingService) -> Response {
         .body(handle().render())
 }
 
-/// The label of a response that no operation produced.
-fn route_label(path: &str, status: StatusCode) -> &'static str {
-    let fixed = FIXED_ROUTES
-        .iter()
-        .find(|route| path == **route || (**route == "/docs" && path.starts_with("/docs/")));
-    match (fixed, status) {
-        (Some(route), _) => route,
-        (None, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) => "unmatched",
-        (None, _) => "none",
+/// The label of a response that no named route produced.
+fn unnamed_label(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => "unmatched",
+        _ => "none",
     }
 }
 
@@ -144,14 +129,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_never_carry_a_raw_path() {
-        let label = |path| route_label(path, StatusCode::NOT_FOUND);
-        assert_eq!(label("/healthz"), "/healthz");
-        assert_eq!(label("/docs/index.css"), "/docs");
-        assert_eq!(label("/v1/messaging/threads/123"), "unmatched");
-        assert_eq!(label("/healthz/extra"), "unmatched");
-        assert_eq!(label("/docsX"), "unmatched");
-        let limited = route_label("/v1/messaging/threads", StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(limited, "none");
+    fn responses_of_no_route_are_unmatched_or_refused() {
+        assert_eq!(unnamed_label(StatusCode::NOT_FOUND), "unmatched");
+        assert_eq!(unnamed_label(StatusCode::METHOD_NOT_ALLOWED), "unmatched");
+        assert_eq!(unnamed_label(StatusCode::TOO_MANY_REQUESTS), "none");
+        assert_eq!(unnamed_label(StatusCode::PAYLOAD_TOO_LARGE), "none");
     }
 }

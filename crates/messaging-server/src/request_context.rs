@@ -62,7 +62,7 @@ pub async fn handle<E: Endpoint>(inner: &E, mut req: Request) -> poem::Result<Re
         };
         let response = stamp_request_id(response, &request_id).await;
         let elapsed = started.elapsed();
-        crate::metrics::record_request(&method, operation, &path, response.status(), elapsed);
+        crate::metrics::record_request(&method, operation, response.status(), elapsed);
         tracing::info!(
             %method,
             %path,
