@@ -1,10 +1,11 @@
 //! Test harness, zero-to-production style: `spawn_app` starts the real server in-process on
 //! `127.0.0.1:0` with a fresh database (SQLite in memory, or a PostgreSQL clone of a migrated
 //! template) and returns a [`TestApp`] with typed helpers. Also the OpenAPI normaliser and the
-//! JSON differ used by the contract tests.
+//! JSON differ used by the contract tests, and the per-test log capture.
 
 pub mod fixtures;
 pub mod json_diff;
+mod log_capture;
 pub mod openapi_normal_form;
 mod postgres;
 
@@ -15,6 +16,7 @@ use messaging_service::{CreatedStore, MessagingService, OtpDelivery, OtpOutbox, 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use tokio::task::JoinHandle;
 
+pub use log_capture::{LogCapture, capture_logs};
 pub use postgres::TestDatabase;
 
 /// Secret the test servers sign tokens with.

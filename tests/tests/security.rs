@@ -17,7 +17,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    sync::{Arc, Mutex},
 };
 
 use chrono::Utc;
@@ -27,7 +26,7 @@ use messaging_service::{
     entity::{api_key, thread},
 };
 use messaging_tests::{
-    Backend, TestApp, both_backends, sign_test_token, spawn_app, spawn_app_with,
+    Backend, TestApp, both_backends, capture_logs, sign_test_token, spawn_app, spawn_app_with,
     spawn_app_with_config,
 };
 use reqwest::{Method, StatusCode, header::CONTENT_TYPE};
@@ -1520,44 +1519,8 @@ async fn auth_attempts_for_one_phone_are_limited() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Logs: no secret is ever written, every request's lines carry its id.
-
-/// Every JSON log line of this test binary. The subscriber is global (a thread-local one
-/// misses events whose callsites other tests' threads registered first), so the tests below
-/// look only for their own secrets and their own lines.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-/// Installs the capturing subscriber (at TRACE, so every library's lines are searched too).
-fn captured_logs() -> &'static Captured {
-    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .init();
-        captured
-    })
-}
+// Logs: no secret is ever written, every request's lines carry its id. Each test captures its
+// own app's lines (`capture_logs`), since the other tests' servers run in this process too.
 
 /// One request of the log audit, with its own request id.
 async fn audited(
@@ -1586,7 +1549,7 @@ async fn audited(
 
 #[tokio::test]
 async fn no_secret_reaches_the_log_and_every_request_line_has_its_id() {
-    let logs = captured_logs();
+    let logs = capture_logs();
     let app = spawn_app().await;
     let store = app.create_store("Acme").await;
     let sk = store.secret_key_test.as_str();
@@ -1667,7 +1630,7 @@ async fn no_secret_reaches_the_log_and_every_request_line_has_its_id() {
         .await
         .unwrap();
 
-    let text = logs.text();
+    let text = logs.all_text();
     let mut secrets = vec![
         sk.to_owned(),
         pk.to_owned(),
@@ -1696,11 +1659,9 @@ async fn no_secret_reaches_the_log_and_every_request_line_has_its_id() {
             leaks.join("\n")
         );
     }
-    // Every request's access line, and what is logged while handling it, carry its id.
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .collect();
+    // Every request's access line, and what is logged while handling it, carry its id. Only
+    // this test's own lines: other tests' servers run concurrently in this process.
+    let events = logs.own_events();
     let of_request = |n: u32| -> Vec<&Value> {
         events
             .iter()
@@ -1731,7 +1692,7 @@ async fn no_secret_reaches_the_log_and_every_request_line_has_its_id() {
 
 #[tokio::test]
 async fn the_development_delivery_writes_codes_to_the_log() {
-    let logs = captured_logs();
+    let logs = capture_logs();
     let app = spawn_app_with_config(Backend::Sqlite, HttpSettings::without_rate_limits(), |c| {
         c.otp = OtpDelivery::Log;
     })
@@ -1748,9 +1709,8 @@ async fn the_development_delivery_writes_codes_to_the_log() {
     .await;
     let jane_id = jane.id.to_string();
     let event: Value = logs
-        .text()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .own_events()
+        .into_iter()
         .find(|e| e["target"] == "otp" && e["fields"]["customer_id"] == jane_id.as_str())
         .expect("a line of target `otp` for Jane");
     let code = event["fields"]["code"].as_str().expect("the code");
