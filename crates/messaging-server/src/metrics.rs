@@ -7,6 +7,9 @@
 //! - `messaging_messages_published_total`: scheduled messages the publisher moved into their
 //!   channels (recorded by the service).
 //!
+//! Every series but the `http_*` ones is in the first scrape (the publication counter at 0);
+//! an `http_*` series appears with the first request of its label set.
+//!
 //! `operation` is the spec's operationId, the name the server gives its other routes
 //! (`/healthz`, `/docs`, …), `unmatched` for a path or method no route has (404, 405), or `none`
 //! when the middleware answered before any operation ran (rate limits, size limits, a panic):
@@ -14,7 +17,7 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-use messaging_service::MessagingService;
+use messaging_service::{MessagingService, PUBLISHED_MESSAGES_METRIC};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::{
     Response,
@@ -53,9 +56,12 @@ fn handle() -> &'static PrometheusHandle {
         );
         metrics::describe_gauge!(POOL, "Database pool connections by state.");
         metrics::describe_counter!(
-            "messaging_messages_published_total",
+            PUBLISHED_MESSAGES_METRIC,
             "Scheduled messages published to their channels."
         );
+        // Exists from the start, at 0, so a scrape (and an alert on its rate) sees it before
+        // the first publication. The pool gauges are set at every scrape.
+        metrics::counter!(PUBLISHED_MESSAGES_METRIC).increment(0);
         let upkeep = handle.clone();
         std::thread::Builder::new()
             .name("metrics-upkeep".to_owned())

@@ -57,8 +57,10 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     if let Some(address) = bound_address(&acceptor) {
         tracing::info!(%address, "messaging-server listening");
     }
-    let publisher = tokio::spawn(service.clone().run_publisher(PUBLISH_INTERVAL));
-    let served = serve(acceptor, app(service, &config.http), shutdown_signal()).await;
+    // The app (and its metrics recorder) first, so the publisher's first counts are kept.
+    let app = app(service.clone(), &config.http);
+    let publisher = tokio::spawn(service.run_publisher(PUBLISH_INTERVAL));
+    let served = serve(acceptor, app, shutdown_signal()).await;
     publisher.abort();
     served.map_err(ServeError::Serve)?;
     tracing::info!("messaging-server stopped");

@@ -35,6 +35,10 @@ use crate::{
 /// Messages shown with a channel or a thread.
 pub const RECENT_MESSAGES: u64 = 150;
 
+/// The counter of scheduled messages the publisher moved into their channels (a metric the
+/// server exports and registers at start).
+pub const PUBLISHED_MESSAGES_METRIC: &str = "messaging_messages_published_total";
+
 /// The hash that names a subscriber set: SHA-256 over the sorted `kind:id` keys.
 pub fn subscriber_hash(members: &[(String, String)]) -> String {
     let mut keys: Vec<String> = members
@@ -363,7 +367,7 @@ impl MessagingService {
             match self.publish_due().await {
                 Ok(0) => {}
                 Ok(count) => {
-                    metrics::counter!("messaging_messages_published_total").increment(count);
+                    metrics::counter!(PUBLISHED_MESSAGES_METRIC).increment(count);
                     tracing::info!(count, "published scheduled messages to their channels")
                 }
                 Err(err) => tracing::warn!(
