@@ -197,15 +197,16 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct RateLimitArgs {
-    /// Requests per second allowed per API key and per customer token.
+    /// Requests per second allowed per API key and per customer (every session of one customer
+    /// shares one budget).
     #[arg(long, env = "MESSAGING_RATE_LIMIT_PER_SECOND", default_value = "50")]
     rate_limit_per_second: NonZeroU32,
 
-    /// Requests allowed at once per API key and per customer token.
+    /// Requests allowed at once per API key and per customer.
     #[arg(long, env = "MESSAGING_RATE_LIMIT_BURST", default_value = "100")]
     rate_limit_burst: NonZeroU32,
 
-    /// Requests per minute to /v1/auth/* allowed per client IP and per email.
+    /// Requests per minute to /v1/auth/* allowed per client IP, per email and per phone.
     #[arg(
         long,
         env = "MESSAGING_AUTH_RATE_LIMIT_PER_MINUTE",
@@ -213,7 +214,7 @@ struct RateLimitArgs {
     )]
     auth_rate_limit_per_minute: NonZeroU32,
 
-    /// Requests to /v1/auth/* allowed at once per client IP and per email.
+    /// Requests to /v1/auth/* allowed at once per client IP, per email and per phone.
     #[arg(long, env = "MESSAGING_AUTH_RATE_LIMIT_BURST", default_value = "10")]
     auth_rate_limit_burst: NonZeroU32,
 
