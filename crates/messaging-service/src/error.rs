@@ -19,6 +19,14 @@ pub enum StartupError {
     },
     #[error("cannot load the server secret: {0}")]
     Secret(#[source] sea_orm::DbErr),
+    #[error(
+        "the database {name} does not exist and could not be created: {source}; create it \
+         (`createdb {name}`) or connect as a role allowed to create databases (CREATEDB)"
+    )]
+    CreateDatabase {
+        name: String,
+        source: sea_orm::sqlx::Error,
+    },
 }
 
 /// The status class of an expected failure.

@@ -12,12 +12,14 @@ pub mod entity;
 mod error;
 mod messages;
 mod migration;
+mod missing_database;
 mod reactions;
 mod stores;
 mod subscribers;
 mod threads;
 mod wire;
 
+pub use channels::PUBLISHED_MESSAGES_METRIC;
 pub use config::{
     OtpChannel, OtpDelivery, OtpMessage, OtpOutbox, ServiceConfig, SmtpConfigError, SmtpSender,
 };
@@ -124,7 +126,8 @@ impl MessagingService {
     }
 }
 
-/// Opens a pool. A SQLite file URL creates the file (and its directory) on first start.
+/// Opens a pool. A SQLite file URL creates the file (and its directory) on first start; a
+/// PostgreSQL database that does not exist yet is created (`missing_database`).
 async fn connect_database(database_url: &str) -> Result<DatabaseConnection, StartupError> {
     let mut options = sea_orm::ConnectOptions::new(database_url.to_owned());
     options.sqlx_logging(false);
@@ -170,9 +173,15 @@ async fn connect_database(database_url: &str) -> Result<DatabaseConnection, Star
         // those idle for a while, not on every checkout.
         options.test_before_acquire_if_idle_for(std::time::Duration::from_secs(10));
     }
-    Database::connect(options)
-        .await
-        .map_err(StartupError::Connect)
+    match Database::connect(options.clone()).await {
+        Err(err) if missing_database::is_missing_database(&err) => {
+            missing_database::create(database_url).await?;
+            Database::connect(options)
+                .await
+                .map_err(StartupError::Connect)
+        }
+        connected => connected.map_err(StartupError::Connect),
+    }
 }
 
 fn sqlite_file_path(url: &str) -> Option<String> {
