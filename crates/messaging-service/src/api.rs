@@ -360,4 +360,86 @@ impl MessagingApi for MessagingService {
             RefreshSessionResponse::Ok(Json(s))
         })
     }
+
+    async fn list_webhook_endpoints(&self, api_key: String) -> ListWebhookEndpointsResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.list_webhook_endpoints(&caller).await
+        };
+        respond(result.await, |endpoints| {
+            ListWebhookEndpointsResponse::Ok(Json(WebhookEndpointList { endpoints }))
+        })
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        api_key: String,
+        body: CreateWebhookEndpointRequest,
+    ) -> CreateWebhookEndpointResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.create_webhook_endpoint(&caller, body).await
+        };
+        respond(result.await, |e| {
+            CreateWebhookEndpointResponse::Created(Json(e))
+        })
+    }
+
+    async fn get_webhook_endpoint(
+        &self,
+        api_key: String,
+        params: GetWebhookEndpointParams,
+    ) -> GetWebhookEndpointResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.get_webhook_endpoint(&caller, params.id).await
+        };
+        respond(result.await, |e| GetWebhookEndpointResponse::Ok(Json(e)))
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        api_key: String,
+        params: UpdateWebhookEndpointParams,
+        body: UpdateWebhookEndpointRequest,
+    ) -> UpdateWebhookEndpointResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.update_webhook_endpoint(&caller, params.id, body).await
+        };
+        respond(result.await, |e| UpdateWebhookEndpointResponse::Ok(Json(e)))
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        api_key: String,
+        params: DeleteWebhookEndpointParams,
+    ) -> DeleteWebhookEndpointResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.delete_webhook_endpoint(&caller, params.id).await
+        };
+        respond(result.await, |()| DeleteWebhookEndpointResponse::NoContent)
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        api_key: String,
+        params: ListWebhookDeliveriesParams,
+    ) -> ListWebhookDeliveriesResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.list_webhook_deliveries(
+                &caller,
+                params.id,
+                params.status,
+                page_size(params.limit),
+                params.cursor.as_deref(),
+            )
+            .await
+        };
+        respond(result.await, |list| {
+            ListWebhookDeliveriesResponse::Ok(Json(list))
+        })
+    }
 }

@@ -12,3 +12,6 @@ pub mod server_secret;
 pub mod store;
 pub mod thread;
 pub mod thread_subscriber;
+pub mod webhook_attempt;
+pub mod webhook_delivery;
+pub mod webhook_endpoint;

@@ -16,13 +16,16 @@ mod reactions;
 mod stores;
 mod subscribers;
 mod threads;
+mod webhooks;
 mod wire;
 
 pub use config::{
     OtpChannel, OtpDelivery, OtpMessage, OtpOutbox, ServiceConfig, SmtpConfigError, SmtpSender,
+    WEBHOOK_RETRY_SCHEDULE, WebhookSettings,
 };
 pub use error::{ServiceError, StartupError};
 pub use stores::{CreatedStore, KeyInfo, RotatedKey};
+pub use webhooks::{ATTEMPT_DURATION_METRIC, ATTEMPTS_METRIC, COMPLETED_METRIC};
 
 use std::sync::Arc;
 
@@ -41,6 +44,8 @@ struct Inner {
     config: ServiceConfig,
     /// Recently verified API keys, by keyed hash (never the key itself).
     key_cache: moka::sync::Cache<String, auth::Caller>,
+    /// Wakes this process's webhook worker when deliveries were queued here.
+    webhook_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// How long a verified API key is trusted without asking the database again. Revoking or
@@ -64,6 +69,7 @@ impl MessagingService {
                     .max_capacity(10_000)
                     .time_to_live(KEY_CACHE_TTL)
                     .build(),
+                webhook_wakeup: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
