@@ -6,6 +6,12 @@
 //!   when scraped.
 //! - `messaging_messages_published_total`: scheduled messages the publisher moved into their
 //!   channels (recorded by the service).
+//! - `webhook_attempts_total{outcome}`: webhook delivery attempts by outcome (`succeeded`,
+//!   `http_error`, `timeout`, `connect_error`, `refused`), and
+//!   `webhook_attempt_duration_seconds` how long they took (histogram), both per process.
+//! - `webhook_deliveries_completed_total{status}`: deliveries that ended `succeeded` or `failed`.
+//! - `webhook_deliveries_pending`: deliveries waiting for an attempt or a retry, in the whole
+//!   database (every replica's), read when scraped.
 //!
 //! `operation` is the spec's operationId, the name the server gives its other routes
 //! (`/healthz`, `/docs`, …), `unmatched` for a path or method no route has (404, 405), or `none`
@@ -14,7 +20,7 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-use messaging_service::MessagingService;
+use messaging_service::{MessagingService, webhook_metrics};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::{
     Response,
@@ -24,6 +30,12 @@ use poem::{
 const REQUESTS: &str = "http_requests_total";
 const DURATION: &str = "http_request_duration_seconds";
 const POOL: &str = "db_pool_connections";
+const WEBHOOK_BACKLOG: &str = "webhook_deliveries_pending";
+
+/// Webhook attempt buckets, in seconds: a local receiver up to the 10 s timeout.
+const WEBHOOK_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Latency buckets, in seconds: sub-millisecond reads up to slow writes.
 const BUCKETS: &[f64] = &[
@@ -40,6 +52,11 @@ fn handle() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), BUCKETS)
             .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(webhook_metrics::ATTEMPT_DURATION_METRIC.to_owned()),
+                WEBHOOK_BUCKETS,
+            )
+            .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
@@ -55,6 +72,23 @@ fn handle() -> &'static PrometheusHandle {
         metrics::describe_counter!(
             "messaging_messages_published_total",
             "Scheduled messages published to their channels."
+        );
+        metrics::describe_counter!(
+            webhook_metrics::ATTEMPTS_METRIC,
+            "Webhook delivery attempts by outcome."
+        );
+        metrics::describe_histogram!(
+            webhook_metrics::ATTEMPT_DURATION_METRIC,
+            metrics::Unit::Seconds,
+            "Time a webhook delivery attempt took."
+        );
+        metrics::describe_counter!(
+            webhook_metrics::COMPLETED_METRIC,
+            "Webhook deliveries that succeeded or failed for good."
+        );
+        metrics::describe_gauge!(
+            WEBHOOK_BACKLOG,
+            "Webhook deliveries waiting for an attempt or a retry."
         );
         let upkeep = handle.clone();
         std::thread::Builder::new()
@@ -95,6 +129,10 @@ pub async fn render(service: MessagingService) -> Response {
     let pool = service.pool_status();
     metrics::gauge!(POOL, "state" => "idle").set(pool.idle as f64);
     metrics::gauge!(POOL, "state" => "in_use").set(pool.in_use as f64);
+    match service.webhook_backlog().await {
+        Ok(pending) => metrics::gauge!(WEBHOOK_BACKLOG).set(pending as f64),
+        Err(err) => tracing::warn!(error = %err, "cannot count pending webhook deliveries"),
+    }
     Response::builder()
         .header(
             header::CONTENT_TYPE,

@@ -58,8 +58,10 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
         tracing::info!(%address, "messaging-server listening");
     }
     let publisher = tokio::spawn(service.clone().run_publisher(PUBLISH_INTERVAL));
+    let webhooks = tokio::spawn(service.clone().run_webhook_worker());
     let served = serve(acceptor, app(service, &config.http), shutdown_signal()).await;
     publisher.abort();
+    webhooks.abort();
     served.map_err(ServeError::Serve)?;
     tracing::info!("messaging-server stopped");
     Ok(())
@@ -86,11 +88,14 @@ pub async fn spawn(
     let address = bound_address(&acceptor)
         .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
     let publisher = service.clone().run_publisher(PUBLISH_INTERVAL);
+    let webhooks = service.clone().run_webhook_worker();
     let app = app(service, settings);
-    // One task for both, so aborting it stops the server and its publisher together.
+    // One task for all, so aborting it stops the server, its publisher and its webhook worker
+    // together.
     let task = tokio::spawn(async move {
         tokio::select! {
             () = publisher => Ok(()),
+            () = webhooks => Ok(()),
             result = serve(acceptor, app, std::future::pending()) => result,
         }
     });

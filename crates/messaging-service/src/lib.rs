@@ -25,7 +25,7 @@ pub use config::{
 };
 pub use error::{ServiceError, StartupError};
 pub use stores::{CreatedStore, KeyInfo, RotatedKey};
-pub use webhooks::{ATTEMPT_DURATION_METRIC, ATTEMPTS_METRIC, COMPLETED_METRIC};
+pub use webhooks::metrics as webhook_metrics;
 
 use std::sync::Arc;
 

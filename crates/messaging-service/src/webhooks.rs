@@ -14,4 +14,7 @@ mod outgoing;
 mod signing;
 mod worker;
 
-pub use worker::{ATTEMPT_DURATION_METRIC, ATTEMPTS_METRIC, COMPLETED_METRIC};
+/// Names of the webhook metrics, which the server describes and buckets.
+pub mod metrics {
+    pub use super::worker::{ATTEMPT_DURATION_METRIC, ATTEMPTS_METRIC, COMPLETED_METRIC};
+}

@@ -1,16 +1,28 @@
-//! The outgoing HTTP client of webhook deliveries, which cannot be turned against us: no
-//! redirects, no proxies, a total timeout, and a resolver that drops every address the
+//! The outgoing HTTP client of webhook deliveries (hyper with rustls), which cannot be turned
+//! against us: no redirects, no proxies, a total timeout, and a resolver that drops every address the
 //! endpoint's mode may not reach *after* DNS resolution, at every attempt (as svix's
 //! `webhook_http_client` does). URLs naming an IP literal skip DNS, so they are checked here
 //! before sending. Live mode reaches public addresses only; test mode also loopback.
 
 use std::{
+    future::Future,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{
+        Client,
+        connect::{HttpConnector, dns::Name},
+    },
+    rt::TokioExecutor,
+};
 use url::{Host, Url};
 
 use crate::{auth::Mode, error::ServiceError};
@@ -130,23 +142,37 @@ struct AddressRefused {
     host: String,
 }
 
-/// Resolves with the system resolver and keeps only the addresses the policy allows.
+/// Resolves with the system resolver and keeps only the addresses the policy allows: the
+/// connector only ever sees allowed addresses.
+#[derive(Clone)]
 struct FilteringResolver {
     policy: AddressPolicy,
 }
 
-impl Resolve for FilteringResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy;
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let allowed: Vec<SocketAddr> = resolved.filter(|a| policy.allows(a.ip())).collect();
-            if allowed.is_empty() {
-                return Err(Box::new(AddressRefused { host }) as _);
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
-        })
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl FilteringResolver {
+    async fn resolve(self, host: String) -> Result<std::vec::IntoIter<SocketAddr>, BoxError> {
+        let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
+        let allowed: Vec<SocketAddr> = resolved.filter(|a| self.policy.allows(a.ip())).collect();
+        if allowed.is_empty() {
+            return Err(Box::new(AddressRefused { host }));
+        }
+        Ok(allowed.into_iter())
+    }
+}
+
+impl tower_service::Service<Name> for FilteringResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        Box::pin(self.clone().resolve(name.as_str().to_owned()))
     }
 }
 
@@ -202,11 +228,14 @@ pub struct Request<'a> {
     pub body: &'a str,
 }
 
+type HttpsClient = Client<HttpsConnector<HttpConnector<FilteringResolver>>, Full<Bytes>>;
+
 /// The two clients, one per address policy. Cheap to clone.
 #[derive(Clone)]
 pub struct Sender {
-    live: reqwest::Client,
-    test: reqwest::Client,
+    live: HttpsClient,
+    test: HttpsClient,
+    timeout: Duration,
 }
 
 /// The client could not be built (TLS set-up).
@@ -219,13 +248,17 @@ impl Sender {
         Ok(Self {
             live: client(AddressPolicy::PublicOnly, timeout)?,
             test: client(AddressPolicy::PublicOrLoopback, timeout)?,
+            timeout,
         })
     }
 
     /// POSTs one delivery and says what came of it, with how long it took.
     pub async fn send(&self, request: Request<'_>) -> (Outcome, Duration) {
         let started = Instant::now();
-        let outcome = self.outcome(request).await;
+        let outcome = match tokio::time::timeout(self.timeout, self.outcome(request)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::Timeout,
+        };
         (outcome, started.elapsed())
     }
 
@@ -240,28 +273,33 @@ impl Sender {
             Mode::Live => &self.live,
             Mode::Test => &self.test,
         };
-        let sent = client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
+        let built = http::Request::post(url.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, USER_AGENT)
             .header("webhook-id", request.id)
             .header("webhook-timestamp", request.timestamp.to_string())
             .header("webhook-signature", request.signature)
-            .body(request.body.to_owned())
-            .send()
-            .await;
-        match sent {
+            .body(Full::new(Bytes::copy_from_slice(request.body.as_bytes())));
+        let built = match built {
+            Ok(built) => built,
+            Err(err) => return Outcome::ConnectError(error_chain(&err)),
+        };
+        // The answer's body is not read: only its status counts. Redirects are not followed
+        // (hyper never does), and no proxy is consulted.
+        match client.request(built).await {
             Ok(response) if response.status().is_success() => {
                 Outcome::Succeeded(response.status().as_u16())
             }
             Ok(response) => Outcome::HttpError(response.status().as_u16()),
             Err(err) if refused(&err) => Outcome::Refused(error_chain(&err)),
-            Err(err) if err.is_timeout() => Outcome::Timeout,
             Err(err) => Outcome::ConnectError(error_chain(&err)),
         }
     }
 }
 
-fn client(policy: AddressPolicy, timeout: Duration) -> Result<reqwest::Client, SenderError> {
+const USER_AGENT: &str = concat!("tybrite-webhooks/", env!("CARGO_PKG_VERSION"));
+
+fn client(policy: AddressPolicy, timeout: Duration) -> Result<HttpsClient, SenderError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -271,20 +309,21 @@ fn client(policy: AddressPolicy, timeout: Duration) -> Result<reqwest::Client, S
     .map_err(|e| SenderError(e.to_string()))?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .dns_resolver(Arc::new(FilteringResolver { policy }))
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .timeout(timeout)
-        .connect_timeout(timeout)
+    let mut http = HttpConnector::new_with_resolver(FilteringResolver { policy });
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    let https = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .user_agent(concat!("tybrite-webhooks/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| SenderError(error_chain(&e)))
+        .pool_max_idle_per_host(8)
+        .build(https))
 }
 
-fn refused(err: &reqwest::Error) -> bool {
+fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(current) = source {
         if current.is::<AddressRefused>() {
@@ -397,7 +436,7 @@ mod tests {
         let live = FilteringResolver {
             policy: AddressPolicy::PublicOnly,
         };
-        let err = match live.resolve("localhost".parse().unwrap()).await {
+        let err = match live.resolve("localhost".to_owned()).await {
             Ok(_) => panic!("localhost resolved for live mode"),
             Err(err) => err,
         };
@@ -406,7 +445,7 @@ mod tests {
             policy: AddressPolicy::PublicOrLoopback,
         };
         let addrs: Vec<SocketAddr> = test
-            .resolve("localhost".parse().unwrap())
+            .resolve("localhost".to_owned())
             .await
             .map_err(|e| e.to_string())
             .unwrap()
