@@ -20,6 +20,8 @@ pub struct ServiceConfig {
     pub otp_max_attempts: i32,
     /// How one-time codes are delivered.
     pub otp: OtpDelivery,
+    /// Retention and timing of the event feed.
+    pub events: crate::EventFeedSettings,
 }
 
 impl Default for ServiceConfig {
@@ -31,6 +33,7 @@ impl Default for ServiceConfig {
             otp_ttl_secs: 5 * 60,
             otp_max_attempts: 5,
             otp: OtpDelivery::Log,
+            events: crate::EventFeedSettings::default(),
         }
     }
 }
@@ -45,6 +48,7 @@ impl std::fmt::Debug for ServiceConfig {
             .field("otp_ttl_secs", &self.otp_ttl_secs)
             .field("otp_max_attempts", &self.otp_max_attempts)
             .field("otp", &self.otp)
+            .field("events", &self.events)
             .finish()
     }
 }

@@ -4,6 +4,8 @@ pub mod api_key;
 pub mod channel;
 pub mod channel_member;
 pub mod customer;
+pub mod event;
+pub mod event_prune_mark;
 pub mod message;
 pub mod message_reaction;
 pub mod otp_code;
