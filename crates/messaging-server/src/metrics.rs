@@ -6,6 +6,10 @@
 //!   when scraped.
 //! - `messaging_messages_published_total`: scheduled messages the publisher moved into their
 //!   channels (recorded by the service).
+//! - `messaging_events_written_total`, `messaging_events_delivered_total`: events this process
+//!   committed, and handed to its streams and long-polls; `messaging_event_streams_open`,
+//!   `messaging_event_long_polls_waiting`: its open streams and waiting long-polls (recorded by
+//!   the service's event feed).
 //!
 //! `operation` is the spec's operationId, the name the server gives its other routes
 //! (`/healthz`, `/docs`, …), `unmatched` for a path or method no route has (404, 405), or `none`
@@ -55,6 +59,22 @@ fn handle() -> &'static PrometheusHandle {
         metrics::describe_counter!(
             "messaging_messages_published_total",
             "Scheduled messages published to their channels."
+        );
+        metrics::describe_counter!(
+            "messaging_events_written_total",
+            "Events committed by this process."
+        );
+        metrics::describe_counter!(
+            "messaging_events_delivered_total",
+            "Events handed to this process's streams and long-polls."
+        );
+        metrics::describe_gauge!(
+            "messaging_event_streams_open",
+            "Event streams open on this process."
+        );
+        metrics::describe_gauge!(
+            "messaging_event_long_polls_waiting",
+            "Long-polls of the event feed waiting on this process."
         );
         let upkeep = handle.clone();
         std::thread::Builder::new()

@@ -58,8 +58,19 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
         tracing::info!(%address, "messaging-server listening");
     }
     let publisher = tokio::spawn(service.clone().run_publisher(PUBLISH_INTERVAL));
-    let served = serve(acceptor, app(service, &config.http), shutdown_signal()).await;
+    let feed = tokio::spawn(service.clone().run_event_feed());
+    let retention = tokio::spawn(service.clone().run_event_retention());
+    let closing = service.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Open streams and long-polls end now instead of holding the shutdown for 30 s;
+        // clients reconnect (to another replica) with Last-Event-ID and miss nothing.
+        closing.close_event_feed();
+    };
+    let served = serve(acceptor, app(service, &config.http), shutdown).await;
     publisher.abort();
+    feed.abort();
+    retention.abort();
     served.map_err(ServeError::Serve)?;
     tracing::info!("messaging-server stopped");
     Ok(())
@@ -86,11 +97,15 @@ pub async fn spawn(
     let address = bound_address(&acceptor)
         .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
     let publisher = service.clone().run_publisher(PUBLISH_INTERVAL);
+    let feed = service.clone().run_event_feed();
+    let retention = service.clone().run_event_retention();
     let app = app(service, settings);
-    // One task for both, so aborting it stops the server and its publisher together.
+    // One task for all, so aborting it stops the server and its background work together.
     let task = tokio::spawn(async move {
         tokio::select! {
             () = publisher => Ok(()),
+            () = feed => Ok(()),
+            () = retention => Ok(()),
             result = serve(acceptor, app, std::future::pending()) => result,
         }
     });
