@@ -2,7 +2,7 @@
 //! their isolation between stores and modes, URL rules per mode.
 
 use base64::Engine;
-use messaging_client::types::{self, WebhookEventType};
+use messaging_client::types::{self, EventType};
 use messaging_tests::{
     TestApp, both_backends,
     fixtures::{Shop, page_size, problem},
@@ -68,10 +68,7 @@ both_backends!(
         assert_eq!(created.url, "http://127.0.0.1:9/hooks");
         assert_eq!(
             created.event_types,
-            [
-                WebhookEventType::MessageCreated,
-                WebhookEventType::ThreadUpdated
-            ],
+            [EventType::MessageCreated, EventType::ThreadUpdated],
             "sorted, without repeats"
         );
         assert_eq!(created.description.as_deref(), Some("Order system"));
@@ -159,7 +156,7 @@ both_backends!(
             .unwrap()
             .into_inner();
         assert_eq!(updated.url, "http://localhost:9/v2");
-        assert_eq!(updated.event_types, [WebhookEventType::SubscriberAdded]);
+        assert_eq!(updated.event_types, [EventType::SubscriberAdded]);
         assert!(updated.enabled);
         // An empty update and a bad URL are 400 and change nothing.
         let path = format!("/v1/webhooks/endpoints/{}", created.id);

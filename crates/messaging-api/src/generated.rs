@@ -1290,9 +1290,15 @@ impl poem_openapi::types::Example for Problem {
             .expect("the example of Problem in the spec must be valid")
     }
 }
-/// The type of an event (see the event feed); an endpoint receives the types it lists.
+/// What an event reports. `thread.created`: `{thread, message}`; `thread.updated` (status,
+/// priority, flags, location or name changed) and `thread.read` (a reader's
+/// markThreadRead): `{thread}`; `message.created` (any sender, system messages too) and
+/// `message.updated` (edited, or its reactions changed): `{message}`; `message.deleted`:
+/// `{message_id, deleted_at}`; `subscriber.added` and `subscriber.removed`:
+/// `{subscriber}`; `channel.message_published` (a message reached its channel, at once or
+/// when its schedule came due): `{channel_id, message}`.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WebhookEventType {
+pub enum EventType {
     #[oai(rename = "thread.created")]
     ThreadCreated,
     #[oai(rename = "thread.updated")]
@@ -1312,7 +1318,7 @@ pub enum WebhookEventType {
     #[oai(rename = "channel.message_published")]
     ChannelMessagePublished,
 }
-impl WebhookEventType {
+impl EventType {
     /// The wire name of this value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1328,7 +1334,7 @@ impl WebhookEventType {
         }
     }
 }
-impl ::std::str::FromStr for WebhookEventType {
+impl ::std::str::FromStr for EventType {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
@@ -1341,9 +1347,57 @@ impl ::std::str::FromStr for WebhookEventType {
             "subscriber.added" => Ok(Self::SubscriberAdded),
             "subscriber.removed" => Ok(Self::SubscriberRemoved),
             "channel.message_published" => Ok(Self::ChannelMessagePublished),
-            other => Err(format!("unknown {} value `{other}`", "WebhookEventType")),
+            other => Err(format!("unknown {} value `{other}`", "EventType")),
         }
     }
+}
+/// The objects an event carries, shaped exactly as the REST answers shape them, so a
+/// client applies an event without another request. Which fields are present depends on
+/// the event's `type` (see `EventType`).
+#[derive(Object, Debug, Clone, PartialEq, Default)]
+pub struct EventData {
+    #[oai(rename = "thread", skip_serializing_if_is_none)]
+    pub thread: Option<Thread>,
+    #[oai(rename = "message", skip_serializing_if_is_none)]
+    pub message: Option<Message>,
+    /// The deleted message (`message.deleted`).
+    #[oai(rename = "message_id", skip_serializing_if_is_none)]
+    pub message_id: Option<uuid::Uuid>,
+    /// When it was deleted (`message.deleted`).
+    #[oai(rename = "deleted_at", skip_serializing_if_is_none)]
+    pub deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[oai(rename = "subscriber", skip_serializing_if_is_none)]
+    pub subscriber: Option<Subscriber>,
+    /// The channel the message reached (`channel.message_published`).
+    #[oai(rename = "channel_id", skip_serializing_if_is_none)]
+    pub channel_id: Option<uuid::Uuid>,
+}
+/// One change a reader could see.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Opaque; orders the feed. Pass it as `after` or `Last-Event-ID` to resume after this event.
+    #[oai(rename = "id", deserialize_with = "strict_string")]
+    pub id: String,
+    #[oai(rename = "type")]
+    pub r#type: EventType,
+    /// When the change was made.
+    #[oai(rename = "created_at")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The thread the event is about; absent where no thread is involved.
+    #[oai(rename = "thread_id", skip_serializing_if_is_none)]
+    pub thread_id: Option<uuid::Uuid>,
+    #[oai(rename = "data")]
+    pub data: EventData,
+}
+/// A caller's next events and where to continue.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct EventList {
+    /// Oldest first.
+    #[oai(rename = "events")]
+    pub events: Vec<Event>,
+    /// Pass as `after` in the next call.
+    #[oai(rename = "next_after", deserialize_with = "strict_string")]
+    pub next_after: String,
 }
 /// Where a store's backend receives the store's events (its secret is shown only at creation).
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -1357,7 +1411,7 @@ pub struct WebhookEndpoint {
     pub url: String,
     /// The event types sent here; empty means all.
     #[oai(rename = "event_types")]
-    pub event_types: Vec<WebhookEventType>,
+    pub event_types: Vec<EventType>,
     /// What the endpoint is for.
     #[oai(
         rename = "description",
@@ -1394,7 +1448,7 @@ pub struct CreatedWebhookEndpoint {
     pub url: String,
     /// The event types sent here; empty means all.
     #[oai(rename = "event_types")]
-    pub event_types: Vec<WebhookEventType>,
+    pub event_types: Vec<EventType>,
     /// What the endpoint is for.
     #[oai(
         rename = "description",
@@ -1447,7 +1501,7 @@ pub struct CreateWebhookEndpointRequest {
         skip_serializing_if_is_none,
         validator(max_items = 20)
     )]
-    pub event_types: Option<Vec<WebhookEventType>>,
+    pub event_types: Option<Vec<EventType>>,
     /// What the endpoint is for.
     #[oai(
         rename = "description",
@@ -1489,7 +1543,7 @@ pub struct UpdateWebhookEndpointRequest {
         skip_serializing_if_is_none,
         validator(max_items = 20)
     )]
-    pub event_types: Option<Vec<WebhookEventType>>,
+    pub event_types: Option<Vec<EventType>>,
     /// `false` stops sending; `true` sends again (also after a 410 disabled it).
     #[oai(rename = "enabled", skip_serializing_if_is_none)]
     pub enabled: Option<bool>,
@@ -1556,7 +1610,7 @@ pub struct WebhookDelivery {
     #[oai(rename = "event_id", deserialize_with = "strict_string")]
     pub event_id: String,
     #[oai(rename = "event_type")]
-    pub event_type: WebhookEventType,
+    pub event_type: EventType,
     /// Attempts made so far.
     #[oai(rename = "attempts")]
     pub attempts: i32,
@@ -3426,6 +3480,173 @@ impl From<Problem> for RefreshSessionResponse {
         }
     }
 }
+/// Parameters of `listEvents`.
+#[derive(Debug, Clone)]
+pub struct ListEventsParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// An event `id` or a `next_after`; the answer starts strictly after it.
+    pub after: Option<String>,
+    /// Most events in one answer, 1 to 200.
+    pub limit: i32,
+    /// Seconds (0 to 30) to wait for a first event when there is none yet.
+    pub wait: i32,
+}
+/// Responses of `listEvents`.
+#[derive(ApiResponse, Debug)]
+pub enum ListEventsResponse {
+    /// The caller's next events and the position to continue from.
+    #[oai(status = 200)]
+    Ok(Json<EventList>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// The position is older than the retained window (`events_expired`); fetch the state again and start over.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for ListEventsResponse {
+    /// Picks the variant for `problem.status`; a status `listEvents` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            410u16 => Self::Gone(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "listEvents"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+fn default_list_events_limit() -> i32 {
+    100
+}
+fn default_list_events_wait() -> i32 {
+    0
+}
+/// Parameters of `streamEvents`.
+#[derive(Debug, Clone)]
+pub struct StreamEventsParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// The `id` of the last event received; the stream resumes after it.
+    pub last_event_id: Option<String>,
+    /// Where to start when there is no `Last-Event-ID`, as in `listEvents`.
+    pub after: Option<String>,
+}
+/// Responses of `streamEvents`.
+#[derive(ApiResponse)]
+pub enum StreamEventsResponse {
+    /// The stream of the caller's events, oldest first, open until the client leaves.
+    #[oai(status = 200, content_type = "text/event-stream")]
+    Ok(poem_openapi::payload::EventStream<futures::stream::BoxStream<'static, Event>>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// The position is older than the retained window (`events_expired`); fetch the state again and start over.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl ::std::fmt::Debug for StreamEventsResponse {
+    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+        f.write_str("StreamEventsResponse")
+    }
+}
+impl From<Problem> for StreamEventsResponse {
+    /// Picks the variant for `problem.status`; a status `streamEvents` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            410u16 => Self::Gone(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "streamEvents"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
 /// Responses of `listWebhookEndpoints`.
 #[derive(ApiResponse, Debug)]
 pub enum ListWebhookEndpointsResponse {
@@ -4085,6 +4306,36 @@ pub trait MessagingApi: Send + Sync + 'static {
         api_key: String,
         body: RefreshRequest,
     ) -> impl ::std::future::Future<Output = RefreshSessionResponse> + Send;
+    /// Read the event feed (catch-up and long-poll)
+    ///
+    /// The caller's events strictly after `after`, oldest first: the store (secret key, no
+    /// token) gets every event of its store and mode; a customer only its own threads' events,
+    /// never what only the store may read. Pass `next_after` as the next `after`.
+    ///
+    /// Without `after` the answer is empty at once and `next_after` is the current position:
+    /// take it, fetch the state over REST, then follow the feed from it; nothing is missed in
+    /// between. With `wait`, an answer that would be empty waits up to that many seconds for
+    /// the first new event (long-poll). A reader following the feed receives every event once,
+    /// in commit order per thread. An `after` older than the retained window (at least 7 days)
+    /// is 410 `events_expired`: fetch the state again and start over without `after`.
+    fn list_events(
+        &self,
+        api_key: String,
+        params: ListEventsParams,
+    ) -> impl ::std::future::Future<Output = ListEventsResponse> + Send;
+    /// Follow the event feed as server-sent events
+    ///
+    /// The feed of `listEvents` as `text/event-stream`: each event is written as
+    /// `id: <event id>`, `event: <type>`, `data: <event JSON>`. It resumes after the
+    /// `Last-Event-ID` header (what browsers' `EventSource` sends when it reconnects) or after
+    /// `after`; with neither it starts at the current position. A comment line at least every
+    /// 15 seconds keeps idle connections open. An expired position is 410 before the stream
+    /// starts. Same callers and gates as `listEvents`.
+    fn stream_events(
+        &self,
+        api_key: String,
+        params: StreamEventsParams,
+    ) -> impl ::std::future::Future<Output = StreamEventsResponse> + Send;
     /// List webhook endpoints
     ///
     /// Every endpoint of the key's store and mode, oldest first. Secrets are never shown here.
@@ -4956,6 +5207,100 @@ impl<T: MessagingApi> Api<T> {
         body: Json<RefreshRequest>,
     ) -> RefreshSessionResponse {
         self.0.refresh_session(auth.0.token, body.0).await
+    }
+    /// Read the event feed (catch-up and long-poll)
+    ///
+    /// The caller's events strictly after `after`, oldest first: the store (secret key, no
+    /// token) gets every event of its store and mode; a customer only its own threads' events,
+    /// never what only the store may read. Pass `next_after` as the next `after`.
+    ///
+    /// Without `after` the answer is empty at once and `next_after` is the current position:
+    /// take it, fetch the state over REST, then follow the feed from it; nothing is missed in
+    /// between. With `wait`, an answer that would be empty waits up to that many seconds for
+    /// the first new event (long-poll). A reader following the feed receives every event once,
+    /// in commit order per thread. An `after` older than the retained window (at least 7 days)
+    /// is 410 `events_expired`: fetch the state again and start over without `after`.
+    #[oai(
+        path = "/v1/messaging/events",
+        method = "get",
+        operation_id = "listEvents",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn list_events(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// An event `id` or a `next_after`; the answer starts strictly after it.
+        #[oai(name = "after", validator(max_length = 64))]
+        after: Query<Option<String>>,
+        /// Most events in one answer, 1 to 200.
+        #[oai(
+            name = "limit",
+            validator(minimum(value = "1"), maximum(value = "200")),
+            default = "default_list_events_limit"
+        )]
+        limit: Query<i32>,
+        /// Seconds (0 to 30) to wait for a first event when there is none yet.
+        #[oai(
+            name = "wait",
+            validator(minimum(value = "0"), maximum(value = "30")),
+            default = "default_list_events_wait"
+        )]
+        wait: Query<i32>,
+    ) -> ListEventsResponse {
+        self.0
+            .list_events(
+                auth.0.token,
+                ListEventsParams {
+                    x_auth_token: x_auth_token.0,
+                    after: after.0,
+                    limit: limit.0,
+                    wait: wait.0,
+                },
+            )
+            .await
+    }
+    /// Follow the event feed as server-sent events
+    ///
+    /// The feed of `listEvents` as `text/event-stream`: each event is written as
+    /// `id: <event id>`, `event: <type>`, `data: <event JSON>`. It resumes after the
+    /// `Last-Event-ID` header (what browsers' `EventSource` sends when it reconnects) or after
+    /// `after`; with neither it starts at the current position. A comment line at least every
+    /// 15 seconds keeps idle connections open. An expired position is 410 before the stream
+    /// starts. Same callers and gates as `listEvents`.
+    #[oai(
+        path = "/v1/messaging/events/stream",
+        method = "get",
+        operation_id = "streamEvents",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn stream_events(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// The `id` of the last event received; the stream resumes after it.
+        #[oai(name = "Last-Event-ID", validator(max_length = 64))]
+        last_event_id: Header<Option<String>>,
+        /// Where to start when there is no `Last-Event-ID`, as in `listEvents`.
+        #[oai(name = "after", validator(max_length = 64))]
+        after: Query<Option<String>>,
+    ) -> StreamEventsResponse {
+        self.0
+            .stream_events(
+                auth.0.token,
+                StreamEventsParams {
+                    x_auth_token: x_auth_token.0,
+                    last_event_id: last_event_id.0,
+                    after: after.0,
+                },
+            )
+            .await
     }
     /// List webhook endpoints
     ///

@@ -1124,7 +1124,7 @@ publishes its messages here.
         pub description: ::std::option::Option<CreateWebhookEndpointRequestDescription>,
         ///Event types to send; empty or absent means all.
         #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
-        pub event_types: ::std::vec::Vec<WebhookEventType>,
+        pub event_types: ::std::vec::Vec<EventType>,
         ///Absolute `https://` URL (live mode), or `http(s)://` (test mode, loopback allowed).
         pub url: CreateWebhookEndpointRequestUrl,
     }
@@ -1259,7 +1259,7 @@ publishes its messages here.
         ///Whether events are sent.
         pub enabled: bool,
         ///The event types sent here; empty means all.
-        pub event_types: ::std::vec::Vec<WebhookEventType>,
+        pub event_types: ::std::vec::Vec<EventType>,
         ///Endpoint id.
         pub id: ::uuid::Uuid,
         /**The signing secret: `whsec_` and the base64 of 32 random bytes. Verify each delivery
@@ -1484,6 +1484,155 @@ Webhooks 1.0). Shown only here.
                 .map_err(|e: self::error::ConversionError| {
                     <D::Error as ::serde::de::Error>::custom(e.to_string())
                 })
+        }
+    }
+    ///One change a reader could see.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct Event {
+        ///When the change was made.
+        pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        pub data: EventData,
+        ///Opaque; orders the feed. Pass it as `after` or `Last-Event-ID` to resume after this event.
+        pub id: ::std::string::String,
+        ///The thread the event is about; absent where no thread is involved.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub thread_id: ::std::option::Option<::uuid::Uuid>,
+        #[serde(rename = "type")]
+        pub type_: EventType,
+    }
+    impl Event {
+        pub fn builder() -> builder::Event {
+            Default::default()
+        }
+    }
+    /**The objects an event carries, shaped exactly as the REST answers shape them, so a
+client applies an event without another request. Which fields are present depends on
+the event's `type` (see `EventType`).
+*/
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
+    pub struct EventData {
+        ///The channel the message reached (`channel.message_published`).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub channel_id: ::std::option::Option<::uuid::Uuid>,
+        ///When it was deleted (`message.deleted`).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub deleted_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub message: ::std::option::Option<Message>,
+        ///The deleted message (`message.deleted`).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub message_id: ::std::option::Option<::uuid::Uuid>,
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub subscriber: ::std::option::Option<Subscriber>,
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub thread: ::std::option::Option<Thread>,
+    }
+    impl EventData {
+        pub fn builder() -> builder::EventData {
+            Default::default()
+        }
+    }
+    ///A caller's next events and where to continue.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct EventList {
+        ///Oldest first.
+        pub events: ::std::vec::Vec<Event>,
+        ///Pass as `after` in the next call.
+        pub next_after: ::std::string::String,
+    }
+    impl EventList {
+        pub fn builder() -> builder::EventList {
+            Default::default()
+        }
+    }
+    /**What an event reports. `thread.created`: `{thread, message}`; `thread.updated` (status,
+priority, flags, location or name changed) and `thread.read` (a reader's
+markThreadRead): `{thread}`; `message.created` (any sender, system messages too) and
+`message.updated` (edited, or its reactions changed): `{message}`; `message.deleted`:
+`{message_id, deleted_at}`; `subscriber.added` and `subscriber.removed`:
+`{subscriber}`; `channel.message_published` (a message reached its channel, at once or
+when its schedule came due): `{channel_id, message}`.
+*/
+    #[derive(
+        ::serde::Deserialize,
+        ::serde::Serialize,
+        Clone,
+        Copy,
+        Debug,
+        Eq,
+        Hash,
+        Ord,
+        PartialEq,
+        PartialOrd
+    )]
+    pub enum EventType {
+        #[serde(rename = "thread.created")]
+        ThreadCreated,
+        #[serde(rename = "thread.updated")]
+        ThreadUpdated,
+        #[serde(rename = "thread.read")]
+        ThreadRead,
+        #[serde(rename = "message.created")]
+        MessageCreated,
+        #[serde(rename = "message.updated")]
+        MessageUpdated,
+        #[serde(rename = "message.deleted")]
+        MessageDeleted,
+        #[serde(rename = "subscriber.added")]
+        SubscriberAdded,
+        #[serde(rename = "subscriber.removed")]
+        SubscriberRemoved,
+        #[serde(rename = "channel.message_published")]
+        ChannelMessagePublished,
+    }
+    impl ::std::fmt::Display for EventType {
+        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+            match *self {
+                Self::ThreadCreated => f.write_str("thread.created"),
+                Self::ThreadUpdated => f.write_str("thread.updated"),
+                Self::ThreadRead => f.write_str("thread.read"),
+                Self::MessageCreated => f.write_str("message.created"),
+                Self::MessageUpdated => f.write_str("message.updated"),
+                Self::MessageDeleted => f.write_str("message.deleted"),
+                Self::SubscriberAdded => f.write_str("subscriber.added"),
+                Self::SubscriberRemoved => f.write_str("subscriber.removed"),
+                Self::ChannelMessagePublished => f.write_str("channel.message_published"),
+            }
+        }
+    }
+    impl ::std::str::FromStr for EventType {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            match value {
+                "thread.created" => Ok(Self::ThreadCreated),
+                "thread.updated" => Ok(Self::ThreadUpdated),
+                "thread.read" => Ok(Self::ThreadRead),
+                "message.created" => Ok(Self::MessageCreated),
+                "message.updated" => Ok(Self::MessageUpdated),
+                "message.deleted" => Ok(Self::MessageDeleted),
+                "subscriber.added" => Ok(Self::SubscriberAdded),
+                "subscriber.removed" => Ok(Self::SubscriberRemoved),
+                "channel.message_published" => Ok(Self::ChannelMessagePublished),
+                _ => Err("invalid value".into()),
+            }
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for EventType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for EventType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
         }
     }
     ///`GetChannelMessagesCursor`
@@ -1963,6 +2112,60 @@ Webhooks 1.0). Shown only here.
         }
     }
     impl<'de> ::serde::Deserialize<'de> for ListChannelsXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`ListEventsAfter`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListEventsAfter(::std::string::String);
+    impl ::std::ops::Deref for ListEventsAfter {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListEventsAfter> for ::std::string::String {
+        fn from(value: ListEventsAfter) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListEventsAfter {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 64usize {
+                return Err("longer than 64 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListEventsAfter {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListEventsAfter {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListEventsAfter {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -3647,6 +3850,114 @@ Webhooks 1.0). Shown only here.
             value.parse()
         }
     }
+    ///`StreamEventsAfter`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct StreamEventsAfter(::std::string::String);
+    impl ::std::ops::Deref for StreamEventsAfter {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<StreamEventsAfter> for ::std::string::String {
+        fn from(value: StreamEventsAfter) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for StreamEventsAfter {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 64usize {
+                return Err("longer than 64 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for StreamEventsAfter {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for StreamEventsAfter {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for StreamEventsAfter {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`StreamEventsLastEventId`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct StreamEventsLastEventId(::std::string::String);
+    impl ::std::ops::Deref for StreamEventsLastEventId {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<StreamEventsLastEventId> for ::std::string::String {
+        fn from(value: StreamEventsLastEventId) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for StreamEventsLastEventId {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 64usize {
+                return Err("longer than 64 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for StreamEventsLastEventId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for StreamEventsLastEventId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for StreamEventsLastEventId {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///A user, organization or contact on a thread or channel, with what a chat UI needs.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Subscriber {
@@ -4343,7 +4654,7 @@ listed fields (and `id`) are present.
         pub enabled: ::std::option::Option<bool>,
         ///The new event types; empty means all.
         #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
-        pub event_types: ::std::vec::Vec<WebhookEventType>,
+        pub event_types: ::std::vec::Vec<EventType>,
         ///The new URL, under the same rules as at creation.
         #[serde(skip_serializing_if = "::std::option::Option::is_none")]
         pub url: ::std::option::Option<UpdateWebhookEndpointRequestUrl>,
@@ -4656,7 +4967,7 @@ listed fields (and `id`) are present.
         pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
         ///The event's id, sent as `webhook-id` on every attempt.
         pub event_id: ::std::string::String,
-        pub event_type: WebhookEventType,
+        pub event_type: EventType,
         ///Delivery id.
         pub id: ::uuid::Uuid,
         ///HTTP status of the last attempt's answer; absent when none came (timeout, refused address, connection error).
@@ -4755,7 +5066,7 @@ listed fields (and `id`) are present.
         ///Whether events are sent. `false` after the receiver answered 410 Gone, or when turned off.
         pub enabled: bool,
         ///The event types sent here; empty means all.
-        pub event_types: ::std::vec::Vec<WebhookEventType>,
+        pub event_types: ::std::vec::Vec<EventType>,
         ///Endpoint id.
         pub id: ::uuid::Uuid,
         ///Where events are POSTed.
@@ -4774,89 +5085,6 @@ listed fields (and `id`) are present.
     impl WebhookEndpointList {
         pub fn builder() -> builder::WebhookEndpointList {
             Default::default()
-        }
-    }
-    ///The type of an event (see the event feed); an endpoint receives the types it lists.
-    #[derive(
-        ::serde::Deserialize,
-        ::serde::Serialize,
-        Clone,
-        Copy,
-        Debug,
-        Eq,
-        Hash,
-        Ord,
-        PartialEq,
-        PartialOrd
-    )]
-    pub enum WebhookEventType {
-        #[serde(rename = "thread.created")]
-        ThreadCreated,
-        #[serde(rename = "thread.updated")]
-        ThreadUpdated,
-        #[serde(rename = "thread.read")]
-        ThreadRead,
-        #[serde(rename = "message.created")]
-        MessageCreated,
-        #[serde(rename = "message.updated")]
-        MessageUpdated,
-        #[serde(rename = "message.deleted")]
-        MessageDeleted,
-        #[serde(rename = "subscriber.added")]
-        SubscriberAdded,
-        #[serde(rename = "subscriber.removed")]
-        SubscriberRemoved,
-        #[serde(rename = "channel.message_published")]
-        ChannelMessagePublished,
-    }
-    impl ::std::fmt::Display for WebhookEventType {
-        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-            match *self {
-                Self::ThreadCreated => f.write_str("thread.created"),
-                Self::ThreadUpdated => f.write_str("thread.updated"),
-                Self::ThreadRead => f.write_str("thread.read"),
-                Self::MessageCreated => f.write_str("message.created"),
-                Self::MessageUpdated => f.write_str("message.updated"),
-                Self::MessageDeleted => f.write_str("message.deleted"),
-                Self::SubscriberAdded => f.write_str("subscriber.added"),
-                Self::SubscriberRemoved => f.write_str("subscriber.removed"),
-                Self::ChannelMessagePublished => f.write_str("channel.message_published"),
-            }
-        }
-    }
-    impl ::std::str::FromStr for WebhookEventType {
-        type Err = self::error::ConversionError;
-        fn from_str(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            match value {
-                "thread.created" => Ok(Self::ThreadCreated),
-                "thread.updated" => Ok(Self::ThreadUpdated),
-                "thread.read" => Ok(Self::ThreadRead),
-                "message.created" => Ok(Self::MessageCreated),
-                "message.updated" => Ok(Self::MessageUpdated),
-                "message.deleted" => Ok(Self::MessageDeleted),
-                "subscriber.added" => Ok(Self::SubscriberAdded),
-                "subscriber.removed" => Ok(Self::SubscriberRemoved),
-                "channel.message_published" => Ok(Self::ChannelMessagePublished),
-                _ => Err("invalid value".into()),
-            }
-        }
-    }
-    impl ::std::convert::TryFrom<&str> for WebhookEventType {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: &str,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
-        }
-    }
-    impl ::std::convert::TryFrom<::std::string::String> for WebhookEventType {
-        type Error = self::error::ConversionError;
-        fn try_from(
-            value: ::std::string::String,
-        ) -> ::std::result::Result<Self, self::error::ConversionError> {
-            value.parse()
         }
     }
     /// Types for composing complex structures.
@@ -5705,7 +5933,7 @@ listed fields (and `id`) are present.
                 ::std::string::String,
             >,
             event_types: ::std::result::Result<
-                ::std::vec::Vec<super::WebhookEventType>,
+                ::std::vec::Vec<super::EventType>,
                 ::std::string::String,
             >,
             url: ::std::result::Result<
@@ -5739,7 +5967,7 @@ listed fields (and `id`) are present.
             }
             pub fn event_types<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<::std::vec::Vec<super::WebhookEventType>>,
+                T: ::std::convert::TryInto<::std::vec::Vec<super::EventType>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.event_types = value
@@ -5797,7 +6025,7 @@ listed fields (and `id`) are present.
             >,
             enabled: ::std::result::Result<bool, ::std::string::String>,
             event_types: ::std::result::Result<
-                ::std::vec::Vec<super::WebhookEventType>,
+                ::std::vec::Vec<super::EventType>,
                 ::std::string::String,
             >,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
@@ -5856,7 +6084,7 @@ listed fields (and `id`) are present.
             }
             pub fn event_types<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<::std::vec::Vec<super::WebhookEventType>>,
+                T: ::std::convert::TryInto<::std::vec::Vec<super::EventType>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.event_types = value
@@ -6146,6 +6374,322 @@ listed fields (and `id`) are present.
             fn from(value: super::EditMessageRequest) -> Self {
                 Self {
                     message_content: Ok(value.message_content),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct Event {
+            created_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            data: ::std::result::Result<super::EventData, ::std::string::String>,
+            id: ::std::result::Result<::std::string::String, ::std::string::String>,
+            thread_id: ::std::result::Result<
+                ::std::option::Option<::uuid::Uuid>,
+                ::std::string::String,
+            >,
+            type_: ::std::result::Result<super::EventType, ::std::string::String>,
+        }
+        impl ::std::default::Default for Event {
+            fn default() -> Self {
+                Self {
+                    created_at: Err("no value supplied for created_at".to_string()),
+                    data: Err("no value supplied for data".to_string()),
+                    id: Err("no value supplied for id".to_string()),
+                    thread_id: Ok(Default::default()),
+                    type_: Err("no value supplied for type_".to_string()),
+                }
+            }
+        }
+        impl Event {
+            pub fn created_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.created_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for created_at: {e}")
+                    });
+                self
+            }
+            pub fn data<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::EventData>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.data = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for data: {e}")
+                    });
+                self
+            }
+            pub fn id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self
+            }
+            pub fn thread_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::uuid::Uuid>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.thread_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for thread_id: {e}")
+                    });
+                self
+            }
+            pub fn type_<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::EventType>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.type_ = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for type_: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<Event> for super::Event {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: Event,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    created_at: value.created_at?,
+                    data: value.data?,
+                    id: value.id?,
+                    thread_id: value.thread_id?,
+                    type_: value.type_?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::Event> for Event {
+            fn from(value: super::Event) -> Self {
+                Self {
+                    created_at: Ok(value.created_at),
+                    data: Ok(value.data),
+                    id: Ok(value.id),
+                    thread_id: Ok(value.thread_id),
+                    type_: Ok(value.type_),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct EventData {
+            channel_id: ::std::result::Result<
+                ::std::option::Option<::uuid::Uuid>,
+                ::std::string::String,
+            >,
+            deleted_at: ::std::result::Result<
+                ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                ::std::string::String,
+            >,
+            message: ::std::result::Result<
+                ::std::option::Option<super::Message>,
+                ::std::string::String,
+            >,
+            message_id: ::std::result::Result<
+                ::std::option::Option<::uuid::Uuid>,
+                ::std::string::String,
+            >,
+            subscriber: ::std::result::Result<
+                ::std::option::Option<super::Subscriber>,
+                ::std::string::String,
+            >,
+            thread: ::std::result::Result<
+                ::std::option::Option<super::Thread>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for EventData {
+            fn default() -> Self {
+                Self {
+                    channel_id: Ok(Default::default()),
+                    deleted_at: Ok(Default::default()),
+                    message: Ok(Default::default()),
+                    message_id: Ok(Default::default()),
+                    subscriber: Ok(Default::default()),
+                    thread: Ok(Default::default()),
+                }
+            }
+        }
+        impl EventData {
+            pub fn channel_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::uuid::Uuid>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.channel_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for channel_id: {e}")
+                    });
+                self
+            }
+            pub fn deleted_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.deleted_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for deleted_at: {e}")
+                    });
+                self
+            }
+            pub fn message<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<super::Message>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.message = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for message: {e}")
+                    });
+                self
+            }
+            pub fn message_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::uuid::Uuid>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.message_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for message_id: {e}")
+                    });
+                self
+            }
+            pub fn subscriber<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<super::Subscriber>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscriber = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for subscriber: {e}")
+                    });
+                self
+            }
+            pub fn thread<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<super::Thread>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.thread = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for thread: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<EventData> for super::EventData {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: EventData,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    channel_id: value.channel_id?,
+                    deleted_at: value.deleted_at?,
+                    message: value.message?,
+                    message_id: value.message_id?,
+                    subscriber: value.subscriber?,
+                    thread: value.thread?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::EventData> for EventData {
+            fn from(value: super::EventData) -> Self {
+                Self {
+                    channel_id: Ok(value.channel_id),
+                    deleted_at: Ok(value.deleted_at),
+                    message: Ok(value.message),
+                    message_id: Ok(value.message_id),
+                    subscriber: Ok(value.subscriber),
+                    thread: Ok(value.thread),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct EventList {
+            events: ::std::result::Result<
+                ::std::vec::Vec<super::Event>,
+                ::std::string::String,
+            >,
+            next_after: ::std::result::Result<
+                ::std::string::String,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for EventList {
+            fn default() -> Self {
+                Self {
+                    events: Err("no value supplied for events".to_string()),
+                    next_after: Err("no value supplied for next_after".to_string()),
+                }
+            }
+        }
+        impl EventList {
+            pub fn events<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Event>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.events = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for events: {e}")
+                    });
+                self
+            }
+            pub fn next_after<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.next_after = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for next_after: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<EventList> for super::EventList {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: EventList,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    events: value.events?,
+                    next_after: value.next_after?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::EventList> for EventList {
+            fn from(value: super::EventList) -> Self {
+                Self {
+                    events: Ok(value.events),
+                    next_after: Ok(value.next_after),
                 }
             }
         }
@@ -8587,7 +9131,7 @@ listed fields (and `id`) are present.
                 ::std::string::String,
             >,
             event_types: ::std::result::Result<
-                ::std::vec::Vec<super::WebhookEventType>,
+                ::std::vec::Vec<super::EventType>,
                 ::std::string::String,
             >,
             url: ::std::result::Result<
@@ -8634,7 +9178,7 @@ listed fields (and `id`) are present.
             }
             pub fn event_types<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<::std::vec::Vec<super::WebhookEventType>>,
+                T: ::std::convert::TryInto<::std::vec::Vec<super::EventType>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.event_types = value
@@ -8782,10 +9326,7 @@ listed fields (and `id`) are present.
                 ::std::string::String,
                 ::std::string::String,
             >,
-            event_type: ::std::result::Result<
-                super::WebhookEventType,
-                ::std::string::String,
-            >,
+            event_type: ::std::result::Result<super::EventType, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
             last_response_status: ::std::result::Result<
                 ::std::option::Option<i32>,
@@ -8853,7 +9394,7 @@ listed fields (and `id`) are present.
             }
             pub fn event_type<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<super::WebhookEventType>,
+                T: ::std::convert::TryInto<super::EventType>,
                 T::Error: ::std::fmt::Display,
             {
                 self.event_type = value
@@ -9021,7 +9562,7 @@ listed fields (and `id`) are present.
             >,
             enabled: ::std::result::Result<bool, ::std::string::String>,
             event_types: ::std::result::Result<
-                ::std::vec::Vec<super::WebhookEventType>,
+                ::std::vec::Vec<super::EventType>,
                 ::std::string::String,
             >,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
@@ -9078,7 +9619,7 @@ listed fields (and `id`) are present.
             }
             pub fn event_types<T>(mut self, value: T) -> Self
             where
-                T: ::std::convert::TryInto<::std::vec::Vec<super::WebhookEventType>>,
+                T: ::std::convert::TryInto<::std::vec::Vec<super::EventType>>,
                 T::Error: ::std::fmt::Display,
             {
                 self.event_types = value
@@ -9453,6 +9994,70 @@ let response = client.get_channel_messages()
 ```*/
     pub fn get_channel_messages(&self) -> builder::GetChannelMessages<'_> {
         builder::GetChannelMessages::new(self)
+    }
+    /**Read the event feed (catch-up and long-poll)
+
+The caller's events strictly after `after`, oldest first: the store (secret key, no
+token) gets every event of its store and mode; a customer only its own threads' events,
+never what only the store may read. Pass `next_after` as the next `after`.
+
+Without `after` the answer is empty at once and `next_after` is the current position:
+take it, fetch the state over REST, then follow the feed from it; nothing is missed in
+between. With `wait`, an answer that would be empty waits up to that many seconds for
+the first new event (long-poll). A reader following the feed receives every event once,
+in commit order per thread. An `after` older than the retained window (at least 7 days)
+is 410 `events_expired`: fetch the state again and start over without `after`.
+
+
+Sends a `GET` request to `/v1/messaging/events`
+
+Arguments:
+- `after`: An event `id` or a `next_after`; the answer starts strictly after it.
+- `limit`: Most events in one answer, 1 to 200.
+- `wait`: Seconds (0 to 30) to wait for a first event when there is none yet.
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.list_events()
+    .after(after)
+    .limit(limit)
+    .wait(wait)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn list_events(&self) -> builder::ListEvents<'_> {
+        builder::ListEvents::new(self)
+    }
+    /**Follow the event feed as server-sent events
+
+The feed of `listEvents` as `text/event-stream`: each event is written as
+`id: <event id>`, `event: <type>`, `data: <event JSON>`. It resumes after the
+`Last-Event-ID` header (what browsers' `EventSource` sends when it reconnects) or after
+`after`; with neither it starts at the current position. A comment line at least every
+15 seconds keeps idle connections open. An expired position is 410 before the stream
+starts. Same callers and gates as `listEvents`.
+
+
+Sends a `GET` request to `/v1/messaging/events/stream`
+
+Arguments:
+- `after`: Where to start when there is no `Last-Event-ID`, as in `listEvents`.
+- `last_event_id`: The `id` of the last event received; the stream resumes after it.
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.stream_events()
+    .after(after)
+    .last_event_id(last_event_id)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn stream_events(&self) -> builder::StreamEvents<'_> {
+        builder::StreamEvents::new(self)
     }
     /**Delete a message
 
@@ -11121,6 +11726,292 @@ pub mod builder {
                     )
                 }
                 404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::list_events`]
+
+[`Client::list_events`]: super::Client::list_events*/
+    #[derive(Debug, Clone)]
+    pub struct ListEvents<'a> {
+        client: &'a super::Client,
+        after: Result<Option<types::ListEventsAfter>, String>,
+        limit: Result<Option<::std::num::NonZeroU32>, String>,
+        wait: Result<Option<i32>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> ListEvents<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                after: Ok(None),
+                limit: Ok(None),
+                wait: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn after<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListEventsAfter>,
+        {
+            self.after = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListEventsAfter` for after failed".to_string()
+                });
+            self
+        }
+        pub fn limit<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::num::NonZeroU32>,
+        {
+            self.limit = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: num :: NonZeroU32` for limit failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn wait<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<i32>,
+        {
+            self.wait = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| "conversion to `i32` for wait failed".to_string());
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/messaging/events`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::EventList>, Error<types::Problem>> {
+            let Self { client, after, limit, wait, x_auth_token } = self;
+            let after = after.map_err(Error::InvalidRequest)?;
+            let limit = limit.map_err(Error::InvalidRequest)?;
+            let wait = wait.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!("{}/v1/messaging/events", client.baseurl,);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .query(&progenitor_client::QueryParam::new("after", &after))
+                .query(&progenitor_client::QueryParam::new("limit", &limit))
+                .query(&progenitor_client::QueryParam::new("wait", &wait))
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "list_events",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                410u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::stream_events`]
+
+[`Client::stream_events`]: super::Client::stream_events*/
+    #[derive(Debug, Clone)]
+    pub struct StreamEvents<'a> {
+        client: &'a super::Client,
+        after: Result<Option<types::StreamEventsAfter>, String>,
+        last_event_id: Result<Option<types::StreamEventsLastEventId>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> StreamEvents<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                after: Ok(None),
+                last_event_id: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn after<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::StreamEventsAfter>,
+        {
+            self.after = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `StreamEventsAfter` for after failed".to_string()
+                });
+            self
+        }
+        pub fn last_event_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::StreamEventsLastEventId>,
+        {
+            self.last_event_id = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `StreamEventsLastEventId` for last_event_id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/messaging/events/stream`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<ByteStream>, Error<types::Problem>> {
+            let Self { client, after, last_event_id, x_auth_token } = self;
+            let after = after.map_err(Error::InvalidRequest)?;
+            let last_event_id = last_event_id.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!("{}/v1/messaging/events/stream", client.baseurl,);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = last_event_id {
+                header_map.append("Last-Event-ID", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .query(&progenitor_client::QueryParam::new("after", &after))
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "stream_events",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => Ok(ResponseValue::stream(response)),
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                410u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,

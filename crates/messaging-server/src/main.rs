@@ -11,7 +11,9 @@ use messaging_server::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, HttpSettings, LogFormat, RateLimitSettings,
     ServerConfig, init_tracing, run,
 };
-use messaging_service::{MessagingService, OtpDelivery, ServiceConfig, SmtpSender};
+use messaging_service::{
+    EventFeedSettings, MessagingService, OtpDelivery, ServiceConfig, SmtpSender,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -195,7 +197,34 @@ struct ServeArgs {
     rate_limits: RateLimitArgs,
 
     #[command(flatten)]
+    events: EventArgs,
+
+    #[command(flatten)]
     webhooks: WebhookArgs,
+}
+
+#[derive(Debug, Args)]
+struct EventArgs {
+    /// Days events are kept for catching up (`after`, `Last-Event-ID`); older positions get
+    /// 410 events_expired. Pruned in the background.
+    #[arg(long, env = "MESSAGING_EVENT_RETENTION_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u64).range(1..=3650))]
+    event_retention_days: u64,
+
+    /// Seconds between the comment lines that keep an idle event stream open (1 to 15).
+    #[arg(long, env = "MESSAGING_EVENT_KEEP_ALIVE_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=15))]
+    event_keep_alive_secs: u64,
+}
+
+impl EventArgs {
+    fn settings(&self) -> EventFeedSettings {
+        EventFeedSettings {
+            retention: Duration::from_secs(self.event_retention_days * 24 * 60 * 60),
+            keep_alive: Duration::from_secs(self.event_keep_alive_secs),
+            ..EventFeedSettings::default()
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -284,6 +313,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut service = service_config(args.service.secret);
     service.otp = args.otp.delivery()?;
+    service.events = args.events.settings();
     if let Some(Schedule(schedule)) = args.webhooks.webhook_retry_schedule {
         service.webhooks.retry_schedule = schedule;
     }

@@ -6,10 +6,15 @@
 //!   when scraped.
 //! - `messaging_messages_published_total`: scheduled messages the publisher moved into their
 //!   channels (recorded by the service).
+//! - `messaging_events_written_total`, `messaging_events_delivered_total`: events this process
+//!   committed, and handed to its streams and long-polls; `messaging_event_streams_open`,
+//!   `messaging_event_long_polls_waiting`: its open streams and waiting long-polls (recorded by
+//!   the service's event feed).
 //! - `webhook_attempts_total{outcome}`: webhook delivery attempts by outcome (`succeeded`,
 //!   `http_error`, `timeout`, `connect_error`, `refused`), and
 //!   `webhook_attempt_duration_seconds` how long they took (histogram), both per process.
-//! - `webhook_deliveries_completed_total{status}`: deliveries that ended `succeeded` or `failed`.
+//! - `webhook_deliveries_created_total`: deliveries queued (one per event and matching endpoint);
+//!   `webhook_deliveries_completed_total{status}`: deliveries that ended `succeeded` or `failed`.
 //! - `webhook_deliveries_pending`: deliveries waiting for an attempt or a retry, in the whole
 //!   database (every replica's), read when scraped.
 //!
@@ -74,6 +79,22 @@ fn handle() -> &'static PrometheusHandle {
             "Scheduled messages published to their channels."
         );
         metrics::describe_counter!(
+            "messaging_events_written_total",
+            "Events committed by this process."
+        );
+        metrics::describe_counter!(
+            "messaging_events_delivered_total",
+            "Events handed to this process's streams and long-polls."
+        );
+        metrics::describe_gauge!(
+            "messaging_event_streams_open",
+            "Event streams open on this process."
+        );
+        metrics::describe_gauge!(
+            "messaging_event_long_polls_waiting",
+            "Long-polls of the event feed waiting on this process."
+        );
+        metrics::describe_counter!(
             webhook_metrics::ATTEMPTS_METRIC,
             "Webhook delivery attempts by outcome."
         );
@@ -81,6 +102,10 @@ fn handle() -> &'static PrometheusHandle {
             webhook_metrics::ATTEMPT_DURATION_METRIC,
             metrics::Unit::Seconds,
             "Time a webhook delivery attempt took."
+        );
+        metrics::describe_counter!(
+            webhook_metrics::CREATED_METRIC,
+            "Webhook deliveries queued, one per event and matching endpoint."
         );
         metrics::describe_counter!(
             webhook_metrics::COMPLETED_METRIC,

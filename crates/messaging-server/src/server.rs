@@ -58,9 +58,22 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
         tracing::info!(%address, "messaging-server listening");
     }
     let publisher = tokio::spawn(service.clone().run_publisher(PUBLISH_INTERVAL));
+    let feed = tokio::spawn(service.clone().run_event_feed());
+    let retention = tokio::spawn(service.clone().run_event_retention());
+    let closing = service.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Open streams and long-polls end now instead of holding the shutdown for 30 s;
+        // clients reconnect (to another replica) with Last-Event-ID and miss nothing.
+        closing.close_event_feed();
+    };
+    let dispatcher = tokio::spawn(service.clone().run_webhook_dispatcher());
     let webhooks = tokio::spawn(service.clone().run_webhook_worker());
-    let served = serve(acceptor, app(service, &config.http), shutdown_signal()).await;
+    let served = serve(acceptor, app(service, &config.http), shutdown).await;
     publisher.abort();
+    feed.abort();
+    retention.abort();
+    dispatcher.abort();
     webhooks.abort();
     served.map_err(ServeError::Serve)?;
     tracing::info!("messaging-server stopped");
@@ -88,13 +101,18 @@ pub async fn spawn(
     let address = bound_address(&acceptor)
         .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
     let publisher = service.clone().run_publisher(PUBLISH_INTERVAL);
+    let feed = service.clone().run_event_feed();
+    let retention = service.clone().run_event_retention();
+    let dispatcher = service.clone().run_webhook_dispatcher();
     let webhooks = service.clone().run_webhook_worker();
     let app = app(service, settings);
-    // One task for all, so aborting it stops the server, its publisher and its webhook worker
-    // together.
+    // One task for all, so aborting it stops the server and its background work together.
     let task = tokio::spawn(async move {
         tokio::select! {
             () = publisher => Ok(()),
+            () = feed => Ok(()),
+            () = retention => Ok(()),
+            () = dispatcher => Ok(()),
             () = webhooks => Ok(()),
             result = serve(acceptor, app, std::future::pending()) => result,
         }

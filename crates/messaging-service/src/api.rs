@@ -327,6 +327,56 @@ impl MessagingApi for MessagingService {
         })
     }
 
+    async fn list_events(&self, api_key: String, params: ListEventsParams) -> ListEventsResponse {
+        let result = async {
+            let caller = self
+                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+                .await?;
+            // Validated by the generated layer (1 to 200, 0 to 30); the clamps only guard the
+            // conversions.
+            let wait = std::time::Duration::from_secs(params.wait.clamp(0, 30) as u64);
+            self.list_events(
+                &caller,
+                params.after.as_deref(),
+                page_size(params.limit),
+                wait,
+            )
+            .await
+        };
+        respond(result.await, |list| ListEventsResponse::Ok(Json(list)))
+    }
+
+    async fn stream_events(
+        &self,
+        api_key: String,
+        params: StreamEventsParams,
+    ) -> StreamEventsResponse {
+        let result = async {
+            let caller = self
+                .messaging_caller(&api_key, params.x_auth_token.as_deref())
+                .await?;
+            self.stream_events(
+                &caller,
+                params.last_event_id.as_deref(),
+                params.after.as_deref(),
+            )
+            .await
+        };
+        let keep_alive = self.event_keep_alive();
+        respond(result.await, |events| {
+            StreamEventsResponse::Ok(
+                poem_openapi::payload::EventStream::new(events)
+                    .keep_alive(keep_alive)
+                    .to_event(|event| {
+                        use poem_openapi::types::ToJSON;
+                        poem::web::sse::Event::message(event.to_json_string())
+                            .id(event.id)
+                            .event_type(event.r#type.as_str())
+                    }),
+            )
+        })
+    }
+
     async fn register(&self, api_key: String, body: RegisterRequest) -> RegisterResponse {
         respond(self.register(&api_key, body).await, |s| {
             RegisterResponse::Created(Json(s))

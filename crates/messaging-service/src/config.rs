@@ -23,6 +23,8 @@ pub struct ServiceConfig {
     pub otp_max_attempts: i32,
     /// How one-time codes are delivered.
     pub otp: OtpDelivery,
+    /// Retention and timing of the event feed.
+    pub events: crate::EventFeedSettings,
     /// How webhook deliveries are attempted and retried.
     pub webhooks: WebhookSettings,
 }
@@ -77,6 +79,7 @@ impl Default for ServiceConfig {
             otp_ttl_secs: 5 * 60,
             otp_max_attempts: 5,
             otp: OtpDelivery::Log,
+            events: crate::EventFeedSettings::default(),
             webhooks: WebhookSettings::default(),
         }
     }
@@ -92,6 +95,7 @@ impl std::fmt::Debug for ServiceConfig {
             .field("otp_ttl_secs", &self.otp_ttl_secs)
             .field("otp_max_attempts", &self.otp_max_attempts)
             .field("otp", &self.otp)
+            .field("events", &self.events)
             .field("webhooks", &self.webhooks)
             .finish()
     }

@@ -3,8 +3,8 @@
 use std::str::FromStr;
 
 use messaging_api::{
-    Customer, Message, MessageType, Reaction, SenderType, Thread, ThreadPriority, ThreadStatus,
-    ThreadType, WebhookDelivery, WebhookEndpoint, WebhookEventType,
+    Customer, EventType, Message, MessageType, Reaction, SenderType, Thread, ThreadPriority,
+    ThreadStatus, ThreadType, WebhookDelivery, WebhookEndpoint,
 };
 
 use crate::{
@@ -30,7 +30,7 @@ pub fn customer(row: customer::Model) -> Customer {
 }
 
 /// The event types an endpoint stores, space-separated (empty: all).
-pub fn webhook_event_types(stored_types: &str) -> Result<Vec<WebhookEventType>, ServiceError> {
+pub fn webhook_event_types(stored_types: &str) -> Result<Vec<EventType>, ServiceError> {
     stored_types.split_whitespace().map(stored).collect()
 }
 

@@ -4,8 +4,8 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use messaging_api::{
-    CreateWebhookEndpointRequest, CreatedWebhookEndpoint, Pagination, UpdateWebhookEndpointRequest,
-    WebhookDeliveryList, WebhookDeliveryStatus, WebhookEndpoint, WebhookEventType,
+    CreateWebhookEndpointRequest, CreatedWebhookEndpoint, EventType, Pagination,
+    UpdateWebhookEndpointRequest, WebhookDeliveryList, WebhookDeliveryStatus, WebhookEndpoint,
 };
 use rand::RngCore;
 use sea_orm::{
@@ -37,7 +37,7 @@ fn endpoint_not_found() -> ServiceError {
 }
 
 /// Event types as stored: sorted, without repeats, space-separated.
-fn stored_event_types(types: &[WebhookEventType]) -> String {
+fn stored_event_types(types: &[EventType]) -> String {
     let mut names: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
     names.sort_unstable();
     names.dedup();
