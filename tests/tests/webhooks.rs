@@ -1,13 +1,23 @@
 //! Webhooks (brief section 9) end to end on SQLite and PostgreSQL: the endpoint operations and
-//! their isolation between stores and modes, URL rules per mode.
+//! their isolation between stores and modes, URL rules per mode, and deliveries to a real
+//! receiver started by each test: signed, filtered by type, retried with one `webhook-id`,
+//! disabled by 410, refused for private addresses in live mode, and not held up by a hanging
+//! receiver.
+
+use std::time::Duration;
 
 use base64::Engine;
-use messaging_client::types::{self, EventType};
+use messaging_client::types::{self, EventType, WebhookDeliveryStatus};
+use messaging_server::HttpSettings;
+use messaging_service::entity::{webhook_attempt, webhook_endpoint};
 use messaging_tests::{
-    TestApp, both_backends,
-    fixtures::{Shop, page_size, problem},
+    Backend, TestApp, both_backends,
+    fixtures::{Shop, page_size, problem, register_customer},
+    spawn_app_with_config,
+    webhook_receiver::{Receiver, Reply, verify_webhook},
 };
 use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, sea_query::Expr};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -445,5 +455,542 @@ both_backends!(
             json!({"url": "https://hooks.acme.example/live"}),
         )
         .await;
+    }
+);
+
+// ---------------------------------------------------------------------------------------------
+// Deliveries.
+
+/// Retries after 300 ms (three of them), a 1 s attempt timeout, a 100 ms poll: the production
+/// schedule's shape, fast enough for tests.
+const RETRY: Duration = Duration::from_millis(300);
+
+async fn spawn_fast_webhooks(backend: Backend) -> Option<TestApp> {
+    spawn_app_with_config(backend, HttpSettings::without_rate_limits(), |config| {
+        config.webhooks.retry_schedule = vec![RETRY; 3];
+        config.webhooks.timeout = Duration::from_secs(1);
+        config.webhooks.poll_interval = Duration::from_millis(100);
+    })
+    .await
+}
+
+/// Like `both_backends!`, on a server with the fast webhook settings, starting from a `Shop`.
+macro_rules! with_webhooks {
+    ($name:ident, |$shop:ident| $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                let app = spawn_fast_webhooks(Backend::Sqlite).await.expect("SQLite");
+                let $shop = Shop::open(app).await;
+                $body.await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let Some(app) = spawn_fast_webhooks(Backend::Postgres).await else {
+                    return;
+                };
+                let $shop = Shop::open(app).await;
+                $body.await;
+            }
+        }
+    };
+}
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The store opens a thread for `customer` (events `thread.created` and
+/// `channel.message_published`).
+async fn open_thread(store: &messaging_client::Client, customer: Uuid) -> types::Thread {
+    let body: types::CreateConversationRequest = serde_json::from_value(json!({
+        "customer_id": customer,
+        "subject": "Order 8821",
+        "message": "Your order is on its way.",
+    }))
+    .unwrap();
+    store
+        .create_conversation()
+        .body(body)
+        .send()
+        .await
+        .expect("conversation")
+        .into_inner()
+        .thread
+}
+
+/// The store sends a message (events `message.created` and `channel.message_published`).
+async fn send(store: &messaging_client::Client, thread: Uuid, text: &str) -> types::Message {
+    let body: types::SendMessageRequest = serde_json::from_value(json!({"message": text})).unwrap();
+    store
+        .send_message()
+        .id(thread.to_string())
+        .body(body)
+        .send()
+        .await
+        .expect("message sent")
+        .into_inner()
+        .message
+}
+
+/// Waits until `check` holds for the endpoint's deliveries (newest first).
+async fn deliveries_until(
+    client: &messaging_client::Client,
+    endpoint: Uuid,
+    check: impl Fn(&[types::WebhookDelivery]) -> bool,
+) -> Vec<types::WebhookDelivery> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let list = client
+            .list_webhook_deliveries()
+            .id(endpoint)
+            .limit(page_size(200))
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .deliveries;
+        if check(&list) {
+            return list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deliveries never got there: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn attempts_of(app: &TestApp, delivery: Uuid) -> Vec<webhook_attempt::Model> {
+    webhook_attempt::Entity::find()
+        .filter(webhook_attempt::Column::DeliveryId.eq(delivery))
+        .order_by_asc(webhook_attempt::Column::Attempt)
+        .all(app.service.database())
+        .await
+        .unwrap()
+}
+
+with_webhooks!(
+    deliveries_arrive_signed_and_filtered_by_type,
+    |shop| async move {
+        let receiver = Receiver::start().await;
+        let all = create(&shop.store, json!({"url": receiver.url("all")})).await;
+        let messages = create(
+            &shop.store,
+            json!({"url": receiver.url("messages"), "event_types": ["message.created"]}),
+        )
+        .await;
+        // Another store's endpoint on the same receiver hears nothing of Acme.
+        let other = shop.app.create_store("Other").await;
+        create(
+            &shop.app.client(&other.secret_key_test),
+            json!({"url": receiver.url("other")}),
+        )
+        .await;
+
+        let thread = open_thread(&shop.store, shop.jane.id).await;
+        let message = send(&shop.store, thread.id, "It ships tomorrow.").await;
+
+        // Every event of the store and mode: thread.created, message.created, and a
+        // channel.message_published for each of the two messages.
+        let received = receiver.wait_for("all", 4, WAIT).await;
+        let only_messages = receiver.wait_for("messages", 1, WAIT).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(receiver.received("all").len(), 4, "each event once");
+        assert_eq!(
+            receiver.received("messages").len(),
+            1,
+            "only message.created"
+        );
+        assert!(
+            receiver.received("other").is_empty(),
+            "nothing of another store"
+        );
+
+        let mut types = Vec::new();
+        for delivery in &received {
+            assert!(
+                verify_webhook(
+                    &all.secret,
+                    &delivery.id,
+                    &delivery.timestamp,
+                    &delivery.signature,
+                    delivery.body.as_bytes()
+                ),
+                "signature of {delivery:?}"
+            );
+            assert!(!verify_webhook(
+                &messages.secret,
+                &delivery.id,
+                &delivery.timestamp,
+                &delivery.signature,
+                delivery.body.as_bytes()
+            ));
+            assert_eq!(delivery.content_type, "application/json");
+            let body: Value = serde_json::from_str(&delivery.body).unwrap();
+            assert_eq!(
+                body["id"],
+                delivery.id.as_str(),
+                "webhook-id is the event id"
+            );
+            assert_eq!(body["thread_id"], thread.id.to_string());
+            let age = chrono::Utc::now().timestamp() - delivery.timestamp.parse::<i64>().unwrap();
+            assert!(
+                (0..60).contains(&age),
+                "webhook-timestamp is the attempt's time"
+            );
+            types.push(body["type"].as_str().unwrap().to_owned());
+        }
+        types.sort();
+        assert_eq!(
+            types,
+            [
+                "channel.message_published",
+                "channel.message_published",
+                "message.created",
+                "thread.created"
+            ]
+        );
+        let body: Value = serde_json::from_str(&only_messages[0].body).unwrap();
+        assert_eq!(body["type"], "message.created");
+        assert_eq!(body["data"]["message"]["id"], message.id.to_string());
+        assert_eq!(
+            body["data"]["message"]["message_content"],
+            "It ships tomorrow."
+        );
+        assert!(verify_webhook(
+            &messages.secret,
+            &only_messages[0].id,
+            &only_messages[0].timestamp,
+            &only_messages[0].signature,
+            only_messages[0].body.as_bytes()
+        ));
+
+        // The deliveries, as the store sees them: succeeded at the first attempt, paged.
+        let list = deliveries_until(&shop.store, all.id, |list| {
+            list.len() == 4
+                && list
+                    .iter()
+                    .all(|d| d.status == WebhookDeliveryStatus::Succeeded)
+        })
+        .await;
+        for delivery in &list {
+            assert_eq!(
+                (delivery.attempts, delivery.last_response_status),
+                (1, Some(200))
+            );
+            assert!(delivery.next_attempt_at.is_none());
+        }
+        let ids: Vec<&str> = received.iter().map(|r| r.id.as_str()).collect();
+        assert!(list.iter().all(|d| ids.contains(&d.event_id.as_str())));
+        let first = shop
+            .store
+            .list_webhook_deliveries()
+            .id(all.id)
+            .limit(page_size(3))
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(first.pagination.has_more);
+        let second = shop
+            .store
+            .list_webhook_deliveries()
+            .id(all.id)
+            .limit(page_size(3))
+            .cursor(first.pagination.next_cursor.clone().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!second.pagination.has_more);
+        let paged: Vec<Uuid> = first
+            .deliveries
+            .iter()
+            .chain(&second.deliveries)
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(
+            paged,
+            list.iter().map(|d| d.id).collect::<Vec<_>>(),
+            "newest first, no gaps"
+        );
+        let failed = shop
+            .store
+            .list_webhook_deliveries()
+            .id(all.id)
+            .status(WebhookDeliveryStatus::Failed)
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(failed.deliveries.is_empty());
+        // A cursor of another list is refused.
+        let err = problem(
+            shop.store
+                .list_webhook_deliveries()
+                .id(messages.id)
+                .cursor(first.pagination.next_cursor.unwrap())
+                .send()
+                .await,
+        );
+        assert_eq!(err.code, "invalid_cursor");
+
+        // /metrics counts them.
+        let metrics = shop
+            .app
+            .http()
+            .get(shop.app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains(r#"webhook_attempts_total{outcome="succeeded"}"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("webhook_attempt_duration_seconds_bucket"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("webhook_deliveries_pending 0"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("webhook_deliveries_created_total"),
+            "{metrics}"
+        );
+    }
+);
+
+with_webhooks!(
+    failed_attempts_are_retried_with_one_webhook_id,
+    |shop| async move {
+        let receiver = Receiver::start().await;
+        receiver.script("flaky", [Reply::Status(500), Reply::Status(503)]);
+        receiver.always("down", Reply::Status(500));
+        let flaky = create(
+            &shop.store,
+            json!({"url": receiver.url("flaky"), "event_types": ["message.created"]}),
+        )
+        .await;
+        let down = create(
+            &shop.store,
+            json!({"url": receiver.url("down"), "event_types": ["message.created"]}),
+        )
+        .await;
+        let thread = open_thread(&shop.store, shop.jane.id).await;
+        send(&shop.store, thread.id, "Any news?").await;
+
+        // 500, 503, then 200: three attempts of one delivery.
+        let attempts = receiver.wait_for("flaky", 3, WAIT).await;
+        let id = &attempts[0].id;
+        for attempt in &attempts {
+            assert_eq!(&attempt.id, id, "the same webhook-id on every attempt");
+            assert_eq!(
+                attempt.body, attempts[0].body,
+                "the same body on every attempt"
+            );
+            assert!(verify_webhook(
+                &flaky.secret,
+                &attempt.id,
+                &attempt.timestamp,
+                &attempt.signature,
+                attempt.body.as_bytes()
+            ));
+        }
+        for pair in attempts.windows(2) {
+            assert!(pair[1].at - pair[0].at >= RETRY, "retries wait their delay");
+        }
+        let list = deliveries_until(&shop.store, flaky.id, |l| {
+            l.first()
+                .is_some_and(|d| d.status == WebhookDeliveryStatus::Succeeded)
+        })
+        .await;
+        assert_eq!(list.len(), 1);
+        assert_eq!(
+            (list[0].attempts, list[0].last_response_status),
+            (3, Some(200))
+        );
+        let recorded = attempts_of(&shop.app, list[0].id).await;
+        let summary: Vec<(i32, &str, Option<i32>)> = recorded
+            .iter()
+            .map(|a| (a.attempt, a.outcome.as_str(), a.response_status))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, "http_error", Some(500)),
+                (2, "http_error", Some(503)),
+                (3, "succeeded", Some(200))
+            ]
+        );
+
+        // Always 500: the first attempt and three retries, then the delivery fails for good.
+        let list = deliveries_until(&shop.store, down.id, |l| {
+            l.first()
+                .is_some_and(|d| d.status == WebhookDeliveryStatus::Failed)
+        })
+        .await;
+        assert_eq!(
+            (
+                list[0].attempts,
+                list[0].last_response_status,
+                list[0].next_attempt_at
+            ),
+            (4, Some(500), None)
+        );
+        tokio::time::sleep(RETRY * 2).await;
+        assert_eq!(
+            receiver.received("down").len(),
+            4,
+            "no attempt after the last"
+        );
+        assert_eq!(attempts_of(&shop.app, list[0].id).await.len(), 4);
+    }
+);
+
+with_webhooks!(a_410_disables_the_endpoint, |shop| async move {
+    let receiver = Receiver::start().await;
+    receiver.script("gone", [Reply::Status(410)]);
+    let gone = create(
+        &shop.store,
+        json!({"url": receiver.url("gone"), "event_types": ["message.created"]}),
+    )
+    .await;
+    let thread = open_thread(&shop.store, shop.jane.id).await;
+    send(&shop.store, thread.id, "First").await;
+    receiver.wait_for("gone", 1, WAIT).await;
+    let list = deliveries_until(&shop.store, gone.id, |l| {
+        l.first()
+            .is_some_and(|d| d.status == WebhookDeliveryStatus::Failed)
+    })
+    .await;
+    assert_eq!(
+        (list[0].attempts, list[0].last_response_status),
+        (1, Some(410)),
+        "410 is not retried"
+    );
+    let endpoint = shop
+        .store
+        .get_webhook_endpoint()
+        .id(gone.id)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!endpoint.enabled, "410 disabled the endpoint");
+
+    // Disabled: later events are not sent.
+    send(&shop.store, thread.id, "Second").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(receiver.received("gone").len(), 1);
+
+    // Enabled again: new events are sent.
+    let body: types::UpdateWebhookEndpointRequest =
+        serde_json::from_value(json!({"enabled": true})).unwrap();
+    shop.store
+        .update_webhook_endpoint()
+        .id(gone.id)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let third = send(&shop.store, thread.id, "Third").await;
+    let received = receiver.wait_for("gone", 2, WAIT).await;
+    let body: Value = serde_json::from_str(&received[1].body).unwrap();
+    assert_eq!(body["data"]["message"]["id"], third.id.to_string());
+});
+
+with_webhooks!(
+    live_mode_never_reaches_private_addresses,
+    |shop| async move {
+        let receiver = Receiver::start().await;
+        let live = shop.app.client(&shop.live_secret_key);
+        let endpoint = create(
+            &live,
+            json!({"url": "https://hooks.acme.example/in", "event_types": ["message.created"]}),
+        )
+        .await;
+        // The stored URL now names loopback, as a changed rule or record could make it: the worker
+        // checks every attempt's addresses, so nothing is sent.
+        webhook_endpoint::Entity::update_many()
+            .col_expr(
+                webhook_endpoint::Column::Url,
+                Expr::value(format!("https://127.0.0.1:{}/live", receiver.port())),
+            )
+            .filter(webhook_endpoint::Column::Id.eq(endpoint.id))
+            .exec(shop.app.service.database())
+            .await
+            .unwrap();
+        let lena = register_customer(&live, "lena@example.com", "Lena").await;
+        let thread = open_thread(&live, lena.id).await;
+        send(&live, thread.id, "Live order update").await;
+        let list = deliveries_until(&live, endpoint.id, |l| {
+            l.first().is_some_and(|d| d.attempts >= 2)
+        })
+        .await;
+        assert_eq!(list[0].last_response_status, None);
+        let recorded = attempts_of(&shop.app, list[0].id).await;
+        assert!(
+            recorded.iter().all(|a| a.outcome == "refused"),
+            "{recorded:#?}"
+        );
+        assert!(
+            receiver.received("live").is_empty(),
+            "no request reached the receiver"
+        );
+    }
+);
+
+with_webhooks!(
+    a_hanging_receiver_does_not_hold_up_others,
+    |shop| async move {
+        let receiver = Receiver::start().await;
+        receiver.always("slow", Reply::Hang(Duration::from_secs(30)));
+        let slow = create(
+            &shop.store,
+            json!({"url": receiver.url("slow"), "event_types": ["message.created"]}),
+        )
+        .await;
+        create(
+            &shop.store,
+            json!({"url": receiver.url("fast"), "event_types": ["message.created"]}),
+        )
+        .await;
+        let thread = open_thread(&shop.store, shop.jane.id).await;
+        let started = std::time::Instant::now();
+        for i in 0..12 {
+            send(&shop.store, thread.id, &format!("Update {i}")).await;
+        }
+        // The fast receiver gets all twelve while the slow one hangs every attempt it gets.
+        receiver.wait_for("fast", 12, Duration::from_secs(5)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The API answers at once meanwhile.
+        let before = std::time::Instant::now();
+        shop.store
+            .get_thread()
+            .id(thread.id.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(before.elapsed() < Duration::from_secs(1));
+        // The slow endpoint's attempts time out after 1 s and are retried; at most four at once.
+        let list = deliveries_until(&shop.store, slow.id, |l| {
+            l.len() == 12 && l.iter().any(|d| d.attempts >= 1)
+        })
+        .await;
+        let timed_out = list.iter().find(|d| d.attempts >= 1).unwrap();
+        let recorded = attempts_of(&shop.app, timed_out.id).await;
+        assert_eq!(recorded[0].outcome, "timeout");
+        assert!(
+            recorded[0].duration_ms < 3_000,
+            "{}",
+            recorded[0].duration_ms
+        );
     }
 );
