@@ -151,6 +151,9 @@ struct Fixture {
     expired_token: String,
     /// Jane's token claiming to be Bob, with Jane's signature.
     tampered_token: String,
+    /// A position of the event feed taken after the decoys were made: reading the feed after it
+    /// shows each case's target to whoever may see it.
+    feed_start: String,
 }
 
 /// What a case acts on, made fresh for each case so owner calls cannot disturb other cases.
@@ -225,6 +228,7 @@ impl Fixture {
             carol,
             expired_token,
             tampered_token,
+            feed_start: String::new(),
         };
         // Decoys: threads in every other scope, so lists have something to leak.
         fixture
@@ -237,6 +241,18 @@ impl Fixture {
             .start_conversation(&fixture.other.publishable_key_test, &fixture.carol)
             .await;
         fixture.check_credentials().await;
+        let mut fixture = fixture;
+        let response = fixture
+            .app
+            .http()
+            .get(fixture.app.url("/v1/messaging/events"))
+            .bearer_auth(&fixture.acme.secret_key_test)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        fixture.feed_start = body["next_after"].as_str().unwrap().to_owned();
         fixture
     }
 
@@ -646,6 +662,22 @@ fn cases() -> Vec<Case> {
             store: SUCCEEDS,
             ..Case::new("getChannelMessages")
         },
+        // The event feed: everyone reads their own; the target's events reach only Jane and
+        // the store.
+        Case {
+            query: Some(|f, _| format!("after={}", f.feed_start)),
+            foreign_store: Some(Expect::SeesNothing(200)),
+            other_customer: Some(Expect::SeesNothing(200)),
+            store: SUCCEEDS,
+            ..Case::new("listEvents")
+        },
+        Case {
+            query: Some(|f, _| format!("after={}", f.feed_start)),
+            foreign_store: Some(Expect::SeesNothing(200)),
+            other_customer: Some(Expect::SeesNothing(200)),
+            store: SUCCEEDS,
+            ..Case::new("streamEvents")
+        },
         // Auth: a foreign key works on its own store and mode, where Jane does not exist.
         Case {
             body: Some(|_, _| {
@@ -1036,8 +1068,12 @@ async fn send(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let text = response.text().await.unwrap();
-    let body: Value = if text.is_empty() {
+    let text = if content_type.starts_with("text/event-stream") {
+        read_stream_for(response, std::time::Duration::from_millis(500)).await
+    } else {
+        response.text().await.unwrap()
+    };
+    let body: Value = if text.is_empty() || content_type.starts_with("text/event-stream") {
         Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -1051,6 +1087,18 @@ async fn send(
         assert_eq!(body["request_id"], request_id.as_str());
     }
     (status, text, body)
+}
+
+/// What an event stream sends within `time` (it never ends by itself).
+async fn read_stream_for(mut response: reqwest::Response, time: std::time::Duration) -> String {
+    let mut text = Vec::new();
+    let _ = tokio::time::timeout(time, async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            text.extend_from_slice(&chunk);
+        }
+    })
+    .await;
+    String::from_utf8(text).expect("event streams are UTF-8")
 }
 
 async fn run_case(f: &Fixture, operation: &Operation, case: &Case, report: &mut Vec<String>) {

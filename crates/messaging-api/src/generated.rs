@@ -3486,6 +3486,9 @@ pub struct ListEventsParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
     /// An event `id` or a `next_after`; the answer starts strictly after it.
     pub after: Option<String>,
     /// Most events in one answer, 1 to 200.
@@ -3571,6 +3574,9 @@ pub struct StreamEventsParams {
     /// Customer session `access_token`. With it the caller acts as that customer and the
     /// ownership gates apply; without it a secret key acts as the store.
     pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
     /// The `id` of the last event received; the stream resumes after it.
     pub last_event_id: Option<String>,
     /// Where to start when there is no `Last-Event-ID`, as in `listEvents`.
@@ -5233,6 +5239,10 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
         /// An event `id` or a `next_after`; the answer starts strictly after it.
         #[oai(name = "after", validator(max_length = 64))]
         after: Query<Option<String>>,
@@ -5256,6 +5266,7 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 ListEventsParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     after: after.0,
                     limit: limit.0,
                     wait: wait.0,
@@ -5284,6 +5295,10 @@ impl<T: MessagingApi> Api<T> {
         /// ownership gates apply; without it a secret key acts as the store.
         #[oai(name = "x-auth-token")]
         x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
         /// The `id` of the last event received; the stream resumes after it.
         #[oai(name = "Last-Event-ID", validator(max_length = 64))]
         last_event_id: Header<Option<String>>,
@@ -5296,6 +5311,7 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 StreamEventsParams {
                     x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
                     last_event_id: last_event_id.0,
                     after: after.0,
                 },

@@ -2177,6 +2177,60 @@ when its schedule came due): `{channel_id, message}`.
                 })
         }
     }
+    ///`ListEventsXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListEventsXActingUser(::std::string::String);
+    impl ::std::ops::Deref for ListEventsXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListEventsXActingUser> for ::std::string::String {
+        fn from(value: ListEventsXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListEventsXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListEventsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListEventsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListEventsXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///`ListSubscribersXActingUser`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -3947,6 +4001,60 @@ when its schedule came due): `{channel_id, message}`.
         }
     }
     impl<'de> ::serde::Deserialize<'de> for StreamEventsLastEventId {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`StreamEventsXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct StreamEventsXActingUser(::std::string::String);
+    impl ::std::ops::Deref for StreamEventsXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<StreamEventsXActingUser> for ::std::string::String {
+        fn from(value: StreamEventsXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for StreamEventsXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for StreamEventsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for StreamEventsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for StreamEventsXActingUser {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -10015,6 +10123,9 @@ Arguments:
 - `after`: An event `id` or a `next_after`; the answer starts strictly after it.
 - `limit`: Most events in one answer, 1 to 200.
 - `wait`: Seconds (0 to 30) to wait for a first event when there is none yet.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
@@ -10023,6 +10134,7 @@ let response = client.list_events()
     .after(after)
     .limit(limit)
     .wait(wait)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .send()
     .await;
@@ -10045,6 +10157,9 @@ Sends a `GET` request to `/v1/messaging/events/stream`
 Arguments:
 - `after`: Where to start when there is no `Last-Event-ID`, as in `listEvents`.
 - `last_event_id`: The `id` of the last event received; the stream resumes after it.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
 - `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
 ownership gates apply; without it a secret key acts as the store.
 
@@ -10052,6 +10167,7 @@ ownership gates apply; without it a secret key acts as the store.
 let response = client.stream_events()
     .after(after)
     .last_event_id(last_event_id)
+    .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .send()
     .await;
@@ -11759,6 +11875,7 @@ pub mod builder {
         after: Result<Option<types::ListEventsAfter>, String>,
         limit: Result<Option<::std::num::NonZeroU32>, String>,
         wait: Result<Option<i32>, String>,
+        x_acting_user: Result<Option<types::ListEventsXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> ListEvents<'a> {
@@ -11768,6 +11885,7 @@ pub mod builder {
                 after: Ok(None),
                 limit: Ok(None),
                 wait: Ok(None),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
             }
         }
@@ -11806,6 +11924,19 @@ pub mod builder {
                 .map_err(|_| "conversion to `i32` for wait failed".to_string());
             self
         }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListEventsXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListEventsXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::std::string::String>,
@@ -11823,13 +11954,14 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::EventList>, Error<types::Problem>> {
-            let Self { client, after, limit, wait, x_auth_token } = self;
+            let Self { client, after, limit, wait, x_acting_user, x_auth_token } = self;
             let after = after.map_err(Error::InvalidRequest)?;
             let limit = limit.map_err(Error::InvalidRequest)?;
             let wait = wait.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/messaging/events", client.baseurl,);
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -11837,6 +11969,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);
             }
@@ -11909,6 +12044,7 @@ pub mod builder {
         client: &'a super::Client,
         after: Result<Option<types::StreamEventsAfter>, String>,
         last_event_id: Result<Option<types::StreamEventsLastEventId>, String>,
+        x_acting_user: Result<Option<types::StreamEventsXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
     }
     impl<'a> StreamEvents<'a> {
@@ -11917,6 +12053,7 @@ pub mod builder {
                 client: client,
                 after: Ok(None),
                 last_event_id: Ok(None),
+                x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
             }
         }
@@ -11945,6 +12082,19 @@ pub mod builder {
                 });
             self
         }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::StreamEventsXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `StreamEventsXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
         pub fn x_auth_token<V>(mut self, value: V) -> Self
         where
             V: std::convert::TryInto<::std::string::String>,
@@ -11962,12 +12112,13 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<ByteStream>, Error<types::Problem>> {
-            let Self { client, after, last_event_id, x_auth_token } = self;
+            let Self { client, after, last_event_id, x_acting_user, x_auth_token } = self;
             let after = after.map_err(Error::InvalidRequest)?;
             let last_event_id = last_event_id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/messaging/events/stream", client.baseurl,);
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(4usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -11977,6 +12128,9 @@ pub mod builder {
                 );
             if let Some(value) = last_event_id {
                 header_map.append("Last-Event-ID", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
             }
             if let Some(value) = x_auth_token {
                 header_map.append("x-auth-token", value.to_string().try_into()?);

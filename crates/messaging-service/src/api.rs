@@ -329,9 +329,7 @@ impl MessagingApi for MessagingService {
 
     async fn list_events(&self, api_key: String, params: ListEventsParams) -> ListEventsResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             // Validated by the generated layer (1 to 200, 0 to 30); the clamps only guard the
             // conversions.
             let wait = std::time::Duration::from_secs(params.wait.clamp(0, 30) as u64);
@@ -352,9 +350,7 @@ impl MessagingApi for MessagingService {
         params: StreamEventsParams,
     ) -> StreamEventsResponse {
         let result = async {
-            let caller = self
-                .messaging_caller(&api_key, params.x_auth_token.as_deref())
-                .await?;
+            let (caller, _) = participant!(self, api_key, params).await?;
             self.stream_events(
                 &caller,
                 params.last_event_id.as_deref(),
