@@ -24,7 +24,7 @@ use chrono::Utc;
 use messaging_server::{HttpSettings, RateLimitSettings};
 use messaging_service::{
     CreatedStore, KeyInfo, OtpDelivery,
-    entity::{api_key, thread},
+    entity::{api_key, thread, webhook_endpoint},
 };
 use messaging_tests::{
     Backend, TestApp, both_backends, sign_test_token, spawn_app, spawn_app_with,
@@ -168,6 +168,8 @@ struct Target {
     otp_code: String,
     /// An unused refresh token of Jane's.
     refresh_token: String,
+    /// A webhook endpoint of Acme (test mode), the only one: a store has at most 20.
+    endpoint: Uuid,
 }
 
 impl Fixture {
@@ -330,6 +332,7 @@ impl Fixture {
         .await;
         assert_eq!(status, StatusCode::ACCEPTED);
         Target {
+            endpoint: self.new_endpoint().await,
             thread,
             message,
             channel: self.jane_channel().await,
@@ -339,6 +342,24 @@ impl Fixture {
                 .unwrap()
                 .to_owned(),
         }
+    }
+
+    /// A fresh webhook endpoint of Acme's test mode, replacing the previous case's. Its URL is a
+    /// closed loopback port: deliveries to it fail in the background without reaching anything.
+    async fn new_endpoint(&self) -> Uuid {
+        webhook_endpoint::Entity::delete_many()
+            .exec(self.app.service.database())
+            .await
+            .unwrap();
+        let (status, body) = post(
+            &self.app,
+            "/v1/webhooks/endpoints",
+            &self.acme.secret_key_test,
+            json!({"url": "http://127.0.0.1:9/hooks", "description": "Order system"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().parse().unwrap()
     }
 
     /// The channel whose subscribers are exactly Jane and Acme.
@@ -508,6 +529,7 @@ fn cases() -> Vec<Case> {
     const MESSAGE_404: Option<Expect> = problem(404, "message_not_found");
     const MESSAGE_403: Option<Expect> = problem(403, "message_not_owned");
     const CHANNEL_404: Option<Expect> = problem(404, "channel_not_found");
+    const ENDPOINT_404: Option<Expect> = problem(404, "webhook_endpoint_not_found");
     const SUCCEEDS: Option<Expect> = Some(Expect::Succeeds);
     vec![
         // Messaging: collections.
@@ -678,6 +700,34 @@ fn cases() -> Vec<Case> {
             store: SUCCEEDS,
             ..Case::new("streamEvents")
         },
+        // Webhooks: the store's secret key only; a foreign key sees its own (empty) scope.
+        Case {
+            foreign_store: Some(Expect::SeesNothing(200)),
+            ..Case::new("listWebhookEndpoints")
+        },
+        Case {
+            body: Some(|_, _| json!({"url": "https://hooks.acme.example/in"})),
+            foreign_store: Some(Expect::WritesOwnScope(201)),
+            ..Case::new("createWebhookEndpoint")
+        },
+        Case {
+            foreign_store: ENDPOINT_404,
+            ..Case::new("getWebhookEndpoint")
+        },
+        Case {
+            body: Some(|_, _| json!({"enabled": false, "description": "Paused"})),
+            foreign_store: ENDPOINT_404,
+            ..Case::new("updateWebhookEndpoint")
+        },
+        Case {
+            foreign_store: ENDPOINT_404,
+            ..Case::new("deleteWebhookEndpoint")
+        },
+        Case {
+            query: Some(|_, _| "limit=10".to_owned()),
+            foreign_store: ENDPOINT_404,
+            ..Case::new("listWebhookDeliveries")
+        },
         // Auth: a foreign key works on its own store and mode, where Jane does not exist.
         Case {
             body: Some(|_, _| {
@@ -722,6 +772,7 @@ fn path_value(f: &Fixture, target: &Target, collection: &str, name: &str, path: 
         // Jane herself, the contact subscriber of her thread.
         ("subscribers", "subscriber_id") => f.jane.id.to_string(),
         ("reactions", "emoji") => "👍".to_owned(),
+        ("endpoints", "id") => target.endpoint.to_string(),
         _ => panic!(
             "no value for path parameter `{name}` of {path}: add one to `path_value` (and to \
              `Target`) in tests/tests/security.rs"
@@ -976,6 +1027,15 @@ fn rows(f: &Fixture, operation: &Operation, case: &Case) -> Vec<Row> {
 /// Every row of every table, as JSON text, by table.
 type Snapshot = BTreeMap<String, BTreeSet<String>>;
 
+/// Tables the webhook dispatcher and worker write on their own schedule (queuing and attempting
+/// deliveries of earlier cases' events), whatever the request under test did. Whether a request
+/// queued something shows in `events`, which only the request's own transaction writes.
+const BACKGROUND_TABLES: [&str; 3] = [
+    "webhook_deliveries",
+    "webhook_attempts",
+    "webhook_dispatch_positions",
+];
+
 async fn snapshot(db: &DatabaseConnection) -> Snapshot {
     let backend = db.get_database_backend();
     let tables_sql = match backend {
@@ -995,6 +1055,9 @@ async fn snapshot(db: &DatabaseConnection) -> Snapshot {
     let mut snapshot = Snapshot::new();
     for table in tables {
         let name: String = table.try_get("", "name").unwrap();
+        if BACKGROUND_TABLES.contains(&name.as_str()) {
+            continue;
+        }
         let rows = db
             .query_all_raw(Statement::from_string(
                 backend,
@@ -1110,6 +1173,7 @@ async fn run_case(f: &Fixture, operation: &Operation, case: &Case, report: &mut 
     };
     let secrets = f.secrets(&target);
     let target_ids = [
+        target.endpoint.to_string(),
         target.thread.to_string(),
         target.message.to_string(),
         target.channel.to_string(),
