@@ -994,3 +994,120 @@ with_webhooks!(
         );
     }
 );
+
+// ---------------------------------------------------------------------------------------------
+// The README's verification examples, against real deliveries.
+
+/// The code block that follows `<!-- verify-webhook: <language> -->` in the README.
+fn readme_example(language: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("the README is readable");
+    let marker = format!("<!-- verify-webhook: {language} -->\n");
+    let start = readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {marker} in the README"));
+    let block = &readme[start + marker.len()..];
+    let code = block.split_once('\n').expect("a fence line").1;
+    code.split_once("\n```\n")
+        .expect("a closing fence")
+        .0
+        .to_owned()
+}
+
+/// Runs `program` (with `args`) and returns what it printed.
+fn run(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    assert!(
+        output.status.success(),
+        "{program}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+with_webhooks!(
+    the_readme_examples_verify_real_deliveries,
+    |shop| async move {
+        let receiver = Receiver::start().await;
+        let endpoint = create(
+            &shop.store,
+            json!({"url": receiver.url("readme"), "event_types": ["thread.created"]}),
+        )
+        .await;
+        open_thread(&shop.store, shop.jane.id).await;
+        let delivery = receiver.wait_for("readme", 1, WAIT).await.remove(0);
+
+        // Rust: the README's function is the one the other tests verify deliveries with.
+        let source = include_str!("../src/webhook_receiver.rs");
+        let begin = "// README: verify-webhook-rust (begin)\n";
+        let tested = &source[source.find(begin).unwrap() + begin.len()
+            ..source.find("// README: verify-webhook-rust (end)").unwrap()];
+        assert_eq!(
+            readme_example("rust").trim(),
+            tested.trim(),
+            "the README's Rust example is the tested one"
+        );
+        assert!(verify_webhook(
+            &endpoint.secret,
+            &delivery.id,
+            &delivery.timestamp,
+            &delivery.signature,
+            delivery.body.as_bytes()
+        ));
+        assert!(!verify_webhook(
+            &endpoint.secret,
+            &delivery.id,
+            &delivery.timestamp,
+            &delivery.signature,
+            format!("{} ", delivery.body).as_bytes()
+        ));
+
+        // Python and Node: the README's code, a driver that reads the captured delivery, and a
+        // tampered copy that must be refused.
+        let case = json!({
+            "secret": endpoint.secret,
+            "headers": {
+                "webhook-id": delivery.id,
+                "webhook-timestamp": delivery.timestamp,
+                "webhook-signature": delivery.signature,
+            },
+            "body": delivery.body,
+        });
+        let dir = std::env::temp_dir().join(format!("webhook-readme-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let case_path = dir.join("case.json");
+        std::fs::write(&case_path, case.to_string()).unwrap();
+        let case_path = case_path.to_str().unwrap();
+
+        let python = format!(
+            "{}\n\nimport json, sys\ncase = json.load(open(sys.argv[1]))\nbody = case['body'].encode()\n\
+         print(verify_webhook(case['secret'], case['headers'], body), \
+         verify_webhook(case['secret'], case['headers'], body + b' '))\n",
+            readme_example("python")
+        );
+        let script = dir.join("verify.py");
+        std::fs::write(&script, python).unwrap();
+        assert_eq!(
+            run("python3", &[script.to_str().unwrap(), case_path]).trim(),
+            "True False"
+        );
+
+        let node = format!(
+            "{}\n\nconst fs = require(\"node:fs\");\nconst c = JSON.parse(fs.readFileSync(process.argv[2], \"utf8\"));\n\
+         const body = Buffer.from(c.body, \"utf8\");\n\
+         console.log(verifyWebhook(c.secret, c.headers, body), \
+         verifyWebhook(c.secret, c.headers, Buffer.concat([body, Buffer.from(\" \")])));\n",
+            readme_example("node")
+        );
+        let script = dir.join("verify.js");
+        std::fs::write(&script, node).unwrap();
+        assert_eq!(
+            run("node", &[script.to_str().unwrap(), case_path]).trim(),
+            "true false"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+);
