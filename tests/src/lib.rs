@@ -1,13 +1,14 @@
 //! Test harness, zero-to-production style: `spawn_app` starts the real server in-process on
 //! `127.0.0.1:0` with a fresh database (SQLite in memory, or a PostgreSQL clone of a migrated
 //! template) and returns a [`TestApp`] with typed helpers. Also the OpenAPI normaliser and the
-//! JSON differ used by the contract tests, and the per-test log capture.
+//! JSON differ used by the contract tests, the per-test log capture, and a webhook receiver.
 
 pub mod fixtures;
 pub mod json_diff;
 mod log_capture;
 pub mod openapi_normal_form;
 mod postgres;
+pub mod webhook_receiver;
 
 use std::net::SocketAddr;
 

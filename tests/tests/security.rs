@@ -23,7 +23,7 @@ use chrono::Utc;
 use messaging_server::{HttpSettings, RateLimitSettings};
 use messaging_service::{
     CreatedStore, KeyInfo, OtpDelivery,
-    entity::{api_key, thread},
+    entity::{api_key, thread, webhook_endpoint},
 };
 use messaging_tests::{
     Backend, TestApp, both_backends, capture_logs, sign_test_token, spawn_app, spawn_app_with,
@@ -150,6 +150,9 @@ struct Fixture {
     expired_token: String,
     /// Jane's token claiming to be Bob, with Jane's signature.
     tampered_token: String,
+    /// A position of the event feed taken after the decoys were made: reading the feed after it
+    /// shows each case's target to whoever may see it.
+    feed_start: String,
 }
 
 /// What a case acts on, made fresh for each case so owner calls cannot disturb other cases.
@@ -164,6 +167,8 @@ struct Target {
     otp_code: String,
     /// An unused refresh token of Jane's.
     refresh_token: String,
+    /// A webhook endpoint of Acme (test mode), the only one: a store has at most 20.
+    endpoint: Uuid,
 }
 
 impl Fixture {
@@ -224,6 +229,7 @@ impl Fixture {
             carol,
             expired_token,
             tampered_token,
+            feed_start: String::new(),
         };
         // Decoys: threads in every other scope, so lists have something to leak.
         fixture
@@ -236,6 +242,18 @@ impl Fixture {
             .start_conversation(&fixture.other.publishable_key_test, &fixture.carol)
             .await;
         fixture.check_credentials().await;
+        let mut fixture = fixture;
+        let response = fixture
+            .app
+            .http()
+            .get(fixture.app.url("/v1/messaging/events"))
+            .bearer_auth(&fixture.acme.secret_key_test)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        fixture.feed_start = body["next_after"].as_str().unwrap().to_owned();
         fixture
     }
 
@@ -313,6 +331,7 @@ impl Fixture {
         .await;
         assert_eq!(status, StatusCode::ACCEPTED);
         Target {
+            endpoint: self.new_endpoint().await,
             thread,
             message,
             channel: self.jane_channel().await,
@@ -322,6 +341,24 @@ impl Fixture {
                 .unwrap()
                 .to_owned(),
         }
+    }
+
+    /// A fresh webhook endpoint of Acme's test mode, replacing the previous case's. Its URL is a
+    /// closed loopback port: deliveries to it fail in the background without reaching anything.
+    async fn new_endpoint(&self) -> Uuid {
+        webhook_endpoint::Entity::delete_many()
+            .exec(self.app.service.database())
+            .await
+            .unwrap();
+        let (status, body) = post(
+            &self.app,
+            "/v1/webhooks/endpoints",
+            &self.acme.secret_key_test,
+            json!({"url": "http://127.0.0.1:9/hooks", "description": "Order system"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().parse().unwrap()
     }
 
     /// The channel whose subscribers are exactly Jane and Acme.
@@ -491,6 +528,7 @@ fn cases() -> Vec<Case> {
     const MESSAGE_404: Option<Expect> = problem(404, "message_not_found");
     const MESSAGE_403: Option<Expect> = problem(403, "message_not_owned");
     const CHANNEL_404: Option<Expect> = problem(404, "channel_not_found");
+    const ENDPOINT_404: Option<Expect> = problem(404, "webhook_endpoint_not_found");
     const SUCCEEDS: Option<Expect> = Some(Expect::Succeeds);
     vec![
         // Messaging: collections.
@@ -645,6 +683,50 @@ fn cases() -> Vec<Case> {
             store: SUCCEEDS,
             ..Case::new("getChannelMessages")
         },
+        // The event feed: everyone reads their own; the target's events reach only Jane and
+        // the store.
+        Case {
+            query: Some(|f, _| format!("after={}", f.feed_start)),
+            foreign_store: Some(Expect::SeesNothing(200)),
+            other_customer: Some(Expect::SeesNothing(200)),
+            store: SUCCEEDS,
+            ..Case::new("listEvents")
+        },
+        Case {
+            query: Some(|f, _| format!("after={}", f.feed_start)),
+            foreign_store: Some(Expect::SeesNothing(200)),
+            other_customer: Some(Expect::SeesNothing(200)),
+            store: SUCCEEDS,
+            ..Case::new("streamEvents")
+        },
+        // Webhooks: the store's secret key only; a foreign key sees its own (empty) scope.
+        Case {
+            foreign_store: Some(Expect::SeesNothing(200)),
+            ..Case::new("listWebhookEndpoints")
+        },
+        Case {
+            body: Some(|_, _| json!({"url": "https://hooks.acme.example/in"})),
+            foreign_store: Some(Expect::WritesOwnScope(201)),
+            ..Case::new("createWebhookEndpoint")
+        },
+        Case {
+            foreign_store: ENDPOINT_404,
+            ..Case::new("getWebhookEndpoint")
+        },
+        Case {
+            body: Some(|_, _| json!({"enabled": false, "description": "Paused"})),
+            foreign_store: ENDPOINT_404,
+            ..Case::new("updateWebhookEndpoint")
+        },
+        Case {
+            foreign_store: ENDPOINT_404,
+            ..Case::new("deleteWebhookEndpoint")
+        },
+        Case {
+            query: Some(|_, _| "limit=10".to_owned()),
+            foreign_store: ENDPOINT_404,
+            ..Case::new("listWebhookDeliveries")
+        },
         // Auth: a foreign key works on its own store and mode, where Jane does not exist.
         Case {
             body: Some(|_, _| {
@@ -689,6 +771,7 @@ fn path_value(f: &Fixture, target: &Target, collection: &str, name: &str, path: 
         // Jane herself, the contact subscriber of her thread.
         ("subscribers", "subscriber_id") => f.jane.id.to_string(),
         ("reactions", "emoji") => "👍".to_owned(),
+        ("endpoints", "id") => target.endpoint.to_string(),
         _ => panic!(
             "no value for path parameter `{name}` of {path}: add one to `path_value` (and to \
              `Target`) in tests/tests/security.rs"
@@ -943,6 +1026,15 @@ fn rows(f: &Fixture, operation: &Operation, case: &Case) -> Vec<Row> {
 /// Every row of every table, as JSON text, by table.
 type Snapshot = BTreeMap<String, BTreeSet<String>>;
 
+/// Tables the webhook dispatcher and worker write on their own schedule (queuing and attempting
+/// deliveries of earlier cases' events), whatever the request under test did. Whether a request
+/// queued something shows in `events`, which only the request's own transaction writes.
+const BACKGROUND_TABLES: [&str; 3] = [
+    "webhook_deliveries",
+    "webhook_attempts",
+    "webhook_dispatch_positions",
+];
+
 async fn snapshot(db: &DatabaseConnection) -> Snapshot {
     let backend = db.get_database_backend();
     let tables_sql = match backend {
@@ -962,6 +1054,9 @@ async fn snapshot(db: &DatabaseConnection) -> Snapshot {
     let mut snapshot = Snapshot::new();
     for table in tables {
         let name: String = table.try_get("", "name").unwrap();
+        if BACKGROUND_TABLES.contains(&name.as_str()) {
+            continue;
+        }
         let rows = db
             .query_all_raw(Statement::from_string(
                 backend,
@@ -1035,8 +1130,12 @@ async fn send(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
-    let text = response.text().await.unwrap();
-    let body: Value = if text.is_empty() {
+    let text = if content_type.starts_with("text/event-stream") {
+        read_stream_for(response, std::time::Duration::from_millis(500)).await
+    } else {
+        response.text().await.unwrap()
+    };
+    let body: Value = if text.is_empty() || content_type.starts_with("text/event-stream") {
         Value::Null
     } else {
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
@@ -1052,6 +1151,18 @@ async fn send(
     (status, text, body)
 }
 
+/// What an event stream sends within `time` (it never ends by itself).
+async fn read_stream_for(mut response: reqwest::Response, time: std::time::Duration) -> String {
+    let mut text = Vec::new();
+    let _ = tokio::time::timeout(time, async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            text.extend_from_slice(&chunk);
+        }
+    })
+    .await;
+    String::from_utf8(text).expect("event streams are UTF-8")
+}
+
 async fn run_case(f: &Fixture, operation: &Operation, case: &Case, report: &mut Vec<String>) {
     let target = f.new_target().await;
     let path = concrete_path(f, operation, &target);
@@ -1061,6 +1172,7 @@ async fn run_case(f: &Fixture, operation: &Operation, case: &Case, report: &mut 
     };
     let secrets = f.secrets(&target);
     let target_ids = [
+        target.endpoint.to_string(),
         target.thread.to_string(),
         target.message.to_string(),
         target.channel.to_string(),

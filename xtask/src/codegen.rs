@@ -70,7 +70,7 @@ pub fn snake_case(name: &str) -> String {
     let mut out = String::new();
     let mut prev_lower = false;
     for ch in name.chars() {
-        if ch == '-' || ch == ' ' || ch == '_' {
+        if ch == '-' || ch == ' ' || ch == '_' || ch == '.' {
             if !out.ends_with('_') && !out.is_empty() {
                 out.push('_');
             }
@@ -115,5 +115,10 @@ mod tests {
         assert_eq!(snake_case("thread_type"), "thread_type");
         assert_eq!(pascal_case("order_inquiry"), "OrderInquiry");
         assert_eq!(pascal_case("getThreadMessages"), "GetThreadMessages");
+        assert_eq!(
+            pascal_case("channel.message_published"),
+            "ChannelMessagePublished"
+        );
+        assert_eq!(pascal_case("message.created"), "MessageCreated");
     }
 }

@@ -15,6 +15,10 @@ pub enum ApiTags {
     /// Threads and messages between customers and the store.
     #[oai(rename = "Messaging")]
     Messaging,
+    /// Endpoints of a store's backend that receive the store's events as signed HTTP POSTs
+    /// (Standard Webhooks 1.0). Every webhook operation requires a secret key.
+    #[oai(rename = "Webhooks")]
+    Webhooks,
 }
 /// A store's API key: `tybrite_sk_test_…`, `tybrite_pk_test_…`, `tybrite_sk_live_…` or
 /// `tybrite_pk_live_…`. Secret keys act as the store; publishable keys need `x-auth-token`.
@@ -1285,6 +1289,360 @@ impl poem_openapi::types::Example for Problem {
         <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
             .expect("the example of Problem in the spec must be valid")
     }
+}
+/// What an event reports. `thread.created`: `{thread, message}`; `thread.updated` (status,
+/// priority, flags, location or name changed) and `thread.read` (a reader's
+/// markThreadRead): `{thread}`; `message.created` (any sender, system messages too) and
+/// `message.updated` (edited, or its reactions changed): `{message}`; `message.deleted`:
+/// `{message_id, deleted_at}`; `subscriber.added` and `subscriber.removed`:
+/// `{subscriber}`; `channel.message_published` (a message reached its channel, at once or
+/// when its schedule came due): `{channel_id, message}`.
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    #[oai(rename = "thread.created")]
+    ThreadCreated,
+    #[oai(rename = "thread.updated")]
+    ThreadUpdated,
+    #[oai(rename = "thread.read")]
+    ThreadRead,
+    #[oai(rename = "message.created")]
+    MessageCreated,
+    #[oai(rename = "message.updated")]
+    MessageUpdated,
+    #[oai(rename = "message.deleted")]
+    MessageDeleted,
+    #[oai(rename = "subscriber.added")]
+    SubscriberAdded,
+    #[oai(rename = "subscriber.removed")]
+    SubscriberRemoved,
+    #[oai(rename = "channel.message_published")]
+    ChannelMessagePublished,
+}
+impl EventType {
+    /// The wire name of this value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ThreadCreated => "thread.created",
+            Self::ThreadUpdated => "thread.updated",
+            Self::ThreadRead => "thread.read",
+            Self::MessageCreated => "message.created",
+            Self::MessageUpdated => "message.updated",
+            Self::MessageDeleted => "message.deleted",
+            Self::SubscriberAdded => "subscriber.added",
+            Self::SubscriberRemoved => "subscriber.removed",
+            Self::ChannelMessagePublished => "channel.message_published",
+        }
+    }
+}
+impl ::std::str::FromStr for EventType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "thread.created" => Ok(Self::ThreadCreated),
+            "thread.updated" => Ok(Self::ThreadUpdated),
+            "thread.read" => Ok(Self::ThreadRead),
+            "message.created" => Ok(Self::MessageCreated),
+            "message.updated" => Ok(Self::MessageUpdated),
+            "message.deleted" => Ok(Self::MessageDeleted),
+            "subscriber.added" => Ok(Self::SubscriberAdded),
+            "subscriber.removed" => Ok(Self::SubscriberRemoved),
+            "channel.message_published" => Ok(Self::ChannelMessagePublished),
+            other => Err(format!("unknown {} value `{other}`", "EventType")),
+        }
+    }
+}
+/// The objects an event carries, shaped exactly as the REST answers shape them, so a
+/// client applies an event without another request. Which fields are present depends on
+/// the event's `type` (see `EventType`).
+#[derive(Object, Debug, Clone, PartialEq, Default)]
+pub struct EventData {
+    #[oai(rename = "thread", skip_serializing_if_is_none)]
+    pub thread: Option<Thread>,
+    #[oai(rename = "message", skip_serializing_if_is_none)]
+    pub message: Option<Message>,
+    /// The deleted message (`message.deleted`).
+    #[oai(rename = "message_id", skip_serializing_if_is_none)]
+    pub message_id: Option<uuid::Uuid>,
+    /// When it was deleted (`message.deleted`).
+    #[oai(rename = "deleted_at", skip_serializing_if_is_none)]
+    pub deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[oai(rename = "subscriber", skip_serializing_if_is_none)]
+    pub subscriber: Option<Subscriber>,
+    /// The channel the message reached (`channel.message_published`).
+    #[oai(rename = "channel_id", skip_serializing_if_is_none)]
+    pub channel_id: Option<uuid::Uuid>,
+}
+/// One change a reader could see.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Opaque; orders the feed. Pass it as `after` or `Last-Event-ID` to resume after this event.
+    #[oai(rename = "id", deserialize_with = "strict_string")]
+    pub id: String,
+    #[oai(rename = "type")]
+    pub r#type: EventType,
+    /// When the change was made.
+    #[oai(rename = "created_at")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The thread the event is about; absent where no thread is involved.
+    #[oai(rename = "thread_id", skip_serializing_if_is_none)]
+    pub thread_id: Option<uuid::Uuid>,
+    #[oai(rename = "data")]
+    pub data: EventData,
+}
+/// A caller's next events and where to continue.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct EventList {
+    /// Oldest first.
+    #[oai(rename = "events")]
+    pub events: Vec<Event>,
+    /// Pass as `after` in the next call.
+    #[oai(rename = "next_after", deserialize_with = "strict_string")]
+    pub next_after: String,
+}
+/// Where a store's backend receives the store's events (its secret is shown only at creation).
+#[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
+pub struct WebhookEndpoint {
+    /// Endpoint id.
+    #[oai(rename = "id")]
+    pub id: uuid::Uuid,
+    /// Where events are POSTed.
+    #[oai(rename = "url", deserialize_with = "strict_string")]
+    pub url: String,
+    /// The event types sent here; empty means all.
+    #[oai(rename = "event_types")]
+    pub event_types: Vec<EventType>,
+    /// What the endpoint is for.
+    #[oai(
+        rename = "description",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub description: Option<String>,
+    /// Whether events are sent. `false` after the receiver answered 410 Gone, or when turned off.
+    #[oai(rename = "enabled")]
+    pub enabled: bool,
+    /// When the endpoint was created; it receives events from then on.
+    #[oai(rename = "created_at")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+impl poem_openapi::types::Example for WebhookEndpoint {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"created_at\":\"2026-11-29T10:00:00Z\",\"description\":\"Order system\",\"enabled\":true,\"event_types\":[\"message.created\",\"thread.updated\"],\"id\":\"01936f3e-7c4a-7d2e-9a5b-3c1d2e4f5a6b\",\"url\":\"https://backend.acme.example/webhooks/messaging\"}",
+            )
+            .expect("the example of WebhookEndpoint in the spec must be valid");
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect("the example of WebhookEndpoint in the spec must be valid")
+    }
+}
+/// A new endpoint with its signing secret, shown only in this answer.
+#[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
+pub struct CreatedWebhookEndpoint {
+    /// Endpoint id.
+    #[oai(rename = "id")]
+    pub id: uuid::Uuid,
+    /// Where events are POSTed.
+    #[oai(rename = "url", deserialize_with = "strict_string")]
+    pub url: String,
+    /// The event types sent here; empty means all.
+    #[oai(rename = "event_types")]
+    pub event_types: Vec<EventType>,
+    /// What the endpoint is for.
+    #[oai(
+        rename = "description",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none
+    )]
+    pub description: Option<String>,
+    /// Whether events are sent.
+    #[oai(rename = "enabled")]
+    pub enabled: bool,
+    /// When the endpoint was created; it receives events from then on.
+    #[oai(rename = "created_at")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The signing secret: `whsec_` and the base64 of 32 random bytes. Verify each delivery
+    /// with the base64-decoded part after `whsec_` as the HMAC-SHA256 key (Standard
+    /// Webhooks 1.0). Shown only here.
+    #[oai(rename = "secret", deserialize_with = "strict_string")]
+    pub secret: String,
+}
+impl poem_openapi::types::Example for CreatedWebhookEndpoint {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"created_at\":\"2026-11-29T10:00:00Z\",\"description\":\"Order system\",\"enabled\":true,\"event_types\":[\"message.created\",\"thread.updated\"],\"id\":\"01936f3e-7c4a-7d2e-9a5b-3c1d2e4f5a6b\",\"secret\":\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw2jYmzNxVm2I=\",\"url\":\"https://backend.acme.example/webhooks/messaging\"}",
+            )
+            .expect("the example of CreatedWebhookEndpoint in the spec must be valid");
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect("the example of CreatedWebhookEndpoint in the spec must be valid")
+    }
+}
+/// A store's endpoints in one mode.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct WebhookEndpointList {
+    #[oai(rename = "endpoints")]
+    pub endpoints: Vec<WebhookEndpoint>,
+}
+/// A new endpoint.
+#[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
+pub struct CreateWebhookEndpointRequest {
+    /// Absolute `https://` URL (live mode), or `http(s)://` (test mode, loopback allowed).
+    #[oai(
+        rename = "url",
+        deserialize_with = "strict_string",
+        validator(max_length = 2048, min_length = 1)
+    )]
+    pub url: String,
+    /// Event types to send; empty or absent means all.
+    #[oai(
+        rename = "event_types",
+        skip_serializing_if_is_none,
+        validator(max_items = 20)
+    )]
+    pub event_types: Option<Vec<EventType>>,
+    /// What the endpoint is for.
+    #[oai(
+        rename = "description",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 500)
+    )]
+    pub description: Option<String>,
+}
+impl poem_openapi::types::Example for CreateWebhookEndpointRequest {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"description\":\"Order system\",\"event_types\":[\"message.created\",\"thread.updated\"],\"url\":\"https://backend.acme.example/webhooks/messaging\"}",
+            )
+            .expect(
+                "the example of CreateWebhookEndpointRequest in the spec must be valid",
+            );
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect(
+                "the example of CreateWebhookEndpointRequest in the spec must be valid",
+            )
+    }
+}
+/// Fields to change; at least one.
+#[derive(Object, Debug, Clone, PartialEq, Default)]
+#[oai(example)]
+pub struct UpdateWebhookEndpointRequest {
+    /// The new URL, under the same rules as at creation.
+    #[oai(
+        rename = "url",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 2048, min_length = 1)
+    )]
+    pub url: Option<String>,
+    /// The new event types; empty means all.
+    #[oai(
+        rename = "event_types",
+        skip_serializing_if_is_none,
+        validator(max_items = 20)
+    )]
+    pub event_types: Option<Vec<EventType>>,
+    /// `false` stops sending; `true` sends again (also after a 410 disabled it).
+    #[oai(rename = "enabled", skip_serializing_if_is_none)]
+    pub enabled: Option<bool>,
+    /// The new description.
+    #[oai(
+        rename = "description",
+        deserialize_with = "strict_string",
+        skip_serializing_if_is_none,
+        validator(max_length = 500)
+    )]
+    pub description: Option<String>,
+}
+impl poem_openapi::types::Example for UpdateWebhookEndpointRequest {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str("{\"enabled\":true}")
+            .expect(
+                "the example of UpdateWebhookEndpointRequest in the spec must be valid",
+            );
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect(
+                "the example of UpdateWebhookEndpointRequest in the spec must be valid",
+            )
+    }
+}
+/// `pending` until an attempt succeeds (`succeeded`) or the retries are exhausted (`failed`).
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WebhookDeliveryStatus {
+    #[oai(rename = "pending")]
+    Pending,
+    #[oai(rename = "succeeded")]
+    Succeeded,
+    #[oai(rename = "failed")]
+    Failed,
+}
+impl WebhookDeliveryStatus {
+    /// The wire name of this value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+impl ::std::str::FromStr for WebhookDeliveryStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "succeeded" => Ok(Self::Succeeded),
+            "failed" => Ok(Self::Failed),
+            other => Err(format!("unknown {} value `{other}`", "WebhookDeliveryStatus")),
+        }
+    }
+}
+/// One event sent to one endpoint, with every attempt counted.
+#[derive(Object, Debug, Clone, PartialEq)]
+#[oai(example)]
+pub struct WebhookDelivery {
+    /// Delivery id.
+    #[oai(rename = "id")]
+    pub id: uuid::Uuid,
+    /// The event's id, sent as `webhook-id` on every attempt.
+    #[oai(rename = "event_id", deserialize_with = "strict_string")]
+    pub event_id: String,
+    #[oai(rename = "event_type")]
+    pub event_type: EventType,
+    /// Attempts made so far.
+    #[oai(rename = "attempts")]
+    pub attempts: i32,
+    #[oai(rename = "status")]
+    pub status: WebhookDeliveryStatus,
+    /// HTTP status of the last attempt's answer; absent when none came (timeout, refused address, connection error).
+    #[oai(rename = "last_response_status", skip_serializing_if_is_none)]
+    pub last_response_status: Option<i32>,
+    /// When the next attempt is due; absent once the delivery succeeded or failed.
+    #[oai(rename = "next_attempt_at", skip_serializing_if_is_none)]
+    pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When the event was queued for this endpoint.
+    #[oai(rename = "created_at")]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+impl poem_openapi::types::Example for WebhookDelivery {
+    fn example() -> Self {
+        let value: serde_json::Value = serde_json::from_str(
+                "{\"attempts\":2,\"created_at\":\"2026-11-29T10:00:00Z\",\"event_id\":\"0000000000000042\",\"event_type\":\"message.created\",\"id\":\"01936f3e-9d1b-7e2f-8c3d-4e5f6a7b8c9d\",\"last_response_status\":503,\"next_attempt_at\":\"2026-11-29T10:05:05Z\",\"status\":\"pending\"}",
+            )
+            .expect("the example of WebhookDelivery in the spec must be valid");
+        <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
+            .expect("the example of WebhookDelivery in the spec must be valid")
+    }
+}
+/// A page of deliveries, newest first.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct WebhookDeliveryList {
+    #[oai(rename = "deliveries")]
+    pub deliveries: Vec<WebhookDelivery>,
+    #[oai(rename = "pagination")]
+    pub pagination: Pagination,
 }
 /// Parameters of `listThreads`.
 #[derive(Debug, Clone)]
@@ -3122,6 +3480,632 @@ impl From<Problem> for RefreshSessionResponse {
         }
     }
 }
+/// Parameters of `listEvents`.
+#[derive(Debug, Clone)]
+pub struct ListEventsParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// An event `id` or a `next_after`; the answer starts strictly after it.
+    pub after: Option<String>,
+    /// Most events in one answer, 1 to 200.
+    pub limit: i32,
+    /// Seconds (0 to 30) to wait for a first event when there is none yet.
+    pub wait: i32,
+}
+/// Responses of `listEvents`.
+#[derive(ApiResponse, Debug)]
+pub enum ListEventsResponse {
+    /// The caller's next events and the position to continue from.
+    #[oai(status = 200)]
+    Ok(Json<EventList>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// The position is older than the retained window (`events_expired`); fetch the state again and start over.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for ListEventsResponse {
+    /// Picks the variant for `problem.status`; a status `listEvents` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            410u16 => Self::Gone(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "listEvents"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+fn default_list_events_limit() -> i32 {
+    100
+}
+fn default_list_events_wait() -> i32 {
+    0
+}
+/// Parameters of `streamEvents`.
+#[derive(Debug, Clone)]
+pub struct StreamEventsParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// The `id` of the last event received; the stream resumes after it.
+    pub last_event_id: Option<String>,
+    /// Where to start when there is no `Last-Event-ID`, as in `listEvents`.
+    pub after: Option<String>,
+}
+/// Responses of `streamEvents`.
+#[derive(ApiResponse)]
+pub enum StreamEventsResponse {
+    /// The stream of the caller's events, oldest first, open until the client leaves.
+    #[oai(status = 200, content_type = "text/event-stream")]
+    Ok(poem_openapi::payload::EventStream<futures::stream::BoxStream<'static, Event>>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// The position is older than the retained window (`events_expired`); fetch the state again and start over.
+    #[oai(status = 410, content_type = "application/problem+json")]
+    Gone(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl ::std::fmt::Debug for StreamEventsResponse {
+    fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+        f.write_str("StreamEventsResponse")
+    }
+}
+impl From<Problem> for StreamEventsResponse {
+    /// Picks the variant for `problem.status`; a status `streamEvents` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            410u16 => Self::Gone(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "streamEvents"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Responses of `listWebhookEndpoints`.
+#[derive(ApiResponse, Debug)]
+pub enum ListWebhookEndpointsResponse {
+    /// The endpoints.
+    #[oai(status = 200)]
+    Ok(Json<WebhookEndpointList>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for ListWebhookEndpointsResponse {
+    /// Picks the variant for `problem.status`; a status `listWebhookEndpoints` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "listWebhookEndpoints"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Responses of `createWebhookEndpoint`.
+#[derive(ApiResponse, Debug)]
+pub enum CreateWebhookEndpointResponse {
+    /// The new endpoint with its signing secret.
+    #[oai(status = 201)]
+    Created(Json<CreatedWebhookEndpoint>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for CreateWebhookEndpointResponse {
+    /// Picks the variant for `problem.status`; a status `createWebhookEndpoint` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            409u16 => Self::Conflict(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "createWebhookEndpoint"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `getWebhookEndpoint`.
+#[derive(Debug, Clone)]
+pub struct GetWebhookEndpointParams {
+    /// Webhook endpoint id.
+    pub id: uuid::Uuid,
+}
+/// Responses of `getWebhookEndpoint`.
+#[derive(ApiResponse, Debug)]
+pub enum GetWebhookEndpointResponse {
+    /// The endpoint.
+    #[oai(status = 200)]
+    Ok(Json<WebhookEndpoint>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for GetWebhookEndpointResponse {
+    /// Picks the variant for `problem.status`; a status `getWebhookEndpoint` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "getWebhookEndpoint"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `deleteWebhookEndpoint`.
+#[derive(Debug, Clone)]
+pub struct DeleteWebhookEndpointParams {
+    /// Webhook endpoint id.
+    pub id: uuid::Uuid,
+}
+/// Responses of `deleteWebhookEndpoint`.
+#[derive(ApiResponse, Debug)]
+pub enum DeleteWebhookEndpointResponse {
+    /// Deleted.
+    #[oai(status = 204)]
+    NoContent,
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for DeleteWebhookEndpointResponse {
+    /// Picks the variant for `problem.status`; a status `deleteWebhookEndpoint` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "deleteWebhookEndpoint"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `updateWebhookEndpoint`.
+#[derive(Debug, Clone)]
+pub struct UpdateWebhookEndpointParams {
+    /// Webhook endpoint id.
+    pub id: uuid::Uuid,
+}
+/// Responses of `updateWebhookEndpoint`.
+#[derive(ApiResponse, Debug)]
+pub enum UpdateWebhookEndpointResponse {
+    /// The updated endpoint.
+    #[oai(status = 200)]
+    Ok(Json<WebhookEndpoint>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for UpdateWebhookEndpointResponse {
+    /// Picks the variant for `problem.status`; a status `updateWebhookEndpoint` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "updateWebhookEndpoint"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+/// Parameters of `listWebhookDeliveries`.
+#[derive(Debug, Clone)]
+pub struct ListWebhookDeliveriesParams {
+    /// Webhook endpoint id.
+    pub id: uuid::Uuid,
+    /// Only deliveries in this state.
+    pub status: Option<WebhookDeliveryStatus>,
+    /// Page size, 1 to 200.
+    pub limit: i32,
+    /// Opaque cursor from `pagination.next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+/// Responses of `listWebhookDeliveries`.
+#[derive(ApiResponse, Debug)]
+pub enum ListWebhookDeliveriesResponse {
+    /// A page of deliveries.
+    #[oai(status = 200)]
+    Ok(Json<WebhookDeliveryList>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for ListWebhookDeliveriesResponse {
+    /// Picks the variant for `problem.status`; a status `listWebhookDeliveries` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "listWebhookDeliveries"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
+}
+fn default_list_webhook_deliveries_limit() -> i32 {
+    50
+}
 /// One async method per operation of the spec. Implement it, wrap the implementation in
 /// [`Api`], and hand that to `poem_openapi::OpenApiService`.
 pub trait MessagingApi: Send + Sync + 'static {
@@ -3328,6 +4312,94 @@ pub trait MessagingApi: Send + Sync + 'static {
         api_key: String,
         body: RefreshRequest,
     ) -> impl ::std::future::Future<Output = RefreshSessionResponse> + Send;
+    /// Read the event feed (catch-up and long-poll)
+    ///
+    /// The caller's events strictly after `after`, oldest first: the store (secret key, no
+    /// token) gets every event of its store and mode; a customer only its own threads' events,
+    /// never what only the store may read. Pass `next_after` as the next `after`.
+    ///
+    /// Without `after` the answer is empty at once and `next_after` is the current position:
+    /// take it, fetch the state over REST, then follow the feed from it; nothing is missed in
+    /// between. With `wait`, an answer that would be empty waits up to that many seconds for
+    /// the first new event (long-poll). A reader following the feed receives every event once,
+    /// in commit order per thread. An `after` older than the retained window (at least 7 days)
+    /// is 410 `events_expired`: fetch the state again and start over without `after`.
+    fn list_events(
+        &self,
+        api_key: String,
+        params: ListEventsParams,
+    ) -> impl ::std::future::Future<Output = ListEventsResponse> + Send;
+    /// Follow the event feed as server-sent events
+    ///
+    /// The feed of `listEvents` as `text/event-stream`: each event is written as
+    /// `id: <event id>`, `event: <type>`, `data: <event JSON>`. It resumes after the
+    /// `Last-Event-ID` header (what browsers' `EventSource` sends when it reconnects) or after
+    /// `after`; with neither it starts at the current position. A comment line at least every
+    /// 15 seconds keeps idle connections open. An expired position is 410 before the stream
+    /// starts. Same callers and gates as `listEvents`.
+    fn stream_events(
+        &self,
+        api_key: String,
+        params: StreamEventsParams,
+    ) -> impl ::std::future::Future<Output = StreamEventsResponse> + Send;
+    /// List webhook endpoints
+    ///
+    /// Every endpoint of the key's store and mode, oldest first. Secrets are never shown here.
+    fn list_webhook_endpoints(
+        &self,
+        api_key: String,
+    ) -> impl ::std::future::Future<Output = ListWebhookEndpointsResponse> + Send;
+    /// Create a webhook endpoint
+    ///
+    /// Every later event of the key's store and mode whose type is in `event_types` (all types
+    /// when empty or absent) is POSTed to `url`, signed with the endpoint's `secret`, which is
+    /// shown only in this answer. Live-mode URLs must be `https://` and reach a public address;
+    /// test-mode URLs may also be `http://` and loopback. A store has at most 20 endpoints per
+    /// mode (409 `webhook_endpoint_limit`).
+    fn create_webhook_endpoint(
+        &self,
+        api_key: String,
+        body: CreateWebhookEndpointRequest,
+    ) -> impl ::std::future::Future<Output = CreateWebhookEndpointResponse> + Send;
+    /// Get a webhook endpoint
+    ///
+    /// An endpoint of the key's store and mode; another store's or mode's is 404.
+    fn get_webhook_endpoint(
+        &self,
+        api_key: String,
+        params: GetWebhookEndpointParams,
+    ) -> impl ::std::future::Future<Output = GetWebhookEndpointResponse> + Send;
+    /// Delete a webhook endpoint
+    ///
+    /// Deletes the endpoint with its deliveries and their attempts; nothing more is sent to it.
+    fn delete_webhook_endpoint(
+        &self,
+        api_key: String,
+        params: DeleteWebhookEndpointParams,
+    ) -> impl ::std::future::Future<Output = DeleteWebhookEndpointResponse> + Send;
+    /// Update a webhook endpoint
+    ///
+    /// Changes the given fields; at least one. `enabled: true` turns an endpoint on again after
+    /// it was disabled (by this operation or because its receiver answered 410 Gone); a
+    /// disabled endpoint gets no new deliveries and its pending ones wait.
+    fn update_webhook_endpoint(
+        &self,
+        api_key: String,
+        params: UpdateWebhookEndpointParams,
+        body: UpdateWebhookEndpointRequest,
+    ) -> impl ::std::future::Future<Output = UpdateWebhookEndpointResponse> + Send;
+    /// List an endpoint's deliveries
+    ///
+    /// One delivery per event sent to the endpoint, newest first, in cursor pages. A delivery
+    /// is `pending` until an attempt succeeds (any 2xx within 10 seconds) or its retries are
+    /// exhausted. Retries follow a fixed schedule after the first attempt: 5 seconds,
+    /// 5 minutes, 30 minutes, 2 hours, 5 hours, 10 hours and 10 hours (eight attempts over
+    /// about 28 hours); then the delivery is `failed`.
+    fn list_webhook_deliveries(
+        &self,
+        api_key: String,
+        params: ListWebhookDeliveriesParams,
+    ) -> impl ::std::future::Future<Output = ListWebhookDeliveriesResponse> + Send;
 }
 /// The poem-openapi glue: routes each operation to the [`MessagingApi`] implementation.
 pub struct Api<T>(pub T);
@@ -4141,5 +5213,268 @@ impl<T: MessagingApi> Api<T> {
         body: Json<RefreshRequest>,
     ) -> RefreshSessionResponse {
         self.0.refresh_session(auth.0.token, body.0).await
+    }
+    /// Read the event feed (catch-up and long-poll)
+    ///
+    /// The caller's events strictly after `after`, oldest first: the store (secret key, no
+    /// token) gets every event of its store and mode; a customer only its own threads' events,
+    /// never what only the store may read. Pass `next_after` as the next `after`.
+    ///
+    /// Without `after` the answer is empty at once and `next_after` is the current position:
+    /// take it, fetch the state over REST, then follow the feed from it; nothing is missed in
+    /// between. With `wait`, an answer that would be empty waits up to that many seconds for
+    /// the first new event (long-poll). A reader following the feed receives every event once,
+    /// in commit order per thread. An `after` older than the retained window (at least 7 days)
+    /// is 410 `events_expired`: fetch the state again and start over without `after`.
+    #[oai(
+        path = "/v1/messaging/events",
+        method = "get",
+        operation_id = "listEvents",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn list_events(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// An event `id` or a `next_after`; the answer starts strictly after it.
+        #[oai(name = "after", validator(max_length = 64))]
+        after: Query<Option<String>>,
+        /// Most events in one answer, 1 to 200.
+        #[oai(
+            name = "limit",
+            validator(minimum(value = "1"), maximum(value = "200")),
+            default = "default_list_events_limit"
+        )]
+        limit: Query<i32>,
+        /// Seconds (0 to 30) to wait for a first event when there is none yet.
+        #[oai(
+            name = "wait",
+            validator(minimum(value = "0"), maximum(value = "30")),
+            default = "default_list_events_wait"
+        )]
+        wait: Query<i32>,
+    ) -> ListEventsResponse {
+        self.0
+            .list_events(
+                auth.0.token,
+                ListEventsParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    after: after.0,
+                    limit: limit.0,
+                    wait: wait.0,
+                },
+            )
+            .await
+    }
+    /// Follow the event feed as server-sent events
+    ///
+    /// The feed of `listEvents` as `text/event-stream`: each event is written as
+    /// `id: <event id>`, `event: <type>`, `data: <event JSON>`. It resumes after the
+    /// `Last-Event-ID` header (what browsers' `EventSource` sends when it reconnects) or after
+    /// `after`; with neither it starts at the current position. A comment line at least every
+    /// 15 seconds keeps idle connections open. An expired position is 410 before the stream
+    /// starts. Same callers and gates as `listEvents`.
+    #[oai(
+        path = "/v1/messaging/events/stream",
+        method = "get",
+        operation_id = "streamEvents",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn stream_events(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// The `id` of the last event received; the stream resumes after it.
+        #[oai(name = "Last-Event-ID", validator(max_length = 64))]
+        last_event_id: Header<Option<String>>,
+        /// Where to start when there is no `Last-Event-ID`, as in `listEvents`.
+        #[oai(name = "after", validator(max_length = 64))]
+        after: Query<Option<String>>,
+    ) -> StreamEventsResponse {
+        self.0
+            .stream_events(
+                auth.0.token,
+                StreamEventsParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    last_event_id: last_event_id.0,
+                    after: after.0,
+                },
+            )
+            .await
+    }
+    /// List webhook endpoints
+    ///
+    /// Every endpoint of the key's store and mode, oldest first. Secrets are never shown here.
+    #[oai(
+        path = "/v1/webhooks/endpoints",
+        method = "get",
+        operation_id = "listWebhookEndpoints",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn list_webhook_endpoints(
+        &self,
+        auth: ApiKeyAuth,
+    ) -> ListWebhookEndpointsResponse {
+        self.0.list_webhook_endpoints(auth.0.token).await
+    }
+    /// Create a webhook endpoint
+    ///
+    /// Every later event of the key's store and mode whose type is in `event_types` (all types
+    /// when empty or absent) is POSTed to `url`, signed with the endpoint's `secret`, which is
+    /// shown only in this answer. Live-mode URLs must be `https://` and reach a public address;
+    /// test-mode URLs may also be `http://` and loopback. A store has at most 20 endpoints per
+    /// mode (409 `webhook_endpoint_limit`).
+    #[oai(
+        path = "/v1/webhooks/endpoints",
+        method = "post",
+        operation_id = "createWebhookEndpoint",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn create_webhook_endpoint(
+        &self,
+        auth: ApiKeyAuth,
+        body: Json<CreateWebhookEndpointRequest>,
+    ) -> CreateWebhookEndpointResponse {
+        self.0.create_webhook_endpoint(auth.0.token, body.0).await
+    }
+    /// Get a webhook endpoint
+    ///
+    /// An endpoint of the key's store and mode; another store's or mode's is 404.
+    #[oai(
+        path = "/v1/webhooks/endpoints/:id",
+        method = "get",
+        operation_id = "getWebhookEndpoint",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn get_webhook_endpoint(
+        &self,
+        auth: ApiKeyAuth,
+        /// Webhook endpoint id.
+        #[oai(name = "id")]
+        id: Path<uuid::Uuid>,
+    ) -> GetWebhookEndpointResponse {
+        self.0
+            .get_webhook_endpoint(
+                auth.0.token,
+                GetWebhookEndpointParams {
+                    id: id.0,
+                },
+            )
+            .await
+    }
+    /// Delete a webhook endpoint
+    ///
+    /// Deletes the endpoint with its deliveries and their attempts; nothing more is sent to it.
+    #[oai(
+        path = "/v1/webhooks/endpoints/:id",
+        method = "delete",
+        operation_id = "deleteWebhookEndpoint",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn delete_webhook_endpoint(
+        &self,
+        auth: ApiKeyAuth,
+        /// Webhook endpoint id.
+        #[oai(name = "id")]
+        id: Path<uuid::Uuid>,
+    ) -> DeleteWebhookEndpointResponse {
+        self.0
+            .delete_webhook_endpoint(
+                auth.0.token,
+                DeleteWebhookEndpointParams {
+                    id: id.0,
+                },
+            )
+            .await
+    }
+    /// Update a webhook endpoint
+    ///
+    /// Changes the given fields; at least one. `enabled: true` turns an endpoint on again after
+    /// it was disabled (by this operation or because its receiver answered 410 Gone); a
+    /// disabled endpoint gets no new deliveries and its pending ones wait.
+    #[oai(
+        path = "/v1/webhooks/endpoints/:id",
+        method = "patch",
+        operation_id = "updateWebhookEndpoint",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn update_webhook_endpoint(
+        &self,
+        auth: ApiKeyAuth,
+        /// Webhook endpoint id.
+        #[oai(name = "id")]
+        id: Path<uuid::Uuid>,
+        body: Json<UpdateWebhookEndpointRequest>,
+    ) -> UpdateWebhookEndpointResponse {
+        self.0
+            .update_webhook_endpoint(
+                auth.0.token,
+                UpdateWebhookEndpointParams {
+                    id: id.0,
+                },
+                body.0,
+            )
+            .await
+    }
+    /// List an endpoint's deliveries
+    ///
+    /// One delivery per event sent to the endpoint, newest first, in cursor pages. A delivery
+    /// is `pending` until an attempt succeeds (any 2xx within 10 seconds) or its retries are
+    /// exhausted. Retries follow a fixed schedule after the first attempt: 5 seconds,
+    /// 5 minutes, 30 minutes, 2 hours, 5 hours, 10 hours and 10 hours (eight attempts over
+    /// about 28 hours); then the delivery is `failed`.
+    #[oai(
+        path = "/v1/webhooks/endpoints/:id/deliveries",
+        method = "get",
+        operation_id = "listWebhookDeliveries",
+        tag = "ApiTags::Webhooks"
+    )]
+    async fn list_webhook_deliveries(
+        &self,
+        auth: ApiKeyAuth,
+        /// Webhook endpoint id.
+        #[oai(name = "id")]
+        id: Path<uuid::Uuid>,
+        /// Only deliveries in this state.
+        #[oai(name = "status")]
+        status: Query<Option<WebhookDeliveryStatus>>,
+        /// Page size, 1 to 200.
+        #[oai(
+            name = "limit",
+            validator(minimum(value = "1"), maximum(value = "200")),
+            default = "default_list_webhook_deliveries_limit"
+        )]
+        limit: Query<i32>,
+        /// Opaque cursor from `pagination.next_cursor` of the previous page.
+        #[oai(name = "cursor", validator(max_length = 512))]
+        cursor: Query<Option<String>>,
+    ) -> ListWebhookDeliveriesResponse {
+        self.0
+            .list_webhook_deliveries(
+                auth.0.token,
+                ListWebhookDeliveriesParams {
+                    id: id.0,
+                    status: status.0,
+                    limit: limit.0,
+                    cursor: cursor.0,
+                },
+            )
+            .await
     }
 }

@@ -1116,6 +1116,165 @@ publishes its messages here.
                 })
         }
     }
+    ///A new endpoint.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct CreateWebhookEndpointRequest {
+        ///What the endpoint is for.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub description: ::std::option::Option<CreateWebhookEndpointRequestDescription>,
+        ///Event types to send; empty or absent means all.
+        #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+        pub event_types: ::std::vec::Vec<EventType>,
+        ///Absolute `https://` URL (live mode), or `http(s)://` (test mode, loopback allowed).
+        pub url: CreateWebhookEndpointRequestUrl,
+    }
+    impl CreateWebhookEndpointRequest {
+        pub fn builder() -> builder::CreateWebhookEndpointRequest {
+            Default::default()
+        }
+    }
+    ///What the endpoint is for.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct CreateWebhookEndpointRequestDescription(::std::string::String);
+    impl ::std::ops::Deref for CreateWebhookEndpointRequestDescription {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<CreateWebhookEndpointRequestDescription>
+    for ::std::string::String {
+        fn from(value: CreateWebhookEndpointRequestDescription) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for CreateWebhookEndpointRequestDescription {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 500usize {
+                return Err("longer than 500 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for CreateWebhookEndpointRequestDescription {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for CreateWebhookEndpointRequestDescription {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for CreateWebhookEndpointRequestDescription {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///Absolute `https://` URL (live mode), or `http(s)://` (test mode, loopback allowed).
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct CreateWebhookEndpointRequestUrl(::std::string::String);
+    impl ::std::ops::Deref for CreateWebhookEndpointRequestUrl {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<CreateWebhookEndpointRequestUrl>
+    for ::std::string::String {
+        fn from(value: CreateWebhookEndpointRequestUrl) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for CreateWebhookEndpointRequestUrl {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 2048usize {
+                return Err("longer than 2048 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for CreateWebhookEndpointRequestUrl {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for CreateWebhookEndpointRequestUrl {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for CreateWebhookEndpointRequestUrl {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///A new endpoint with its signing secret, shown only in this answer.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct CreatedWebhookEndpoint {
+        ///When the endpoint was created; it receives events from then on.
+        pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///What the endpoint is for.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub description: ::std::option::Option<::std::string::String>,
+        ///Whether events are sent.
+        pub enabled: bool,
+        ///The event types sent here; empty means all.
+        pub event_types: ::std::vec::Vec<EventType>,
+        ///Endpoint id.
+        pub id: ::uuid::Uuid,
+        /**The signing secret: `whsec_` and the base64 of 32 random bytes. Verify each delivery
+with the base64-decoded part after `whsec_` as the HMAC-SHA256 key (Standard
+Webhooks 1.0). Shown only here.
+*/
+        pub secret: ::std::string::String,
+        ///Where events are POSTed.
+        pub url: ::std::string::String,
+    }
+    impl CreatedWebhookEndpoint {
+        pub fn builder() -> builder::CreatedWebhookEndpoint {
+            Default::default()
+        }
+    }
     ///A customer of the store.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Customer {
@@ -1325,6 +1484,155 @@ publishes its messages here.
                 .map_err(|e: self::error::ConversionError| {
                     <D::Error as ::serde::de::Error>::custom(e.to_string())
                 })
+        }
+    }
+    ///One change a reader could see.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct Event {
+        ///When the change was made.
+        pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        pub data: EventData,
+        ///Opaque; orders the feed. Pass it as `after` or `Last-Event-ID` to resume after this event.
+        pub id: ::std::string::String,
+        ///The thread the event is about; absent where no thread is involved.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub thread_id: ::std::option::Option<::uuid::Uuid>,
+        #[serde(rename = "type")]
+        pub type_: EventType,
+    }
+    impl Event {
+        pub fn builder() -> builder::Event {
+            Default::default()
+        }
+    }
+    /**The objects an event carries, shaped exactly as the REST answers shape them, so a
+client applies an event without another request. Which fields are present depends on
+the event's `type` (see `EventType`).
+*/
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
+    pub struct EventData {
+        ///The channel the message reached (`channel.message_published`).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub channel_id: ::std::option::Option<::uuid::Uuid>,
+        ///When it was deleted (`message.deleted`).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub deleted_at: ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub message: ::std::option::Option<Message>,
+        ///The deleted message (`message.deleted`).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub message_id: ::std::option::Option<::uuid::Uuid>,
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub subscriber: ::std::option::Option<Subscriber>,
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub thread: ::std::option::Option<Thread>,
+    }
+    impl EventData {
+        pub fn builder() -> builder::EventData {
+            Default::default()
+        }
+    }
+    ///A caller's next events and where to continue.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct EventList {
+        ///Oldest first.
+        pub events: ::std::vec::Vec<Event>,
+        ///Pass as `after` in the next call.
+        pub next_after: ::std::string::String,
+    }
+    impl EventList {
+        pub fn builder() -> builder::EventList {
+            Default::default()
+        }
+    }
+    /**What an event reports. `thread.created`: `{thread, message}`; `thread.updated` (status,
+priority, flags, location or name changed) and `thread.read` (a reader's
+markThreadRead): `{thread}`; `message.created` (any sender, system messages too) and
+`message.updated` (edited, or its reactions changed): `{message}`; `message.deleted`:
+`{message_id, deleted_at}`; `subscriber.added` and `subscriber.removed`:
+`{subscriber}`; `channel.message_published` (a message reached its channel, at once or
+when its schedule came due): `{channel_id, message}`.
+*/
+    #[derive(
+        ::serde::Deserialize,
+        ::serde::Serialize,
+        Clone,
+        Copy,
+        Debug,
+        Eq,
+        Hash,
+        Ord,
+        PartialEq,
+        PartialOrd
+    )]
+    pub enum EventType {
+        #[serde(rename = "thread.created")]
+        ThreadCreated,
+        #[serde(rename = "thread.updated")]
+        ThreadUpdated,
+        #[serde(rename = "thread.read")]
+        ThreadRead,
+        #[serde(rename = "message.created")]
+        MessageCreated,
+        #[serde(rename = "message.updated")]
+        MessageUpdated,
+        #[serde(rename = "message.deleted")]
+        MessageDeleted,
+        #[serde(rename = "subscriber.added")]
+        SubscriberAdded,
+        #[serde(rename = "subscriber.removed")]
+        SubscriberRemoved,
+        #[serde(rename = "channel.message_published")]
+        ChannelMessagePublished,
+    }
+    impl ::std::fmt::Display for EventType {
+        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+            match *self {
+                Self::ThreadCreated => f.write_str("thread.created"),
+                Self::ThreadUpdated => f.write_str("thread.updated"),
+                Self::ThreadRead => f.write_str("thread.read"),
+                Self::MessageCreated => f.write_str("message.created"),
+                Self::MessageUpdated => f.write_str("message.updated"),
+                Self::MessageDeleted => f.write_str("message.deleted"),
+                Self::SubscriberAdded => f.write_str("subscriber.added"),
+                Self::SubscriberRemoved => f.write_str("subscriber.removed"),
+                Self::ChannelMessagePublished => f.write_str("channel.message_published"),
+            }
+        }
+    }
+    impl ::std::str::FromStr for EventType {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            match value {
+                "thread.created" => Ok(Self::ThreadCreated),
+                "thread.updated" => Ok(Self::ThreadUpdated),
+                "thread.read" => Ok(Self::ThreadRead),
+                "message.created" => Ok(Self::MessageCreated),
+                "message.updated" => Ok(Self::MessageUpdated),
+                "message.deleted" => Ok(Self::MessageDeleted),
+                "subscriber.added" => Ok(Self::SubscriberAdded),
+                "subscriber.removed" => Ok(Self::SubscriberRemoved),
+                "channel.message_published" => Ok(Self::ChannelMessagePublished),
+                _ => Err("invalid value".into()),
+            }
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for EventType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for EventType {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
         }
     }
     ///`GetChannelMessagesCursor`
@@ -1815,6 +2123,114 @@ publishes its messages here.
                 })
         }
     }
+    ///`ListEventsAfter`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListEventsAfter(::std::string::String);
+    impl ::std::ops::Deref for ListEventsAfter {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListEventsAfter> for ::std::string::String {
+        fn from(value: ListEventsAfter) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListEventsAfter {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 64usize {
+                return Err("longer than 64 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListEventsAfter {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListEventsAfter {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListEventsAfter {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`ListEventsXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListEventsXActingUser(::std::string::String);
+    impl ::std::ops::Deref for ListEventsXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListEventsXActingUser> for ::std::string::String {
+        fn from(value: ListEventsXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListEventsXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListEventsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListEventsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListEventsXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///`ListSubscribersXActingUser`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -2020,6 +2436,60 @@ publishes its messages here.
         }
     }
     impl<'de> ::serde::Deserialize<'de> for ListThreadsXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`ListWebhookDeliveriesCursor`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListWebhookDeliveriesCursor(::std::string::String);
+    impl ::std::ops::Deref for ListWebhookDeliveriesCursor {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListWebhookDeliveriesCursor> for ::std::string::String {
+        fn from(value: ListWebhookDeliveriesCursor) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListWebhookDeliveriesCursor {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 512usize {
+                return Err("longer than 512 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListWebhookDeliveriesCursor {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListWebhookDeliveriesCursor {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListWebhookDeliveriesCursor {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -3434,6 +3904,168 @@ publishes its messages here.
             value.parse()
         }
     }
+    ///`StreamEventsAfter`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct StreamEventsAfter(::std::string::String);
+    impl ::std::ops::Deref for StreamEventsAfter {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<StreamEventsAfter> for ::std::string::String {
+        fn from(value: StreamEventsAfter) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for StreamEventsAfter {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 64usize {
+                return Err("longer than 64 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for StreamEventsAfter {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for StreamEventsAfter {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for StreamEventsAfter {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`StreamEventsLastEventId`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct StreamEventsLastEventId(::std::string::String);
+    impl ::std::ops::Deref for StreamEventsLastEventId {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<StreamEventsLastEventId> for ::std::string::String {
+        fn from(value: StreamEventsLastEventId) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for StreamEventsLastEventId {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 64usize {
+                return Err("longer than 64 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for StreamEventsLastEventId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for StreamEventsLastEventId {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for StreamEventsLastEventId {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`StreamEventsXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct StreamEventsXActingUser(::std::string::String);
+    impl ::std::ops::Deref for StreamEventsXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<StreamEventsXActingUser> for ::std::string::String {
+        fn from(value: StreamEventsXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for StreamEventsXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for StreamEventsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for StreamEventsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for StreamEventsXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///A user, organization or contact on a thread or channel, with what a chat UI needs.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct Subscriber {
@@ -4119,6 +4751,142 @@ listed fields (and `id`) are present.
                 })
         }
     }
+    ///Fields to change; at least one.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
+    pub struct UpdateWebhookEndpointRequest {
+        ///The new description.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub description: ::std::option::Option<UpdateWebhookEndpointRequestDescription>,
+        ///`false` stops sending; `true` sends again (also after a 410 disabled it).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub enabled: ::std::option::Option<bool>,
+        ///The new event types; empty means all.
+        #[serde(default, skip_serializing_if = "::std::vec::Vec::is_empty")]
+        pub event_types: ::std::vec::Vec<EventType>,
+        ///The new URL, under the same rules as at creation.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub url: ::std::option::Option<UpdateWebhookEndpointRequestUrl>,
+    }
+    impl UpdateWebhookEndpointRequest {
+        pub fn builder() -> builder::UpdateWebhookEndpointRequest {
+            Default::default()
+        }
+    }
+    ///The new description.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct UpdateWebhookEndpointRequestDescription(::std::string::String);
+    impl ::std::ops::Deref for UpdateWebhookEndpointRequestDescription {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<UpdateWebhookEndpointRequestDescription>
+    for ::std::string::String {
+        fn from(value: UpdateWebhookEndpointRequestDescription) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for UpdateWebhookEndpointRequestDescription {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 500usize {
+                return Err("longer than 500 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for UpdateWebhookEndpointRequestDescription {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for UpdateWebhookEndpointRequestDescription {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for UpdateWebhookEndpointRequestDescription {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///The new URL, under the same rules as at creation.
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct UpdateWebhookEndpointRequestUrl(::std::string::String);
+    impl ::std::ops::Deref for UpdateWebhookEndpointRequestUrl {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<UpdateWebhookEndpointRequestUrl>
+    for ::std::string::String {
+        fn from(value: UpdateWebhookEndpointRequestUrl) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for UpdateWebhookEndpointRequestUrl {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 2048usize {
+                return Err("longer than 2048 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for UpdateWebhookEndpointRequestUrl {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for UpdateWebhookEndpointRequestUrl {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for UpdateWebhookEndpointRequestUrl {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///A one-time code and where it was sent; exactly one of `email` and `phone`.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct VerifyOtpRequest {
@@ -4296,6 +5064,135 @@ listed fields (and `id`) are present.
                 .map_err(|e: self::error::ConversionError| {
                     <D::Error as ::serde::de::Error>::custom(e.to_string())
                 })
+        }
+    }
+    ///One event sent to one endpoint, with every attempt counted.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct WebhookDelivery {
+        ///Attempts made so far.
+        pub attempts: i32,
+        ///When the event was queued for this endpoint.
+        pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///The event's id, sent as `webhook-id` on every attempt.
+        pub event_id: ::std::string::String,
+        pub event_type: EventType,
+        ///Delivery id.
+        pub id: ::uuid::Uuid,
+        ///HTTP status of the last attempt's answer; absent when none came (timeout, refused address, connection error).
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub last_response_status: ::std::option::Option<i32>,
+        ///When the next attempt is due; absent once the delivery succeeded or failed.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub next_attempt_at: ::std::option::Option<
+            ::chrono::DateTime<::chrono::offset::Utc>,
+        >,
+        pub status: WebhookDeliveryStatus,
+    }
+    impl WebhookDelivery {
+        pub fn builder() -> builder::WebhookDelivery {
+            Default::default()
+        }
+    }
+    ///A page of deliveries, newest first.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct WebhookDeliveryList {
+        pub deliveries: ::std::vec::Vec<WebhookDelivery>,
+        pub pagination: Pagination,
+    }
+    impl WebhookDeliveryList {
+        pub fn builder() -> builder::WebhookDeliveryList {
+            Default::default()
+        }
+    }
+    ///`pending` until an attempt succeeds (`succeeded`) or the retries are exhausted (`failed`).
+    #[derive(
+        ::serde::Deserialize,
+        ::serde::Serialize,
+        Clone,
+        Copy,
+        Debug,
+        Eq,
+        Hash,
+        Ord,
+        PartialEq,
+        PartialOrd
+    )]
+    pub enum WebhookDeliveryStatus {
+        #[serde(rename = "pending")]
+        Pending,
+        #[serde(rename = "succeeded")]
+        Succeeded,
+        #[serde(rename = "failed")]
+        Failed,
+    }
+    impl ::std::fmt::Display for WebhookDeliveryStatus {
+        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+            match *self {
+                Self::Pending => f.write_str("pending"),
+                Self::Succeeded => f.write_str("succeeded"),
+                Self::Failed => f.write_str("failed"),
+            }
+        }
+    }
+    impl ::std::str::FromStr for WebhookDeliveryStatus {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            match value {
+                "pending" => Ok(Self::Pending),
+                "succeeded" => Ok(Self::Succeeded),
+                "failed" => Ok(Self::Failed),
+                _ => Err("invalid value".into()),
+            }
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for WebhookDeliveryStatus {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for WebhookDeliveryStatus {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    ///Where a store's backend receives the store's events (its secret is shown only at creation).
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct WebhookEndpoint {
+        ///When the endpoint was created; it receives events from then on.
+        pub created_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///What the endpoint is for.
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub description: ::std::option::Option<::std::string::String>,
+        ///Whether events are sent. `false` after the receiver answered 410 Gone, or when turned off.
+        pub enabled: bool,
+        ///The event types sent here; empty means all.
+        pub event_types: ::std::vec::Vec<EventType>,
+        ///Endpoint id.
+        pub id: ::uuid::Uuid,
+        ///Where events are POSTed.
+        pub url: ::std::string::String,
+    }
+    impl WebhookEndpoint {
+        pub fn builder() -> builder::WebhookEndpoint {
+            Default::default()
+        }
+    }
+    ///A store's endpoints in one mode.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct WebhookEndpointList {
+        pub endpoints: ::std::vec::Vec<WebhookEndpoint>,
+    }
+    impl WebhookEndpointList {
+        pub fn builder() -> builder::WebhookEndpointList {
+            Default::default()
         }
     }
     /// Types for composing complex structures.
@@ -5138,6 +6035,240 @@ listed fields (and `id`) are present.
             }
         }
         #[derive(Clone, Debug)]
+        pub struct CreateWebhookEndpointRequest {
+            description: ::std::result::Result<
+                ::std::option::Option<super::CreateWebhookEndpointRequestDescription>,
+                ::std::string::String,
+            >,
+            event_types: ::std::result::Result<
+                ::std::vec::Vec<super::EventType>,
+                ::std::string::String,
+            >,
+            url: ::std::result::Result<
+                super::CreateWebhookEndpointRequestUrl,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for CreateWebhookEndpointRequest {
+            fn default() -> Self {
+                Self {
+                    description: Ok(Default::default()),
+                    event_types: Ok(Default::default()),
+                    url: Err("no value supplied for url".to_string()),
+                }
+            }
+        }
+        impl CreateWebhookEndpointRequest {
+            pub fn description<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::CreateWebhookEndpointRequestDescription>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.description = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for description: {e}")
+                    });
+                self
+            }
+            pub fn event_types<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::EventType>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_types = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for event_types: {e}")
+                    });
+                self
+            }
+            pub fn url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::CreateWebhookEndpointRequestUrl>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.url = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for url: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<CreateWebhookEndpointRequest>
+        for super::CreateWebhookEndpointRequest {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: CreateWebhookEndpointRequest,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    description: value.description?,
+                    event_types: value.event_types?,
+                    url: value.url?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::CreateWebhookEndpointRequest>
+        for CreateWebhookEndpointRequest {
+            fn from(value: super::CreateWebhookEndpointRequest) -> Self {
+                Self {
+                    description: Ok(value.description),
+                    event_types: Ok(value.event_types),
+                    url: Ok(value.url),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct CreatedWebhookEndpoint {
+            created_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            description: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            enabled: ::std::result::Result<bool, ::std::string::String>,
+            event_types: ::std::result::Result<
+                ::std::vec::Vec<super::EventType>,
+                ::std::string::String,
+            >,
+            id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            secret: ::std::result::Result<::std::string::String, ::std::string::String>,
+            url: ::std::result::Result<::std::string::String, ::std::string::String>,
+        }
+        impl ::std::default::Default for CreatedWebhookEndpoint {
+            fn default() -> Self {
+                Self {
+                    created_at: Err("no value supplied for created_at".to_string()),
+                    description: Ok(Default::default()),
+                    enabled: Err("no value supplied for enabled".to_string()),
+                    event_types: Err("no value supplied for event_types".to_string()),
+                    id: Err("no value supplied for id".to_string()),
+                    secret: Err("no value supplied for secret".to_string()),
+                    url: Err("no value supplied for url".to_string()),
+                }
+            }
+        }
+        impl CreatedWebhookEndpoint {
+            pub fn created_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.created_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for created_at: {e}")
+                    });
+                self
+            }
+            pub fn description<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.description = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for description: {e}")
+                    });
+                self
+            }
+            pub fn enabled<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.enabled = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for enabled: {e}")
+                    });
+                self
+            }
+            pub fn event_types<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::EventType>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_types = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for event_types: {e}")
+                    });
+                self
+            }
+            pub fn id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::uuid::Uuid>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self
+            }
+            pub fn secret<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.secret = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for secret: {e}")
+                    });
+                self
+            }
+            pub fn url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.url = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for url: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<CreatedWebhookEndpoint>
+        for super::CreatedWebhookEndpoint {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: CreatedWebhookEndpoint,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    created_at: value.created_at?,
+                    description: value.description?,
+                    enabled: value.enabled?,
+                    event_types: value.event_types?,
+                    id: value.id?,
+                    secret: value.secret?,
+                    url: value.url?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::CreatedWebhookEndpoint>
+        for CreatedWebhookEndpoint {
+            fn from(value: super::CreatedWebhookEndpoint) -> Self {
+                Self {
+                    created_at: Ok(value.created_at),
+                    description: Ok(value.description),
+                    enabled: Ok(value.enabled),
+                    event_types: Ok(value.event_types),
+                    id: Ok(value.id),
+                    secret: Ok(value.secret),
+                    url: Ok(value.url),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
         pub struct Customer {
             email: ::std::result::Result<::std::string::String, ::std::string::String>,
             id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
@@ -5351,6 +6482,322 @@ listed fields (and `id`) are present.
             fn from(value: super::EditMessageRequest) -> Self {
                 Self {
                     message_content: Ok(value.message_content),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct Event {
+            created_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            data: ::std::result::Result<super::EventData, ::std::string::String>,
+            id: ::std::result::Result<::std::string::String, ::std::string::String>,
+            thread_id: ::std::result::Result<
+                ::std::option::Option<::uuid::Uuid>,
+                ::std::string::String,
+            >,
+            type_: ::std::result::Result<super::EventType, ::std::string::String>,
+        }
+        impl ::std::default::Default for Event {
+            fn default() -> Self {
+                Self {
+                    created_at: Err("no value supplied for created_at".to_string()),
+                    data: Err("no value supplied for data".to_string()),
+                    id: Err("no value supplied for id".to_string()),
+                    thread_id: Ok(Default::default()),
+                    type_: Err("no value supplied for type_".to_string()),
+                }
+            }
+        }
+        impl Event {
+            pub fn created_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.created_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for created_at: {e}")
+                    });
+                self
+            }
+            pub fn data<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::EventData>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.data = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for data: {e}")
+                    });
+                self
+            }
+            pub fn id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self
+            }
+            pub fn thread_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::uuid::Uuid>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.thread_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for thread_id: {e}")
+                    });
+                self
+            }
+            pub fn type_<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::EventType>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.type_ = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for type_: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<Event> for super::Event {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: Event,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    created_at: value.created_at?,
+                    data: value.data?,
+                    id: value.id?,
+                    thread_id: value.thread_id?,
+                    type_: value.type_?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::Event> for Event {
+            fn from(value: super::Event) -> Self {
+                Self {
+                    created_at: Ok(value.created_at),
+                    data: Ok(value.data),
+                    id: Ok(value.id),
+                    thread_id: Ok(value.thread_id),
+                    type_: Ok(value.type_),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct EventData {
+            channel_id: ::std::result::Result<
+                ::std::option::Option<::uuid::Uuid>,
+                ::std::string::String,
+            >,
+            deleted_at: ::std::result::Result<
+                ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                ::std::string::String,
+            >,
+            message: ::std::result::Result<
+                ::std::option::Option<super::Message>,
+                ::std::string::String,
+            >,
+            message_id: ::std::result::Result<
+                ::std::option::Option<::uuid::Uuid>,
+                ::std::string::String,
+            >,
+            subscriber: ::std::result::Result<
+                ::std::option::Option<super::Subscriber>,
+                ::std::string::String,
+            >,
+            thread: ::std::result::Result<
+                ::std::option::Option<super::Thread>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for EventData {
+            fn default() -> Self {
+                Self {
+                    channel_id: Ok(Default::default()),
+                    deleted_at: Ok(Default::default()),
+                    message: Ok(Default::default()),
+                    message_id: Ok(Default::default()),
+                    subscriber: Ok(Default::default()),
+                    thread: Ok(Default::default()),
+                }
+            }
+        }
+        impl EventData {
+            pub fn channel_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::uuid::Uuid>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.channel_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for channel_id: {e}")
+                    });
+                self
+            }
+            pub fn deleted_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.deleted_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for deleted_at: {e}")
+                    });
+                self
+            }
+            pub fn message<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<super::Message>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.message = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for message: {e}")
+                    });
+                self
+            }
+            pub fn message_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::uuid::Uuid>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.message_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for message_id: {e}")
+                    });
+                self
+            }
+            pub fn subscriber<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<super::Subscriber>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.subscriber = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for subscriber: {e}")
+                    });
+                self
+            }
+            pub fn thread<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<super::Thread>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.thread = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for thread: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<EventData> for super::EventData {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: EventData,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    channel_id: value.channel_id?,
+                    deleted_at: value.deleted_at?,
+                    message: value.message?,
+                    message_id: value.message_id?,
+                    subscriber: value.subscriber?,
+                    thread: value.thread?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::EventData> for EventData {
+            fn from(value: super::EventData) -> Self {
+                Self {
+                    channel_id: Ok(value.channel_id),
+                    deleted_at: Ok(value.deleted_at),
+                    message: Ok(value.message),
+                    message_id: Ok(value.message_id),
+                    subscriber: Ok(value.subscriber),
+                    thread: Ok(value.thread),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct EventList {
+            events: ::std::result::Result<
+                ::std::vec::Vec<super::Event>,
+                ::std::string::String,
+            >,
+            next_after: ::std::result::Result<
+                ::std::string::String,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for EventList {
+            fn default() -> Self {
+                Self {
+                    events: Err("no value supplied for events".to_string()),
+                    next_after: Err("no value supplied for next_after".to_string()),
+                }
+            }
+        }
+        impl EventList {
+            pub fn events<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::Event>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.events = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for events: {e}")
+                    });
+                self
+            }
+            pub fn next_after<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.next_after = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for next_after: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<EventList> for super::EventList {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: EventList,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    events: value.events?,
+                    next_after: value.next_after?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::EventList> for EventList {
+            fn from(value: super::EventList) -> Self {
+                Self {
+                    events: Ok(value.events),
+                    next_after: Ok(value.next_after),
                 }
             }
         }
@@ -7782,6 +9229,114 @@ listed fields (and `id`) are present.
             }
         }
         #[derive(Clone, Debug)]
+        pub struct UpdateWebhookEndpointRequest {
+            description: ::std::result::Result<
+                ::std::option::Option<super::UpdateWebhookEndpointRequestDescription>,
+                ::std::string::String,
+            >,
+            enabled: ::std::result::Result<
+                ::std::option::Option<bool>,
+                ::std::string::String,
+            >,
+            event_types: ::std::result::Result<
+                ::std::vec::Vec<super::EventType>,
+                ::std::string::String,
+            >,
+            url: ::std::result::Result<
+                ::std::option::Option<super::UpdateWebhookEndpointRequestUrl>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for UpdateWebhookEndpointRequest {
+            fn default() -> Self {
+                Self {
+                    description: Ok(Default::default()),
+                    enabled: Ok(Default::default()),
+                    event_types: Ok(Default::default()),
+                    url: Ok(Default::default()),
+                }
+            }
+        }
+        impl UpdateWebhookEndpointRequest {
+            pub fn description<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::UpdateWebhookEndpointRequestDescription>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.description = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for description: {e}")
+                    });
+                self
+            }
+            pub fn enabled<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<bool>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.enabled = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for enabled: {e}")
+                    });
+                self
+            }
+            pub fn event_types<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::EventType>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_types = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for event_types: {e}")
+                    });
+                self
+            }
+            pub fn url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<super::UpdateWebhookEndpointRequestUrl>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.url = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for url: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<UpdateWebhookEndpointRequest>
+        for super::UpdateWebhookEndpointRequest {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: UpdateWebhookEndpointRequest,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    description: value.description?,
+                    enabled: value.enabled?,
+                    event_types: value.event_types?,
+                    url: value.url?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::UpdateWebhookEndpointRequest>
+        for UpdateWebhookEndpointRequest {
+            fn from(value: super::UpdateWebhookEndpointRequest) -> Self {
+                Self {
+                    description: Ok(value.description),
+                    enabled: Ok(value.enabled),
+                    event_types: Ok(value.event_types),
+                    url: Ok(value.url),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
         pub struct VerifyOtpRequest {
             code: ::std::result::Result<
                 super::VerifyOtpRequestCode,
@@ -7865,6 +9420,416 @@ listed fields (and `id`) are present.
                     code: Ok(value.code),
                     email: Ok(value.email),
                     phone: Ok(value.phone),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct WebhookDelivery {
+            attempts: ::std::result::Result<i32, ::std::string::String>,
+            created_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            event_id: ::std::result::Result<
+                ::std::string::String,
+                ::std::string::String,
+            >,
+            event_type: ::std::result::Result<super::EventType, ::std::string::String>,
+            id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            last_response_status: ::std::result::Result<
+                ::std::option::Option<i32>,
+                ::std::string::String,
+            >,
+            next_attempt_at: ::std::result::Result<
+                ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                ::std::string::String,
+            >,
+            status: ::std::result::Result<
+                super::WebhookDeliveryStatus,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for WebhookDelivery {
+            fn default() -> Self {
+                Self {
+                    attempts: Err("no value supplied for attempts".to_string()),
+                    created_at: Err("no value supplied for created_at".to_string()),
+                    event_id: Err("no value supplied for event_id".to_string()),
+                    event_type: Err("no value supplied for event_type".to_string()),
+                    id: Err("no value supplied for id".to_string()),
+                    last_response_status: Ok(Default::default()),
+                    next_attempt_at: Ok(Default::default()),
+                    status: Err("no value supplied for status".to_string()),
+                }
+            }
+        }
+        impl WebhookDelivery {
+            pub fn attempts<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<i32>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.attempts = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for attempts: {e}")
+                    });
+                self
+            }
+            pub fn created_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.created_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for created_at: {e}")
+                    });
+                self
+            }
+            pub fn event_id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_id = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for event_id: {e}")
+                    });
+                self
+            }
+            pub fn event_type<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::EventType>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_type = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for event_type: {e}")
+                    });
+                self
+            }
+            pub fn id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::uuid::Uuid>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self
+            }
+            pub fn last_response_status<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<i32>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.last_response_status = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for last_response_status: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn next_attempt_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<
+                    ::std::option::Option<::chrono::DateTime<::chrono::offset::Utc>>,
+                >,
+                T::Error: ::std::fmt::Display,
+            {
+                self.next_attempt_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for next_attempt_at: {e}"
+                        )
+                    });
+                self
+            }
+            pub fn status<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::WebhookDeliveryStatus>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.status = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for status: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<WebhookDelivery> for super::WebhookDelivery {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: WebhookDelivery,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    attempts: value.attempts?,
+                    created_at: value.created_at?,
+                    event_id: value.event_id?,
+                    event_type: value.event_type?,
+                    id: value.id?,
+                    last_response_status: value.last_response_status?,
+                    next_attempt_at: value.next_attempt_at?,
+                    status: value.status?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::WebhookDelivery> for WebhookDelivery {
+            fn from(value: super::WebhookDelivery) -> Self {
+                Self {
+                    attempts: Ok(value.attempts),
+                    created_at: Ok(value.created_at),
+                    event_id: Ok(value.event_id),
+                    event_type: Ok(value.event_type),
+                    id: Ok(value.id),
+                    last_response_status: Ok(value.last_response_status),
+                    next_attempt_at: Ok(value.next_attempt_at),
+                    status: Ok(value.status),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct WebhookDeliveryList {
+            deliveries: ::std::result::Result<
+                ::std::vec::Vec<super::WebhookDelivery>,
+                ::std::string::String,
+            >,
+            pagination: ::std::result::Result<super::Pagination, ::std::string::String>,
+        }
+        impl ::std::default::Default for WebhookDeliveryList {
+            fn default() -> Self {
+                Self {
+                    deliveries: Err("no value supplied for deliveries".to_string()),
+                    pagination: Err("no value supplied for pagination".to_string()),
+                }
+            }
+        }
+        impl WebhookDeliveryList {
+            pub fn deliveries<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::WebhookDelivery>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.deliveries = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for deliveries: {e}")
+                    });
+                self
+            }
+            pub fn pagination<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<super::Pagination>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.pagination = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for pagination: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<WebhookDeliveryList>
+        for super::WebhookDeliveryList {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: WebhookDeliveryList,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    deliveries: value.deliveries?,
+                    pagination: value.pagination?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::WebhookDeliveryList> for WebhookDeliveryList {
+            fn from(value: super::WebhookDeliveryList) -> Self {
+                Self {
+                    deliveries: Ok(value.deliveries),
+                    pagination: Ok(value.pagination),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct WebhookEndpoint {
+            created_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            description: ::std::result::Result<
+                ::std::option::Option<::std::string::String>,
+                ::std::string::String,
+            >,
+            enabled: ::std::result::Result<bool, ::std::string::String>,
+            event_types: ::std::result::Result<
+                ::std::vec::Vec<super::EventType>,
+                ::std::string::String,
+            >,
+            id: ::std::result::Result<::uuid::Uuid, ::std::string::String>,
+            url: ::std::result::Result<::std::string::String, ::std::string::String>,
+        }
+        impl ::std::default::Default for WebhookEndpoint {
+            fn default() -> Self {
+                Self {
+                    created_at: Err("no value supplied for created_at".to_string()),
+                    description: Ok(Default::default()),
+                    enabled: Err("no value supplied for enabled".to_string()),
+                    event_types: Err("no value supplied for event_types".to_string()),
+                    id: Err("no value supplied for id".to_string()),
+                    url: Err("no value supplied for url".to_string()),
+                }
+            }
+        }
+        impl WebhookEndpoint {
+            pub fn created_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.created_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for created_at: {e}")
+                    });
+                self
+            }
+            pub fn description<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<::std::string::String>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.description = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for description: {e}")
+                    });
+                self
+            }
+            pub fn enabled<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<bool>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.enabled = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for enabled: {e}")
+                    });
+                self
+            }
+            pub fn event_types<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::EventType>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.event_types = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for event_types: {e}")
+                    });
+                self
+            }
+            pub fn id<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::uuid::Uuid>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.id = value
+                    .try_into()
+                    .map_err(|e| format!("error converting supplied value for id: {e}"));
+                self
+            }
+            pub fn url<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.url = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for url: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<WebhookEndpoint> for super::WebhookEndpoint {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: WebhookEndpoint,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    created_at: value.created_at?,
+                    description: value.description?,
+                    enabled: value.enabled?,
+                    event_types: value.event_types?,
+                    id: value.id?,
+                    url: value.url?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::WebhookEndpoint> for WebhookEndpoint {
+            fn from(value: super::WebhookEndpoint) -> Self {
+                Self {
+                    created_at: Ok(value.created_at),
+                    description: Ok(value.description),
+                    enabled: Ok(value.enabled),
+                    event_types: Ok(value.event_types),
+                    id: Ok(value.id),
+                    url: Ok(value.url),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct WebhookEndpointList {
+            endpoints: ::std::result::Result<
+                ::std::vec::Vec<super::WebhookEndpoint>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for WebhookEndpointList {
+            fn default() -> Self {
+                Self {
+                    endpoints: Err("no value supplied for endpoints".to_string()),
+                }
+            }
+        }
+        impl WebhookEndpointList {
+            pub fn endpoints<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::WebhookEndpoint>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.endpoints = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for endpoints: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<WebhookEndpointList>
+        for super::WebhookEndpointList {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: WebhookEndpointList,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    endpoints: value.endpoints?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::WebhookEndpointList> for WebhookEndpointList {
+            fn from(value: super::WebhookEndpointList) -> Self {
+                Self {
+                    endpoints: Ok(value.endpoints),
                 }
             }
         }
@@ -8137,6 +10102,78 @@ let response = client.get_channel_messages()
 ```*/
     pub fn get_channel_messages(&self) -> builder::GetChannelMessages<'_> {
         builder::GetChannelMessages::new(self)
+    }
+    /**Read the event feed (catch-up and long-poll)
+
+The caller's events strictly after `after`, oldest first: the store (secret key, no
+token) gets every event of its store and mode; a customer only its own threads' events,
+never what only the store may read. Pass `next_after` as the next `after`.
+
+Without `after` the answer is empty at once and `next_after` is the current position:
+take it, fetch the state over REST, then follow the feed from it; nothing is missed in
+between. With `wait`, an answer that would be empty waits up to that many seconds for
+the first new event (long-poll). A reader following the feed receives every event once,
+in commit order per thread. An `after` older than the retained window (at least 7 days)
+is 410 `events_expired`: fetch the state again and start over without `after`.
+
+
+Sends a `GET` request to `/v1/messaging/events`
+
+Arguments:
+- `after`: An event `id` or a `next_after`; the answer starts strictly after it.
+- `limit`: Most events in one answer, 1 to 200.
+- `wait`: Seconds (0 to 30) to wait for a first event when there is none yet.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.list_events()
+    .after(after)
+    .limit(limit)
+    .wait(wait)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn list_events(&self) -> builder::ListEvents<'_> {
+        builder::ListEvents::new(self)
+    }
+    /**Follow the event feed as server-sent events
+
+The feed of `listEvents` as `text/event-stream`: each event is written as
+`id: <event id>`, `event: <type>`, `data: <event JSON>`. It resumes after the
+`Last-Event-ID` header (what browsers' `EventSource` sends when it reconnects) or after
+`after`; with neither it starts at the current position. A comment line at least every
+15 seconds keeps idle connections open. An expired position is 410 before the stream
+starts. Same callers and gates as `listEvents`.
+
+
+Sends a `GET` request to `/v1/messaging/events/stream`
+
+Arguments:
+- `after`: Where to start when there is no `Last-Event-ID`, as in `listEvents`.
+- `last_event_id`: The `id` of the last event received; the stream resumes after it.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.stream_events()
+    .after(after)
+    .last_event_id(last_event_id)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn stream_events(&self) -> builder::StreamEvents<'_> {
+        builder::StreamEvents::new(self)
     }
     /**Delete a message
 
@@ -8581,6 +10618,124 @@ let response = client.remove_subscriber()
 ```*/
     pub fn remove_subscriber(&self) -> builder::RemoveSubscriber<'_> {
         builder::RemoveSubscriber::new(self)
+    }
+    /**List webhook endpoints
+
+Every endpoint of the key's store and mode, oldest first. Secrets are never shown here.
+
+Sends a `GET` request to `/v1/webhooks/endpoints`
+
+```ignore
+let response = client.list_webhook_endpoints()
+    .send()
+    .await;
+```*/
+    pub fn list_webhook_endpoints(&self) -> builder::ListWebhookEndpoints<'_> {
+        builder::ListWebhookEndpoints::new(self)
+    }
+    /**Create a webhook endpoint
+
+Every later event of the key's store and mode whose type is in `event_types` (all types
+when empty or absent) is POSTed to `url`, signed with the endpoint's `secret`, which is
+shown only in this answer. Live-mode URLs must be `https://` and reach a public address;
+test-mode URLs may also be `http://` and loopback. A store has at most 20 endpoints per
+mode (409 `webhook_endpoint_limit`).
+
+
+Sends a `POST` request to `/v1/webhooks/endpoints`
+
+```ignore
+let response = client.create_webhook_endpoint()
+    .body(body)
+    .send()
+    .await;
+```*/
+    pub fn create_webhook_endpoint(&self) -> builder::CreateWebhookEndpoint<'_> {
+        builder::CreateWebhookEndpoint::new(self)
+    }
+    /**Get a webhook endpoint
+
+An endpoint of the key's store and mode; another store's or mode's is 404.
+
+Sends a `GET` request to `/v1/webhooks/endpoints/{id}`
+
+Arguments:
+- `id`: Webhook endpoint id.
+```ignore
+let response = client.get_webhook_endpoint()
+    .id(id)
+    .send()
+    .await;
+```*/
+    pub fn get_webhook_endpoint(&self) -> builder::GetWebhookEndpoint<'_> {
+        builder::GetWebhookEndpoint::new(self)
+    }
+    /**Delete a webhook endpoint
+
+Deletes the endpoint with its deliveries and their attempts; nothing more is sent to it.
+
+Sends a `DELETE` request to `/v1/webhooks/endpoints/{id}`
+
+Arguments:
+- `id`: Webhook endpoint id.
+```ignore
+let response = client.delete_webhook_endpoint()
+    .id(id)
+    .send()
+    .await;
+```*/
+    pub fn delete_webhook_endpoint(&self) -> builder::DeleteWebhookEndpoint<'_> {
+        builder::DeleteWebhookEndpoint::new(self)
+    }
+    /**Update a webhook endpoint
+
+Changes the given fields; at least one. `enabled: true` turns an endpoint on again after
+it was disabled (by this operation or because its receiver answered 410 Gone); a
+disabled endpoint gets no new deliveries and its pending ones wait.
+
+
+Sends a `PATCH` request to `/v1/webhooks/endpoints/{id}`
+
+Arguments:
+- `id`: Webhook endpoint id.
+- `body`
+```ignore
+let response = client.update_webhook_endpoint()
+    .id(id)
+    .body(body)
+    .send()
+    .await;
+```*/
+    pub fn update_webhook_endpoint(&self) -> builder::UpdateWebhookEndpoint<'_> {
+        builder::UpdateWebhookEndpoint::new(self)
+    }
+    /**List an endpoint's deliveries
+
+One delivery per event sent to the endpoint, newest first, in cursor pages. A delivery
+is `pending` until an attempt succeeds (any 2xx within 10 seconds) or its retries are
+exhausted. Retries follow a fixed schedule after the first attempt: 5 seconds,
+5 minutes, 30 minutes, 2 hours, 5 hours, 10 hours and 10 hours (eight attempts over
+about 28 hours); then the delivery is `failed`.
+
+
+Sends a `GET` request to `/v1/webhooks/endpoints/{id}/deliveries`
+
+Arguments:
+- `id`: Webhook endpoint id.
+- `cursor`: Opaque cursor from `pagination.next_cursor` of the previous page.
+- `limit`: Page size, 1 to 200.
+- `status`: Only deliveries in this state.
+```ignore
+let response = client.list_webhook_deliveries()
+    .id(id)
+    .cursor(cursor)
+    .limit(limit)
+    .status(status)
+    .send()
+    .await;
+```*/
+    pub fn list_webhook_deliveries(&self) -> builder::ListWebhookDeliveries<'_> {
+        builder::ListWebhookDeliveries::new(self)
     }
 }
 /// Types for composing operation parameters.
@@ -9687,6 +11842,330 @@ pub mod builder {
                     )
                 }
                 404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::list_events`]
+
+[`Client::list_events`]: super::Client::list_events*/
+    #[derive(Debug, Clone)]
+    pub struct ListEvents<'a> {
+        client: &'a super::Client,
+        after: Result<Option<types::ListEventsAfter>, String>,
+        limit: Result<Option<::std::num::NonZeroU32>, String>,
+        wait: Result<Option<i32>, String>,
+        x_acting_user: Result<Option<types::ListEventsXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> ListEvents<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                after: Ok(None),
+                limit: Ok(None),
+                wait: Ok(None),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn after<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListEventsAfter>,
+        {
+            self.after = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListEventsAfter` for after failed".to_string()
+                });
+            self
+        }
+        pub fn limit<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::num::NonZeroU32>,
+        {
+            self.limit = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: num :: NonZeroU32` for limit failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn wait<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<i32>,
+        {
+            self.wait = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| "conversion to `i32` for wait failed".to_string());
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListEventsXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListEventsXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/messaging/events`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::EventList>, Error<types::Problem>> {
+            let Self { client, after, limit, wait, x_acting_user, x_auth_token } = self;
+            let after = after.map_err(Error::InvalidRequest)?;
+            let limit = limit.map_err(Error::InvalidRequest)?;
+            let wait = wait.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!("{}/v1/messaging/events", client.baseurl,);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .query(&progenitor_client::QueryParam::new("after", &after))
+                .query(&progenitor_client::QueryParam::new("limit", &limit))
+                .query(&progenitor_client::QueryParam::new("wait", &wait))
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "list_events",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                410u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::stream_events`]
+
+[`Client::stream_events`]: super::Client::stream_events*/
+    #[derive(Debug, Clone)]
+    pub struct StreamEvents<'a> {
+        client: &'a super::Client,
+        after: Result<Option<types::StreamEventsAfter>, String>,
+        last_event_id: Result<Option<types::StreamEventsLastEventId>, String>,
+        x_acting_user: Result<Option<types::StreamEventsXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> StreamEvents<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                after: Ok(None),
+                last_event_id: Ok(None),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn after<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::StreamEventsAfter>,
+        {
+            self.after = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `StreamEventsAfter` for after failed".to_string()
+                });
+            self
+        }
+        pub fn last_event_id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::StreamEventsLastEventId>,
+        {
+            self.last_event_id = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `StreamEventsLastEventId` for last_event_id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::StreamEventsXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `StreamEventsXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/messaging/events/stream`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<ByteStream>, Error<types::Problem>> {
+            let Self { client, after, last_event_id, x_acting_user, x_auth_token } = self;
+            let after = after.map_err(Error::InvalidRequest)?;
+            let last_event_id = last_event_id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!("{}/v1/messaging/events/stream", client.baseurl,);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(4usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = last_event_id {
+                header_map.append("Last-Event-ID", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .query(&progenitor_client::QueryParam::new("after", &after))
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "stream_events",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => Ok(ResponseValue::stream(response)),
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                410u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,
@@ -12182,6 +14661,747 @@ pub mod builder {
                 .build()?;
             let info = OperationInfo {
                 operation_id: "remove_subscriber",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::list_webhook_endpoints`]
+
+[`Client::list_webhook_endpoints`]: super::Client::list_webhook_endpoints*/
+    #[derive(Debug, Clone)]
+    pub struct ListWebhookEndpoints<'a> {
+        client: &'a super::Client,
+    }
+    impl<'a> ListWebhookEndpoints<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self { client: client }
+        }
+        ///Sends a `GET` request to `/v1/webhooks/endpoints`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::WebhookEndpointList>, Error<types::Problem>> {
+            let Self { client } = self;
+            let url = format!("{}/v1/webhooks/endpoints", client.baseurl,);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "list_webhook_endpoints",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::create_webhook_endpoint`]
+
+[`Client::create_webhook_endpoint`]: super::Client::create_webhook_endpoint*/
+    #[derive(Debug, Clone)]
+    pub struct CreateWebhookEndpoint<'a> {
+        client: &'a super::Client,
+        body: Result<types::builder::CreateWebhookEndpointRequest, String>,
+    }
+    impl<'a> CreateWebhookEndpoint<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                body: Ok(::std::default::Default::default()),
+            }
+        }
+        pub fn body<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::CreateWebhookEndpointRequest>,
+            <V as std::convert::TryInto<
+                types::CreateWebhookEndpointRequest,
+            >>::Error: std::fmt::Display,
+        {
+            self.body = value
+                .try_into()
+                .map(From::from)
+                .map_err(|s| {
+                    format!(
+                        "conversion to `CreateWebhookEndpointRequest` for body failed: {}",
+                        s
+                    )
+                });
+            self
+        }
+        pub fn body_map<F>(mut self, f: F) -> Self
+        where
+            F: std::ops::FnOnce(
+                types::builder::CreateWebhookEndpointRequest,
+            ) -> types::builder::CreateWebhookEndpointRequest,
+        {
+            self.body = self.body.map(f);
+            self
+        }
+        ///Sends a `POST` request to `/v1/webhooks/endpoints`
+        pub async fn send(
+            self,
+        ) -> Result<
+            ResponseValue<types::CreatedWebhookEndpoint>,
+            Error<types::Problem>,
+        > {
+            let Self { client, body } = self;
+            let body = body
+                .and_then(|v| {
+                    types::CreateWebhookEndpointRequest::try_from(v)
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(Error::InvalidRequest)?;
+            let url = format!("{}/v1/webhooks/endpoints", client.baseurl,);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .post(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .json(&body)
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "create_webhook_endpoint",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                201u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                409u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                413u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::get_webhook_endpoint`]
+
+[`Client::get_webhook_endpoint`]: super::Client::get_webhook_endpoint*/
+    #[derive(Debug, Clone)]
+    pub struct GetWebhookEndpoint<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+    }
+    impl<'a> GetWebhookEndpoint<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/webhooks/endpoints/{id}`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::WebhookEndpoint>, Error<types::Problem>> {
+            let Self { client, id } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/webhooks/endpoints/{}", client.baseurl, encode_path(& id
+                .to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "get_webhook_endpoint",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::delete_webhook_endpoint`]
+
+[`Client::delete_webhook_endpoint`]: super::Client::delete_webhook_endpoint*/
+    #[derive(Debug, Clone)]
+    pub struct DeleteWebhookEndpoint<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+    }
+    impl<'a> DeleteWebhookEndpoint<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        ///Sends a `DELETE` request to `/v1/webhooks/endpoints/{id}`
+        pub async fn send(self) -> Result<ResponseValue<()>, Error<types::Problem>> {
+            let Self { client, id } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/webhooks/endpoints/{}", client.baseurl, encode_path(& id
+                .to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .delete(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "delete_webhook_endpoint",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                204u16 => Ok(ResponseValue::empty(response)),
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::update_webhook_endpoint`]
+
+[`Client::update_webhook_endpoint`]: super::Client::update_webhook_endpoint*/
+    #[derive(Debug, Clone)]
+    pub struct UpdateWebhookEndpoint<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+        body: Result<types::builder::UpdateWebhookEndpointRequest, String>,
+    }
+    impl<'a> UpdateWebhookEndpoint<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                body: Ok(::std::default::Default::default()),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn body<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::UpdateWebhookEndpointRequest>,
+            <V as std::convert::TryInto<
+                types::UpdateWebhookEndpointRequest,
+            >>::Error: std::fmt::Display,
+        {
+            self.body = value
+                .try_into()
+                .map(From::from)
+                .map_err(|s| {
+                    format!(
+                        "conversion to `UpdateWebhookEndpointRequest` for body failed: {}",
+                        s
+                    )
+                });
+            self
+        }
+        pub fn body_map<F>(mut self, f: F) -> Self
+        where
+            F: std::ops::FnOnce(
+                types::builder::UpdateWebhookEndpointRequest,
+            ) -> types::builder::UpdateWebhookEndpointRequest,
+        {
+            self.body = self.body.map(f);
+            self
+        }
+        ///Sends a `PATCH` request to `/v1/webhooks/endpoints/{id}`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::WebhookEndpoint>, Error<types::Problem>> {
+            let Self { client, id, body } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let body = body
+                .and_then(|v| {
+                    types::UpdateWebhookEndpointRequest::try_from(v)
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/webhooks/endpoints/{}", client.baseurl, encode_path(& id
+                .to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .patch(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .json(&body)
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "update_webhook_endpoint",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                413u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::list_webhook_deliveries`]
+
+[`Client::list_webhook_deliveries`]: super::Client::list_webhook_deliveries*/
+    #[derive(Debug, Clone)]
+    pub struct ListWebhookDeliveries<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+        cursor: Result<Option<types::ListWebhookDeliveriesCursor>, String>,
+        limit: Result<Option<::std::num::NonZeroU32>, String>,
+        status: Result<Option<types::WebhookDeliveryStatus>, String>,
+    }
+    impl<'a> ListWebhookDeliveries<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                cursor: Ok(None),
+                limit: Ok(None),
+                status: Ok(None),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn cursor<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListWebhookDeliveriesCursor>,
+        {
+            self.cursor = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListWebhookDeliveriesCursor` for cursor failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn limit<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::num::NonZeroU32>,
+        {
+            self.limit = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: num :: NonZeroU32` for limit failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn status<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::WebhookDeliveryStatus>,
+        {
+            self.status = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `WebhookDeliveryStatus` for status failed".to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/webhooks/endpoints/{id}/deliveries`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::WebhookDeliveryList>, Error<types::Problem>> {
+            let Self { client, id, cursor, limit, status } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let cursor = cursor.map_err(Error::InvalidRequest)?;
+            let limit = limit.map_err(Error::InvalidRequest)?;
+            let status = status.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/webhooks/endpoints/{}/deliveries", client.baseurl, encode_path(&
+                id.to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .query(&progenitor_client::QueryParam::new("cursor", &cursor))
+                .query(&progenitor_client::QueryParam::new("limit", &limit))
+                .query(&progenitor_client::QueryParam::new("status", &status))
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "list_webhook_deliveries",
             };
             client.pre(&mut request, &info).await?;
             let result = client.exec(request, &info).await;

@@ -3,7 +3,7 @@
 //! through environment variables. Administrative commands print JSON on stdout and nothing else
 //! there; logs and errors go to stderr.
 
-use std::{num::NonZeroU32, str::FromStr};
+use std::{num::NonZeroU32, str::FromStr, time::Duration};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -11,7 +11,9 @@ use messaging_server::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, HttpSettings, LogFormat, RateLimitSettings,
     ServerConfig, init_tracing, run,
 };
-use messaging_service::{MessagingService, OtpDelivery, ServiceConfig, SmtpSender};
+use messaging_service::{
+    EventFeedSettings, MessagingService, OtpDelivery, ServiceConfig, SmtpSender,
+};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -193,6 +195,76 @@ struct ServeArgs {
 
     #[command(flatten)]
     rate_limits: RateLimitArgs,
+
+    #[command(flatten)]
+    events: EventArgs,
+
+    #[command(flatten)]
+    webhooks: WebhookArgs,
+}
+
+#[derive(Debug, Args)]
+struct EventArgs {
+    /// Days events are kept for catching up (`after`, `Last-Event-ID`); older positions get
+    /// 410 events_expired. Pruned in the background.
+    #[arg(long, env = "MESSAGING_EVENT_RETENTION_DAYS", default_value_t = 7,
+          value_parser = clap::value_parser!(u64).range(1..=3650))]
+    event_retention_days: u64,
+
+    /// Seconds between the comment lines that keep an idle event stream open (1 to 15).
+    #[arg(long, env = "MESSAGING_EVENT_KEEP_ALIVE_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=15))]
+    event_keep_alive_secs: u64,
+}
+
+impl EventArgs {
+    fn settings(&self) -> EventFeedSettings {
+        EventFeedSettings {
+            retention: Duration::from_secs(self.event_retention_days * 24 * 60 * 60),
+            keep_alive: Duration::from_secs(self.event_keep_alive_secs),
+            ..EventFeedSettings::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct WebhookArgs {
+    /// Delays before each webhook retry after the first attempt, comma-separated (`500ms`,
+    /// `5s`, `5m`, `2h`); when they run out the delivery fails. Default: the production
+    /// schedule `5s,5m,30m,2h,5h,10h,10h` (eight attempts over about 28 hours).
+    #[arg(long, env = "MESSAGING_WEBHOOK_RETRY_SCHEDULE", value_parser = parse_schedule)]
+    webhook_retry_schedule: Option<Schedule>,
+}
+
+/// A list of delays, as `--webhook-retry-schedule` takes it.
+#[derive(Debug, Clone)]
+struct Schedule(Vec<Duration>);
+
+fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    text.split(',')
+        .map(|part| parse_duration(part.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Schedule)
+}
+
+/// `250ms`, `5s`, `5m` or `2h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("`{text}` needs a unit: ms, s, m or h"))?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number with a unit"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        "h" => Ok(Duration::from_secs(number * 60 * 60)),
+        other => Err(format!(
+            "unknown unit `{other}` in `{text}`: use ms, s, m or h"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -242,6 +314,10 @@ async fn main() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut service = service_config(args.service.secret);
     service.otp = args.otp.delivery()?;
+    service.events = args.events.settings();
+    if let Some(Schedule(schedule)) = args.webhooks.webhook_retry_schedule {
+        service.webhooks.retry_schedule = schedule;
+    }
     let config = ServerConfig {
         bind: args.bind,
         database_url: args.service.database_url.0,
@@ -319,5 +395,27 @@ impl RateLimitArgs {
             auth_per_minute: self.auth_rate_limit_per_minute,
             auth_burst: self.auth_rate_limit_burst,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedules_parse_with_units() {
+        let Schedule(delays) = parse_schedule("500ms, 5s,5m,2h").unwrap();
+        assert_eq!(
+            delays,
+            [
+                Duration::from_millis(500),
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+                Duration::from_secs(7200)
+            ]
+        );
+        for bad in ["5", "s", "5d", "-1s", "5s,,1m"] {
+            assert!(parse_schedule(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -6,6 +6,17 @@
 //!   when scraped.
 //! - `messaging_messages_published_total`: scheduled messages the publisher moved into their
 //!   channels (recorded by the service).
+//! - `messaging_events_written_total`, `messaging_events_delivered_total`: events this process
+//!   committed, and handed to its streams and long-polls; `messaging_event_streams_open`,
+//!   `messaging_event_long_polls_waiting`: its open streams and waiting long-polls (recorded by
+//!   the service's event feed).
+//! - `webhook_attempts_total{outcome}`: webhook delivery attempts by outcome (`succeeded`,
+//!   `http_error`, `timeout`, `connect_error`, `refused`), and
+//!   `webhook_attempt_duration_seconds` how long they took (histogram), both per process.
+//! - `webhook_deliveries_created_total`: deliveries queued (one per event and matching endpoint);
+//!   `webhook_deliveries_completed_total{status}`: deliveries that ended `succeeded` or `failed`.
+//! - `webhook_deliveries_pending`: deliveries waiting for an attempt or a retry, in the whole
+//!   database (every replica's), read when scraped.
 //!
 //! Every series but the `http_*` ones is in the first scrape (the publication counter at 0);
 //! an `http_*` series appears with the first request of its label set.
@@ -17,7 +28,7 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-use messaging_service::{MessagingService, PUBLISHED_MESSAGES_METRIC};
+use messaging_service::{MessagingService, PUBLISHED_MESSAGES_METRIC, webhook_metrics};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use poem::{
     Response,
@@ -27,6 +38,12 @@ use poem::{
 const REQUESTS: &str = "http_requests_total";
 const DURATION: &str = "http_request_duration_seconds";
 const POOL: &str = "db_pool_connections";
+const WEBHOOK_BACKLOG: &str = "webhook_deliveries_pending";
+
+/// Webhook attempt buckets, in seconds: a local receiver up to the 10 s timeout.
+const WEBHOOK_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Latency buckets, in seconds: sub-millisecond reads up to slow writes.
 const BUCKETS: &[f64] = &[
@@ -42,6 +59,11 @@ fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full(DURATION.to_owned()), BUCKETS)
+            .expect("the bucket list is not empty")
+            .set_buckets_for_metric(
+                Matcher::Full(webhook_metrics::ATTEMPT_DURATION_METRIC.to_owned()),
+                WEBHOOK_BUCKETS,
+            )
             .expect("the bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
@@ -59,9 +81,60 @@ fn handle() -> &'static PrometheusHandle {
             PUBLISHED_MESSAGES_METRIC,
             "Scheduled messages published to their channels."
         );
-        // Exists from the start, at 0, so a scrape (and an alert on its rate) sees it before
-        // the first publication. The pool gauges are set at every scrape.
-        metrics::counter!(PUBLISHED_MESSAGES_METRIC).increment(0);
+        metrics::describe_counter!(
+            "messaging_events_written_total",
+            "Events committed by this process."
+        );
+        metrics::describe_counter!(
+            "messaging_events_delivered_total",
+            "Events handed to this process's streams and long-polls."
+        );
+        metrics::describe_gauge!(
+            "messaging_event_streams_open",
+            "Event streams open on this process."
+        );
+        metrics::describe_gauge!(
+            "messaging_event_long_polls_waiting",
+            "Long-polls of the event feed waiting on this process."
+        );
+        metrics::describe_counter!(
+            webhook_metrics::ATTEMPTS_METRIC,
+            "Webhook delivery attempts by outcome."
+        );
+        metrics::describe_histogram!(
+            webhook_metrics::ATTEMPT_DURATION_METRIC,
+            metrics::Unit::Seconds,
+            "Time a webhook delivery attempt took."
+        );
+        metrics::describe_counter!(
+            webhook_metrics::CREATED_METRIC,
+            "Webhook deliveries queued, one per event and matching endpoint."
+        );
+        metrics::describe_counter!(
+            webhook_metrics::COMPLETED_METRIC,
+            "Webhook deliveries that succeeded or failed for good."
+        );
+        metrics::describe_gauge!(
+            WEBHOOK_BACKLOG,
+            "Webhook deliveries waiting for an attempt or a retry."
+        );
+        // Every unlabelled series exists from the start, at 0, so a scrape (and an alert on its
+        // rate) sees it before the first publication, event or delivery. The pool gauges and
+        // the webhook backlog are set at every scrape.
+        for counter in [
+            PUBLISHED_MESSAGES_METRIC,
+            "messaging_events_written_total",
+            "messaging_events_delivered_total",
+            webhook_metrics::CREATED_METRIC,
+        ] {
+            metrics::counter!(counter).increment(0);
+        }
+        for gauge in [
+            "messaging_event_streams_open",
+            "messaging_event_long_polls_waiting",
+        ] {
+            metrics::gauge!(gauge).increment(0.0);
+        }
         let upkeep = handle.clone();
         std::thread::Builder::new()
             .name("metrics-upkeep".to_owned())
@@ -101,6 +174,10 @@ pub async fn render(service: MessagingService) -> Response {
     let pool = service.pool_status();
     metrics::gauge!(POOL, "state" => "idle").set(pool.idle as f64);
     metrics::gauge!(POOL, "state" => "in_use").set(pool.in_use as f64);
+    match service.webhook_backlog().await {
+        Ok(pending) => metrics::gauge!(WEBHOOK_BACKLOG).set(pending as f64),
+        Err(err) => tracing::warn!(error = %err, "cannot count pending webhook deliveries"),
+    }
     Response::builder()
         .header(
             header::CONTENT_TYPE,

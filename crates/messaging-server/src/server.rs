@@ -57,11 +57,25 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     if let Some(address) = bound_address(&acceptor) {
         tracing::info!(%address, "messaging-server listening");
     }
-    // The app (and its metrics recorder) first, so the publisher's first counts are kept.
+    // The app (and its metrics recorder) first, so the background tasks' first counts are kept.
     let app = app(service.clone(), &config.http);
-    let publisher = tokio::spawn(service.run_publisher(PUBLISH_INTERVAL));
-    let served = serve(acceptor, app, shutdown_signal()).await;
+    let publisher = tokio::spawn(service.clone().run_publisher(PUBLISH_INTERVAL));
+    let feed = tokio::spawn(service.clone().run_event_feed());
+    let retention = tokio::spawn(service.clone().run_event_retention());
+    let dispatcher = tokio::spawn(service.clone().run_webhook_dispatcher());
+    let webhooks = tokio::spawn(service.clone().run_webhook_worker());
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Open streams and long-polls end now instead of holding the shutdown for 30 s;
+        // clients reconnect (to another replica) with Last-Event-ID and miss nothing.
+        service.close_event_feed();
+    };
+    let served = serve(acceptor, app, shutdown).await;
     publisher.abort();
+    feed.abort();
+    retention.abort();
+    dispatcher.abort();
+    webhooks.abort();
     served.map_err(ServeError::Serve)?;
     tracing::info!("messaging-server stopped");
     Ok(())
@@ -88,11 +102,19 @@ pub async fn spawn(
     let address = bound_address(&acceptor)
         .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
     let publisher = service.clone().run_publisher(PUBLISH_INTERVAL);
+    let feed = service.clone().run_event_feed();
+    let retention = service.clone().run_event_retention();
+    let dispatcher = service.clone().run_webhook_dispatcher();
+    let webhooks = service.clone().run_webhook_worker();
     let app = app(service, settings);
-    // One task for both, so aborting it stops the server and its publisher together.
+    // One task for all, so aborting it stops the server and its background work together.
     let task = tokio::spawn(async move {
         tokio::select! {
             () = publisher => Ok(()),
+            () = feed => Ok(()),
+            () = retention => Ok(()),
+            () = dispatcher => Ok(()),
+            () = webhooks => Ok(()),
             result = serve(acceptor, app, std::future::pending()) => result,
         }
     });

@@ -327,6 +327,52 @@ impl MessagingApi for MessagingService {
         })
     }
 
+    async fn list_events(&self, api_key: String, params: ListEventsParams) -> ListEventsResponse {
+        let result = async {
+            let (caller, _) = participant!(self, api_key, params).await?;
+            // Validated by the generated layer (1 to 200, 0 to 30); the clamps only guard the
+            // conversions.
+            let wait = std::time::Duration::from_secs(params.wait.clamp(0, 30) as u64);
+            self.list_events(
+                &caller,
+                params.after.as_deref(),
+                page_size(params.limit),
+                wait,
+            )
+            .await
+        };
+        respond(result.await, |list| ListEventsResponse::Ok(Json(list)))
+    }
+
+    async fn stream_events(
+        &self,
+        api_key: String,
+        params: StreamEventsParams,
+    ) -> StreamEventsResponse {
+        let result = async {
+            let (caller, _) = participant!(self, api_key, params).await?;
+            self.stream_events(
+                &caller,
+                params.last_event_id.as_deref(),
+                params.after.as_deref(),
+            )
+            .await
+        };
+        let keep_alive = self.event_keep_alive();
+        respond(result.await, |events| {
+            StreamEventsResponse::Ok(
+                poem_openapi::payload::EventStream::new(events)
+                    .keep_alive(keep_alive)
+                    .to_event(|event| {
+                        use poem_openapi::types::ToJSON;
+                        poem::web::sse::Event::message(event.to_json_string())
+                            .id(event.id)
+                            .event_type(event.r#type.as_str())
+                    }),
+            )
+        })
+    }
+
     async fn register(&self, api_key: String, body: RegisterRequest) -> RegisterResponse {
         respond(self.register(&api_key, body).await, |s| {
             RegisterResponse::Created(Json(s))
@@ -358,6 +404,88 @@ impl MessagingApi for MessagingService {
     ) -> RefreshSessionResponse {
         respond(self.refresh_session(&api_key, body).await, |s| {
             RefreshSessionResponse::Ok(Json(s))
+        })
+    }
+
+    async fn list_webhook_endpoints(&self, api_key: String) -> ListWebhookEndpointsResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.list_webhook_endpoints(&caller).await
+        };
+        respond(result.await, |endpoints| {
+            ListWebhookEndpointsResponse::Ok(Json(WebhookEndpointList { endpoints }))
+        })
+    }
+
+    async fn create_webhook_endpoint(
+        &self,
+        api_key: String,
+        body: CreateWebhookEndpointRequest,
+    ) -> CreateWebhookEndpointResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.create_webhook_endpoint(&caller, body).await
+        };
+        respond(result.await, |e| {
+            CreateWebhookEndpointResponse::Created(Json(e))
+        })
+    }
+
+    async fn get_webhook_endpoint(
+        &self,
+        api_key: String,
+        params: GetWebhookEndpointParams,
+    ) -> GetWebhookEndpointResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.get_webhook_endpoint(&caller, params.id).await
+        };
+        respond(result.await, |e| GetWebhookEndpointResponse::Ok(Json(e)))
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        api_key: String,
+        params: UpdateWebhookEndpointParams,
+        body: UpdateWebhookEndpointRequest,
+    ) -> UpdateWebhookEndpointResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.update_webhook_endpoint(&caller, params.id, body).await
+        };
+        respond(result.await, |e| UpdateWebhookEndpointResponse::Ok(Json(e)))
+    }
+
+    async fn delete_webhook_endpoint(
+        &self,
+        api_key: String,
+        params: DeleteWebhookEndpointParams,
+    ) -> DeleteWebhookEndpointResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.delete_webhook_endpoint(&caller, params.id).await
+        };
+        respond(result.await, |()| DeleteWebhookEndpointResponse::NoContent)
+    }
+
+    async fn list_webhook_deliveries(
+        &self,
+        api_key: String,
+        params: ListWebhookDeliveriesParams,
+    ) -> ListWebhookDeliveriesResponse {
+        let result = async {
+            let caller = self.secret_key_caller(&api_key).await?;
+            self.list_webhook_deliveries(
+                &caller,
+                params.id,
+                params.status,
+                page_size(params.limit),
+                params.cursor.as_deref(),
+            )
+            .await
+        };
+        respond(result.await, |list| {
+            ListWebhookDeliveriesResponse::Ok(Json(list))
         })
     }
 }

@@ -26,6 +26,7 @@ use crate::{
     cursor::{self, Position},
     entity::{channel, channel_member, message, thread, thread_subscriber},
     error::ServiceError,
+    events::{self, EventData, EventScope, WriteTxn},
     messages::MessagePage,
     now,
     subscribers::kind_of,
@@ -317,10 +318,10 @@ impl MessagingService {
     /// Publishes every due message once. Returns how many this call published.
     pub async fn publish_due(&self) -> Result<u64, ServiceError> {
         let at = now();
-        let due: Vec<(Uuid, Option<Uuid>)> = message::Entity::find()
+        let due: Vec<(Uuid, Uuid)> = message::Entity::find()
             .select_only()
             .column(message::Column::Id)
-            .column(message::Column::ChannelId)
+            .column(message::Column::ThreadId)
             .filter(message::Column::PublishedAt.is_null())
             .filter(message::Column::PublishToChannelAt.lte(at))
             .order_by_asc(message::Column::PublishToChannelAt)
@@ -333,17 +334,33 @@ impl MessagingService {
         }
         // Only now take the write lock: an idle tick blocks no writer.
         let txn = self.begin_write().await?;
+        let thread_ids: Vec<Uuid> = due.iter().map(|(_, thread)| *thread).collect();
+        // Every publisher takes the messages' thread locks first, so what is still unpublished
+        // under them stays so until this transaction ends: each message is published (and its
+        // event written) exactly once however many publishers run.
+        txn.lock_threads(&thread_ids).await?;
         let ids: Vec<Uuid> = due.iter().map(|(id, _)| *id).collect();
-        // The condition on `published_at` is what makes publishing exactly-once: a concurrent
-        // publisher's update of the same rows waits for ours and then matches nothing.
+        let mut pending = message::Entity::find()
+            .filter(message::Column::Id.is_in(ids.clone()))
+            .filter(message::Column::PublishedAt.is_null())
+            .order_by_asc(message::Column::PublishToChannelAt)
+            .order_by_asc(message::Column::Id)
+            .all(&txn)
+            .await?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
         let published = message::Entity::update_many()
             .col_expr(message::Column::PublishedAt, Expr::value(at))
-            .filter(message::Column::Id.is_in(ids))
+            .filter(message::Column::Id.is_in(pending.iter().map(|m| m.id)))
             .filter(message::Column::PublishedAt.is_null())
             .exec(&txn)
             .await?
             .rows_affected;
-        let mut channels: Vec<Uuid> = due.iter().filter_map(|(_, c)| *c).collect();
+        for row in &mut pending {
+            row.published_at = Some(at);
+        }
+        let mut channels: Vec<Uuid> = pending.iter().filter_map(|m| m.channel_id).collect();
         channels.sort();
         channels.dedup();
         if published > 0 && !channels.is_empty() {
@@ -353,8 +370,53 @@ impl MessagingService {
                 .exec(&txn)
                 .await?;
         }
+        let threads: HashMap<Uuid, thread::Model> = thread::Entity::find()
+            .filter(thread::Column::Id.is_in(thread_ids))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|t| (t.id, t))
+            .collect();
+        let rows: Vec<(Uuid, Option<Uuid>)> = pending
+            .iter()
+            .map(|m| (m.thread_id, m.channel_id))
+            .collect();
+        let messages = wire_messages_in(&txn, pending).await?;
+        for ((thread_id, channel_id), message) in rows.into_iter().zip(&messages) {
+            if let (Some(thread), Some(channel_id)) = (threads.get(&thread_id), channel_id) {
+                self.record_published(&txn, thread, channel_id, message)
+                    .await?;
+            }
+        }
         txn.commit().await?;
         Ok(published)
+    }
+
+    /// Records `channel.message_published`: `message` of `thread` reached `channel_id`. Only
+    /// the store reads it when the thread's customer is not a member of that channel (it was
+    /// removed from the thread).
+    pub(crate) async fn record_published(
+        &self,
+        txn: &WriteTxn,
+        thread: &thread::Model,
+        channel_id: Uuid,
+        message: &Message,
+    ) -> Result<(), ServiceError> {
+        let customer_is_member =
+            channel_member::Entity::find_by_id((channel_id, thread.customer_id.to_string()))
+                .one(txn)
+                .await?
+                .is_some();
+        let scope = EventScope::of(thread).store_only(!customer_is_member);
+        events::record(
+            txn,
+            &scope,
+            EventData::ChannelMessagePublished {
+                channel_id,
+                message,
+            },
+        )
+        .await
     }
 
     /// Runs the publisher every `interval` until the task is dropped. Errors are logged and the
@@ -436,15 +498,24 @@ impl MessagingService {
         &self,
         rows: Vec<message::Model>,
     ) -> Result<Vec<Message>, ServiceError> {
-        let ids: Vec<Uuid> = rows.iter().map(|m| m.id).collect();
-        let mut reactions = crate::reactions::reactions_of(self.db(), &ids).await?;
-        rows.into_iter()
-            .map(|row| {
-                let reactions = reactions.remove(&row.id).unwrap_or_default();
-                crate::wire::message(row, reactions)
-            })
-            .collect()
+        wire_messages_in(self.db(), rows).await
     }
+}
+
+/// Messages with their reactions read through `conn` (the write transaction, when the
+/// messages go into events), in one extra query for the whole page.
+pub(crate) async fn wire_messages_in<C: ConnectionTrait>(
+    conn: &C,
+    rows: Vec<message::Model>,
+) -> Result<Vec<Message>, ServiceError> {
+    let ids: Vec<Uuid> = rows.iter().map(|m| m.id).collect();
+    let mut reactions = crate::reactions::reactions_of(conn, &ids).await?;
+    rows.into_iter()
+        .map(|row| {
+            let reactions = reactions.remove(&row.id).unwrap_or_default();
+            crate::wire::message(row, reactions)
+        })
+        .collect()
 }
 
 /// channels → channel_members, to filter channels by member.

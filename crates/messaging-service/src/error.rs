@@ -37,6 +37,8 @@ pub enum Kind {
     Forbidden,
     NotFound,
     Conflict,
+    /// Something that existed is gone for good (410), e.g. events past retention.
+    Gone,
 }
 
 /// A failure of one request.
@@ -90,6 +92,13 @@ impl ServiceError {
             detail: detail.into(),
         }
     }
+    pub fn gone(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::Expected {
+            kind: Kind::Gone,
+            code,
+            detail: detail.into(),
+        }
+    }
     pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Internal(Box::new(err))
     }
@@ -112,6 +121,7 @@ impl ServiceError {
                     Kind::Forbidden => (403, "Forbidden"),
                     Kind::NotFound => (404, "Not Found"),
                     Kind::Conflict => (409, "Conflict"),
+                    Kind::Gone => (410, "Gone"),
                 };
                 (status, title, code, Some(detail))
             }

@@ -10,6 +10,7 @@ mod config;
 mod cursor;
 pub mod entity;
 mod error;
+mod events;
 mod messages;
 mod migration;
 mod missing_database;
@@ -17,14 +18,18 @@ mod reactions;
 mod stores;
 mod subscribers;
 mod threads;
+mod webhooks;
 mod wire;
 
 pub use channels::PUBLISHED_MESSAGES_METRIC;
 pub use config::{
     OtpChannel, OtpDelivery, OtpMessage, OtpOutbox, ServiceConfig, SmtpConfigError, SmtpSender,
+    WEBHOOK_RETRY_SCHEDULE, WebhookSettings,
 };
 pub use error::{ServiceError, StartupError};
+pub use events::EventFeedSettings;
 pub use stores::{CreatedStore, KeyInfo, RotatedKey};
+pub use webhooks::metrics as webhook_metrics;
 
 use std::sync::Arc;
 
@@ -43,6 +48,10 @@ struct Inner {
     config: ServiceConfig,
     /// Recently verified API keys, by keyed hash (never the key itself).
     key_cache: moka::sync::Cache<String, auth::Caller>,
+    /// This process's fan-out of the event feed.
+    events: Arc<events::EventHub>,
+    /// Wakes this process's webhook worker when deliveries were queued here.
+    webhook_wakeup: Arc<tokio::sync::Notify>,
 }
 
 /// How long a verified API key is trusted without asking the database again. Revoking or
@@ -66,6 +75,8 @@ impl MessagingService {
                     .max_capacity(10_000)
                     .time_to_live(KEY_CACHE_TTL)
                     .build(),
+                events: Arc::new(events::EventHub::new()),
+                webhook_wakeup: Arc::new(tokio::sync::Notify::new()),
             }),
         })
     }
@@ -111,18 +122,21 @@ impl MessagingService {
         self.inner.db.get_database_backend()
     }
 
-    /// Starts a transaction that will write. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes cannot upgrade its
-    /// lock while another writer commits, and would fail with `SQLITE_BUSY` instead of waiting.
-    async fn begin_write(&self) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    /// Starts a transaction that will write (and may record events). On SQLite it takes the
+    /// write lock up front (`BEGIN IMMEDIATE`): a deferred transaction that reads and then
+    /// writes cannot upgrade its lock while another writer commits, and would fail with
+    /// `SQLITE_BUSY` instead of waiting.
+    async fn begin_write(&self) -> Result<events::WriteTxn, DbErr> {
         use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
-        self.inner
+        let txn = self
+            .inner
             .db
             .begin_with_options(TransactionOptions {
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                 ..TransactionOptions::default()
             })
-            .await
+            .await?;
+        Ok(events::WriteTxn::new(txn, self.inner.events.clone()))
     }
 }
 

@@ -7,9 +7,8 @@ use messaging_api::{
     SortOrder, ThreadStatus,
 };
 use sea_orm::{
-    ActiveModelTrait,
-    ActiveValue::Set,
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -20,6 +19,7 @@ use crate::{
     cursor::{self, Position},
     entity::{channel, message, thread},
     error::ServiceError,
+    events::{self, EventData, EventScope},
     now,
     subscribers::{self, Participant},
     threads::{NewMessage, ThreadRef, from_micros, micros, sender_of},
@@ -182,7 +182,7 @@ impl MessagingService {
             (_, (_, store)) => (SenderType::System, store),
         };
         let txn = self.begin_write().await?;
-        let thread = self.load_thread(&txn, caller, thread_ref).await?;
+        let thread = self.load_thread_for_write(&txn, caller, thread_ref).await?;
         subscribers::require_member(&txn, thread.id, author).await?;
         if thread.status == ThreadStatus::Closed.as_str() {
             return Err(ServiceError::conflict(
@@ -230,7 +230,9 @@ impl MessagingService {
                 Expr::col(thread::Column::UnreadCountCustomer).add(1),
             ),
         };
-        if sender_type == SenderType::Customer && thread.status == ThreadStatus::Resolved.as_str() {
+        let reopens =
+            sender_type == SenderType::Customer && thread.status == ThreadStatus::Resolved.as_str();
+        if reopens {
             update = update.col_expr(
                 thread::Column::Status,
                 Expr::value(ThreadStatus::Active.as_str()),
@@ -238,20 +240,38 @@ impl MessagingService {
         }
         update.exec(&txn).await?;
         subscribers::count_unread(&txn, thread.id, author).await?;
-        if let (Some(channel_id), Some(_)) = (message.channel_id, message.published_at) {
+        let published_to = message
+            .channel_id
+            .filter(|_| message.published_at.is_some());
+        if let Some(channel_id) = published_to {
             channel::Entity::update_many()
                 .col_expr(channel::Column::UpdatedAt, Expr::value(at))
                 .filter(channel::Column::Id.eq(channel_id))
                 .exec(&txn)
                 .await?;
         }
+        let scope = EventScope::of(&thread);
+        let wire = crate::wire::message(message, Vec::new())?;
+        events::record(&txn, &scope, EventData::MessageCreated(&wire)).await?;
+        if reopens {
+            let reopened = self
+                .load_thread(&txn, caller, &ThreadRef::Id(thread.id))
+                .await?;
+            let reopened = self.wire_thread(&txn, caller, reopened).await?;
+            events::record(&txn, &scope, EventData::ThreadUpdated(&reopened)).await?;
+        }
+        if let Some(channel_id) = published_to {
+            self.record_published(&txn, &thread, channel_id, &wire)
+                .await?;
+        }
         txn.commit().await?;
-        crate::wire::message(message, Vec::new())
+        Ok(wire)
     }
 
     /// Loads a live message of the caller's store and mode and applies gateByMessageId.
-    async fn load_own_message(
+    async fn load_own_message<C: ConnectionTrait>(
         &self,
+        conn: &C,
         caller: &Caller,
         id: Uuid,
     ) -> Result<message::Model, ServiceError> {
@@ -259,7 +279,7 @@ impl MessagingService {
             .filter(message::Column::StoreId.eq(caller.store_id))
             .filter(message::Column::Mode.eq(caller.mode.as_str()))
             .filter(message::Column::IsDeleted.eq(false))
-            .one(self.db())
+            .one(conn)
             .await?
             .ok_or_else(message_not_found)?;
         let allowed = match caller.actor {
@@ -278,6 +298,24 @@ impl MessagingService {
         Ok(message)
     }
 
+    /// [`Self::load_own_message`] in a write transaction: found, its thread locked, read again
+    /// under the lock; with the thread, for the event.
+    async fn load_own_message_for_write(
+        &self,
+        txn: &events::WriteTxn,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<(message::Model, thread::Model), ServiceError> {
+        let found = self.load_own_message(txn, caller, id).await?;
+        txn.lock_threads(&[found.thread_id]).await?;
+        let message = self.load_own_message(txn, caller, id).await?;
+        let thread = thread::Entity::find_by_id(message.thread_id)
+            .one(txn)
+            .await?
+            .ok_or_else(message_not_found)?;
+        Ok((message, thread))
+    }
+
     pub(crate) async fn edit_message(
         &self,
         caller: &Caller,
@@ -290,16 +328,27 @@ impl MessagingService {
                 "message_content must not be blank.",
             ));
         }
-        let message = self.load_own_message(caller, id).await?;
+        let txn = self.begin_write().await?;
+        let (message, thread) = self.load_own_message_for_write(&txn, caller, id).await?;
         let at = now();
         let mut row: message::ActiveModel = message.into();
-        row.message_content = Set(content);
-        row.is_edited = Set(true);
-        row.edited_at = Set(Some(at));
-        row.updated_at = Set(at);
-        let updated = row.update(self.db()).await?;
-        let mut messages = self.wire_messages(vec![updated]).await?;
-        messages.pop().ok_or_else(message_not_found)
+        row.message_content = sea_orm::ActiveValue::Set(content);
+        row.is_edited = sea_orm::ActiveValue::Set(true);
+        row.edited_at = sea_orm::ActiveValue::Set(Some(at));
+        row.updated_at = sea_orm::ActiveValue::Set(at);
+        let updated = row.update(&txn).await?;
+        let message = crate::channels::wire_messages_in(&txn, vec![updated])
+            .await?
+            .pop()
+            .ok_or_else(message_not_found)?;
+        events::record(
+            &txn,
+            &EventScope::of(&thread),
+            EventData::MessageUpdated(&message),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(message)
     }
 
     /// Soft delete: the row stays for audit. Only the request that flips `is_deleted` succeeds,
@@ -309,7 +358,8 @@ impl MessagingService {
         caller: &Caller,
         id: Uuid,
     ) -> Result<DeletedMessage, ServiceError> {
-        let message = self.load_own_message(caller, id).await?;
+        let txn = self.begin_write().await?;
+        let (message, thread) = self.load_own_message_for_write(&txn, caller, id).await?;
         let at = now();
         let affected = message::Entity::update_many()
             .col_expr(message::Column::IsDeleted, Expr::value(true))
@@ -317,12 +367,22 @@ impl MessagingService {
             .col_expr(message::Column::UpdatedAt, Expr::value(at))
             .filter(message::Column::Id.eq(message.id))
             .filter(message::Column::IsDeleted.eq(false))
-            .exec(self.db())
+            .exec(&txn)
             .await?
             .rows_affected;
         if affected != 1 {
             return Err(message_not_found());
         }
+        events::record(
+            &txn,
+            &EventScope::of(&thread),
+            EventData::MessageDeleted {
+                message_id: message.id,
+                deleted_at: at,
+            },
+        )
+        .await?;
+        txn.commit().await?;
         Ok(DeletedMessage {
             success: true,
             message_id: message.id,

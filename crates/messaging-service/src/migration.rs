@@ -14,6 +14,11 @@ mod m20261121_000011_create_channels;
 mod m20261121_000012_add_message_channel_fields;
 mod m20261121_000013_create_message_reactions;
 mod m20261121_000014_reindex_customer_threads;
+mod m20261129_000100_create_events;
+mod m20261129_000160_create_webhook_endpoints;
+mod m20261129_000161_create_webhook_deliveries;
+mod m20261129_000162_create_webhook_attempts;
+mod m20261129_000163_create_webhook_dispatch_positions;
 
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
@@ -38,6 +43,11 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000012_add_message_channel_fields::Migration),
             Box::new(m20261121_000013_create_message_reactions::Migration),
             Box::new(m20261121_000014_reindex_customer_threads::Migration),
+            Box::new(m20261129_000100_create_events::Migration),
+            Box::new(m20261129_000160_create_webhook_endpoints::Migration),
+            Box::new(m20261129_000161_create_webhook_deliveries::Migration),
+            Box::new(m20261129_000162_create_webhook_attempts::Migration),
+            Box::new(m20261129_000163_create_webhook_dispatch_positions::Migration),
         ]
     }
 }

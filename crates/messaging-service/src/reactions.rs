@@ -11,8 +11,9 @@ use uuid::Uuid;
 use crate::{
     MessagingService,
     auth::Caller,
-    entity::{message, message_reaction},
+    entity::{message, message_reaction, thread},
     error::ServiceError,
+    events::{self, EventData, EventScope},
     now,
     subscribers::Participant,
     threads::ThreadRef,
@@ -75,25 +76,28 @@ pub async fn reactions_of<C: ConnectionTrait>(
 }
 
 impl MessagingService {
-    /// A live message of the caller's store and mode in a thread the caller may read.
-    async fn readable_message(
+    /// A live message of the caller's store and mode in a thread the caller may read, with
+    /// that thread.
+    async fn readable_message<C: ConnectionTrait>(
         &self,
+        conn: &C,
         caller: &Caller,
         id: Uuid,
-    ) -> Result<message::Model, ServiceError> {
+    ) -> Result<(message::Model, thread::Model), ServiceError> {
         let message = message::Entity::find_by_id(id)
             .filter(message::Column::StoreId.eq(caller.store_id))
             .filter(message::Column::Mode.eq(caller.mode.as_str()))
             .filter(message::Column::IsDeleted.eq(false))
-            .one(self.db())
+            .one(conn)
             .await?
             .ok_or_else(|| {
                 ServiceError::not_found("message_not_found", "No message with that id.")
             })?;
         // gateByThreadId on the message's thread.
-        self.load_thread(self.db(), caller, &ThreadRef::Id(message.thread_id))
+        let thread = self
+            .load_thread(conn, caller, &ThreadRef::Id(message.thread_id))
             .await?;
-        Ok(message)
+        Ok((message, thread))
     }
 
     pub(crate) async fn react(
@@ -105,11 +109,14 @@ impl MessagingService {
         add: bool,
     ) -> Result<Message, ServiceError> {
         let emoji = valid_emoji(emoji)?;
-        let message = self.readable_message(caller, message_id).await?;
-        crate::subscribers::require_member(self.db(), message.thread_id, participant).await?;
+        let txn = self.begin_write().await?;
+        let (found, _) = self.readable_message(&txn, caller, message_id).await?;
+        txn.lock_threads(&[found.thread_id]).await?;
+        let (message, thread) = self.readable_message(&txn, caller, message_id).await?;
+        crate::subscribers::require_member(&txn, message.thread_id, participant).await?;
         let subscriber_id = participant.subscriber_id();
-        if add {
-            message_reaction::Entity::insert(message_reaction::ActiveModel {
+        let changed = if add {
+            let inserted = message_reaction::Entity::insert(message_reaction::ActiveModel {
                 message_id: Set(message.id),
                 emoji: Set(emoji.to_owned()),
                 subscriber_id: Set(subscriber_id),
@@ -120,20 +127,36 @@ impl MessagingService {
                 message_reaction::Column::Emoji,
                 message_reaction::Column::SubscriberId,
             ])
-            .exec(self.db())
+            .exec_without_returning(&txn)
             .await?;
+            matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0)
         } else {
             message_reaction::Entity::delete_many()
                 .filter(message_reaction::Column::MessageId.eq(message.id))
                 .filter(message_reaction::Column::Emoji.eq(emoji))
                 .filter(message_reaction::Column::SubscriberId.eq(subscriber_id))
-                .exec(self.db())
-                .await?;
-        }
-        let mut messages = self.wire_messages(vec![message]).await?;
-        messages
+                .exec(&txn)
+                .await?
+                .rows_affected
+                > 0
+        };
+        let message = crate::channels::wire_messages_in(&txn, vec![message])
+            .await?
             .pop()
-            .ok_or_else(|| ServiceError::not_found("message_not_found", "No message with that id."))
+            .ok_or_else(|| {
+                ServiceError::not_found("message_not_found", "No message with that id.")
+            })?;
+        // Adding a reaction that is there, or removing one that is not, changes nothing.
+        if changed {
+            events::record(
+                &txn,
+                &EventScope::of(&thread),
+                EventData::MessageUpdated(&message),
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(message)
     }
 }
 

@@ -23,6 +23,7 @@ use crate::{
     auth::{Actor, Caller},
     entity::{customer, thread, thread_subscriber},
     error::ServiceError,
+    events::{self, EventData, EventScope},
     now,
     threads::ThreadRef,
 };
@@ -377,7 +378,7 @@ impl MessagingService {
         }
         let id = valid_subscriber_id(body.id.trim())?.to_owned();
         let txn = self.begin_write().await?;
-        let thread = self.load_thread(&txn, caller, thread_ref).await?;
+        let thread = self.load_thread_for_write(&txn, caller, thread_ref).await?;
         let (name, email, phone) = match body.r#type {
             SubscriberType::Contact => {
                 let customer = Uuid::parse_str(&id).ok().ok_or_else(|| {
@@ -467,8 +468,15 @@ impl MessagingService {
             }
         };
         self.assign_channel(&txn, &thread).await?;
+        let subscriber = wire_subscriber(&row);
+        events::record(
+            &txn,
+            &EventScope::of(&thread),
+            EventData::SubscriberAdded(&subscriber),
+        )
+        .await?;
         txn.commit().await?;
-        Ok(wire_subscriber(&row))
+        Ok(subscriber)
     }
 
     pub(crate) async fn remove_subscriber(
@@ -481,7 +489,7 @@ impl MessagingService {
             return Err(store_only());
         }
         let txn = self.begin_write().await?;
-        let thread = self.load_thread(&txn, caller, thread_ref).await?;
+        let thread = self.load_thread_for_write(&txn, caller, thread_ref).await?;
         let existing = thread_subscriber::Entity::find_by_id((thread.id, subscriber_id.to_owned()))
             .filter(thread_subscriber::Column::IsArchived.eq(false))
             .one(&txn)
@@ -498,7 +506,14 @@ impl MessagingService {
         row.updated_at = Set(now());
         let row = row.update(&txn).await?;
         self.assign_channel(&txn, &thread).await?;
+        let subscriber = wire_subscriber(&row);
+        events::record(
+            &txn,
+            &EventScope::of(&thread),
+            EventData::SubscriberRemoved(&subscriber),
+        )
+        .await?;
         txn.commit().await?;
-        Ok(wire_subscriber(&row))
+        Ok(subscriber)
     }
 }

@@ -23,6 +23,7 @@ use crate::{
     cursor::{self, Position},
     entity::{customer, message, thread},
     error::{ServiceError, is_unique_violation},
+    events::{self, EventData, EventScope, WriteTxn},
     now,
     subscribers::{self, Participant, ThreadWithSubscribers, initial_subscribers, subscribers_of},
     wire,
@@ -134,13 +135,30 @@ impl MessagingService {
         Ok(thread)
     }
 
-    /// A thread in its wire form, with its subscribers.
-    async fn wire_thread(
+    /// A thread of the caller's store and mode about to be written: found (404, 403 as
+    /// [`Self::load_thread`]), locked for the rest of `txn` ([`WriteTxn::lock_threads`]), and
+    /// read again under the lock, so the rule sees what concurrent writers committed.
+    pub(crate) async fn load_thread_for_write(
         &self,
+        txn: &WriteTxn,
+        caller: &Caller,
+        id: &ThreadRef,
+    ) -> Result<thread::Model, ServiceError> {
+        let found = self.load_thread(txn, caller, id).await?;
+        txn.lock_threads(&[found.id]).await?;
+        self.load_thread(txn, caller, &ThreadRef::Id(found.id))
+            .await
+    }
+
+    /// A thread in its wire form, with its subscribers, read through `conn` (the write
+    /// transaction, when the thread goes into an event).
+    pub(crate) async fn wire_thread<C: ConnectionTrait>(
+        &self,
+        conn: &C,
         caller: &Caller,
         thread: thread::Model,
     ) -> Result<Thread, ServiceError> {
-        let subscribers = subscribers_of(self.db(), thread.id).await?;
+        let subscribers = subscribers_of(conn, thread.id).await?;
         wire::thread(thread, caller, &subscribers)
     }
 
@@ -317,7 +335,8 @@ impl MessagingService {
                 "Only the store may change status, priority, location_id or name.",
             ));
         }
-        let thread = self.load_thread(self.db(), caller, id).await?;
+        let txn = self.begin_write().await?;
+        let thread = self.load_thread_for_write(&txn, caller, id).await?;
         let mut row: thread::ActiveModel = thread.into();
         if let Some(status) = body.status {
             row.status = Set(status.as_str().to_owned());
@@ -341,8 +360,12 @@ impl MessagingService {
             row.name = Set(Some(name));
         }
         row.updated_at = Set(now());
-        let updated = row.update(self.db()).await?;
-        self.wire_thread(caller, updated).await
+        let updated = row.update(&txn).await?;
+        let scope = EventScope::of(&updated);
+        let thread = self.wire_thread(&txn, caller, updated).await?;
+        events::record(&txn, &scope, EventData::ThreadUpdated(&thread)).await?;
+        txn.commit().await?;
+        Ok(thread)
     }
 
     /// Reader-relative: a customer clears its own count; the store (or one of its staff) clears
@@ -354,7 +377,7 @@ impl MessagingService {
         id: &ThreadRef,
     ) -> Result<Thread, ServiceError> {
         let txn = self.begin_write().await?;
-        let thread = self.load_thread(&txn, caller, id).await?;
+        let thread = self.load_thread_for_write(&txn, caller, id).await?;
         subscribers::require_member(&txn, thread.id, reader).await?;
         let column = match caller.actor {
             Actor::Customer(_) => thread::Column::UnreadCountCustomer,
@@ -368,13 +391,16 @@ impl MessagingService {
         if reader.is_store_side() {
             subscribers::mark_read(&txn, &thread, reader).await?;
         }
-        txn.commit().await?;
         let mut thread = thread;
         match caller.actor {
             Actor::Customer(_) => thread.unread_count_customer = 0,
             Actor::Store => thread.unread_count_store = 0,
         }
-        self.wire_thread(caller, thread).await
+        let scope = EventScope::of(&thread);
+        let thread = self.wire_thread(&txn, caller, thread).await?;
+        events::record(&txn, &scope, EventData::ThreadRead(&thread)).await?;
+        txn.commit().await?;
+        Ok(thread)
     }
 
     pub(crate) async fn create_conversation(
@@ -494,11 +520,24 @@ impl MessagingService {
         };
         let message = first.row(&thread, at).insert(&txn).await?;
         subscribers::count_unread(&txn, thread.id, author).await?;
-        txn.commit().await?;
-        Ok(Conversation {
-            thread: self.wire_thread(caller, thread).await?,
+        let scope = EventScope::of(&thread);
+        let conversation = Conversation {
+            thread: self.wire_thread(&txn, caller, thread.clone()).await?,
             message: wire::message(message, Vec::new())?,
-        })
+        };
+        events::record(
+            &txn,
+            &scope,
+            EventData::ThreadCreated {
+                thread: &conversation.thread,
+                message: &conversation.message,
+            },
+        )
+        .await?;
+        self.record_published(&txn, &thread, channel_id, &conversation.message)
+            .await?;
+        txn.commit().await?;
+        Ok(conversation)
     }
 }
 

@@ -3,13 +3,13 @@
 use std::str::FromStr;
 
 use messaging_api::{
-    Customer, Message, MessageType, Reaction, SenderType, Thread, ThreadPriority, ThreadStatus,
-    ThreadType,
+    Customer, EventType, Message, MessageType, Reaction, SenderType, Thread, ThreadPriority,
+    ThreadStatus, ThreadType, WebhookDelivery, WebhookEndpoint,
 };
 
 use crate::{
     auth::Caller,
-    entity::{customer, message, thread, thread_subscriber},
+    entity::{customer, message, thread, thread_subscriber, webhook_delivery, webhook_endpoint},
     error::ServiceError,
     subscribers::wire_subscriber,
 };
@@ -27,6 +27,36 @@ pub fn customer(row: customer::Model) -> Customer {
         name: row.name,
         phone: row.phone,
     }
+}
+
+/// The event types an endpoint stores, space-separated (empty: all).
+pub fn webhook_event_types(stored_types: &str) -> Result<Vec<EventType>, ServiceError> {
+    stored_types.split_whitespace().map(stored).collect()
+}
+
+pub fn webhook_endpoint(row: webhook_endpoint::Model) -> Result<WebhookEndpoint, ServiceError> {
+    Ok(WebhookEndpoint {
+        id: row.id,
+        url: row.url,
+        event_types: webhook_event_types(&row.event_types)?,
+        description: row.description,
+        enabled: row.enabled,
+        created_at: row.created_at,
+    })
+}
+
+pub fn webhook_delivery(row: webhook_delivery::Model) -> Result<WebhookDelivery, ServiceError> {
+    Ok(WebhookDelivery {
+        id: row.id,
+        event_id: row.event_id,
+        event_type: stored(&row.event_type)?,
+        attempts: row.attempts,
+        status: stored(&row.status)?,
+        last_response_status: row.last_response_status,
+        // A pending delivery's time is its due time (or the end of a running attempt's lease).
+        next_attempt_at: row.next_attempt_at.filter(|_| row.status == "pending"),
+        created_at: row.created_at,
+    })
 }
 
 /// A thread with its subscribers (all of them, archived ones included).

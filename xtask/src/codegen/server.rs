@@ -493,6 +493,7 @@ impl Ctx<'_> {
         let mut variants = Vec::new();
         let mut problem_arms = Vec::new();
         let mut has_500 = false;
+        let mut streaming = false;
         for (status, response) in &op.responses.responses {
             let StatusCode::Code(code) = status else {
                 bail!("status ranges are not supported")
@@ -511,6 +512,12 @@ impl Ctx<'_> {
             }
             attrs.extend(headers);
             let fields = match &payload {
+                Some(Payload {
+                    ty, stream: true, ..
+                }) => {
+                    streaming = true;
+                    quote!((poem_openapi::payload::EventStream<futures::stream::BoxStream<'static, #ty>>))
+                }
                 Some(Payload { ty, .. }) => quote!((Json<#ty>)),
                 None => quote!(),
             };
@@ -532,11 +539,28 @@ impl Ctx<'_> {
         let conversion_doc = format!(
             " Picks the variant for `problem.status`; a status `{op_id}` does not declare becomes a 500."
         );
+        // A stream has no `Debug`; say which variant it is instead.
+        let (derive_debug, manual_debug) = if streaming {
+            let name = response_ident.to_string();
+            (
+                quote!(),
+                quote! {
+                    impl ::std::fmt::Debug for #response_ident {
+                        fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                            f.write_str(#name)
+                        }
+                    }
+                },
+            )
+        } else {
+            (quote!(, Debug), quote!())
+        };
         let items = quote! {
             #params_struct
             #[doc = #response_doc]
-            #[derive(ApiResponse, Debug)]
+            #[derive(ApiResponse #derive_debug)]
             pub enum #response_ident { #(#variants)* }
+            #manual_debug
 
             impl From<#problem_ident> for #response_ident {
                 #[doc = #conversion_doc]
@@ -597,7 +621,12 @@ struct Payload {
     content_type: String,
     ty: TokenStream,
     schema: String,
+    /// `text/event-stream`: a stream of `ty` (poem-openapi's `EventStream`), not one value.
+    stream: bool,
 }
+
+/// The media type of server-sent events.
+const EVENT_STREAM: &str = "text/event-stream";
 
 fn response_payload(ctx: &Ctx<'_>, response: &Response) -> anyhow::Result<Option<Payload>> {
     let Some((content_type, media)) = response.content.iter().next() else {
@@ -610,16 +639,43 @@ fn response_payload(ctx: &Ctx<'_>, response: &Response) -> anyhow::Result<Option
         .schema
         .as_ref()
         .ok_or_else(|| anyhow!("response without schema"))?;
-    let ReferenceOr::Reference { reference } = schema else {
+    let (schema, stream) = if content_type == EVENT_STREAM {
+        (event_stream_items(schema)?, true)
+    } else {
+        (schema.clone(), false)
+    };
+    let ReferenceOr::Reference { reference } = &schema else {
         bail!("response bodies must $ref a component schema");
     };
     Ok(Some(Payload {
         content_type: content_type.clone(),
-        ty: ctx.field_type(schema)?,
+        ty: ctx.field_type(&schema)?,
         schema: reference
             .trim_start_matches("#/components/schemas/")
             .to_string(),
+        stream,
     }))
+}
+
+/// The item schema of a `text/event-stream` body, written as poem-openapi describes its
+/// `EventStream`: `type: array` (with `format: event-stream`) whose `items` `$ref` the event.
+fn event_stream_items(schema: &ReferenceOr<Schema>) -> anyhow::Result<ReferenceOr<Schema>> {
+    // openapiv3 reads an array with a `format` as an untyped schema.
+    let items = match schema.as_item().map(|s| &s.schema_kind) {
+        Some(SchemaKind::Any(any))
+            if any.typ.as_deref() == Some("array")
+                && any.format.as_deref() == Some("event-stream") =>
+        {
+            any.items.as_ref()
+        }
+        _ => {
+            bail!("{EVENT_STREAM} bodies must be `type: array, format: event-stream, items: $ref`")
+        }
+    };
+    match items {
+        Some(items @ ReferenceOr::Reference { .. }) => Ok(unbox(items)),
+        _ => bail!("{EVENT_STREAM} items must $ref a component schema"),
+    }
 }
 
 fn status_variant(code: u16) -> anyhow::Result<&'static str> {
@@ -633,6 +689,7 @@ fn status_variant(code: u16) -> anyhow::Result<&'static str> {
         403 => "Forbidden",
         404 => "NotFound",
         409 => "Conflict",
+        410 => "Gone",
         413 => "PayloadTooLarge",
         422 => "UnprocessableEntity",
         429 => "TooManyRequests",

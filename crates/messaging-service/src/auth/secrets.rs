@@ -2,7 +2,8 @@
 //!
 //! One secret, from configuration or generated once and kept in the database (so replicas
 //! agree), is expanded with HMAC into separate keys: one for access tokens, one for hashing API
-//! keys and refresh tokens and one-time codes, one for signing cursors.
+//! keys and refresh tokens and one-time codes, one for signing cursors, one for webhook signing
+//! secrets.
 
 use base64::Engine;
 use chrono::Utc;
@@ -23,6 +24,7 @@ pub struct ServerKeys {
     pub(crate) token_signing: [u8; 32],
     hashing: [u8; 32],
     cursor_signing: [u8; 32],
+    webhook_secrets: [u8; 32],
 }
 
 impl std::fmt::Debug for ServerKeys {
@@ -49,6 +51,7 @@ impl ServerKeys {
             token_signing: derive(secret, b"access-token-signing"),
             hashing: derive(secret, b"credential-hashing"),
             cursor_signing: derive(secret, b"cursor-signing"),
+            webhook_secrets: derive(secret, b"webhook-signing-secrets"),
         }
     }
 
@@ -64,6 +67,18 @@ impl ServerKeys {
         let mut mac =
             HmacSha256::new_from_slice(&self.cursor_signing).expect("HMAC takes any key length");
         mac.update(payload);
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl ServerKeys {
+    /// The 32 signing-secret bytes of a webhook endpoint: HMAC-SHA256 of its id and salt with
+    /// the webhook key, so the database alone never holds a usable signing secret.
+    pub fn webhook_secret(&self, endpoint_id: uuid::Uuid, salt: &str) -> [u8; 32] {
+        let mut mac =
+            HmacSha256::new_from_slice(&self.webhook_secrets).expect("HMAC takes any key length");
+        mac.update(endpoint_id.as_bytes());
+        mac.update(salt.as_bytes());
         mac.finalize().into_bytes().into()
     }
 }

@@ -1,0 +1,224 @@
+//! The two ways a caller follows its feed: `listEvents` (catch-up and long-poll) and
+//! `streamEvents` (server-sent events). Both read the database from the caller's position until
+//! they reach the frontier, then take new events from the process's tail reader (`hub`).
+
+use std::{collections::VecDeque, time::Duration};
+
+use futures::stream::{BoxStream, StreamExt};
+use messaging_api::{Event, EventList};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::{Gate, Position, ensure_retained, gate_of, hub::Batch, read_page};
+use crate::{MessagingService, auth::Caller, error::ServiceError};
+
+/// Events per database read of a stream catching up.
+const STREAM_PAGE: u64 = 200;
+
+/// Keeps a gauge one higher while it lives.
+struct Gauged(&'static str);
+
+impl Gauged {
+    fn new(name: &'static str) -> Self {
+        metrics::gauge!(name).increment(1.0);
+        Self(name)
+    }
+}
+
+impl Drop for Gauged {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
+fn delivered(count: usize) {
+    if count > 0 {
+        metrics::counter!("messaging_events_delivered_total").increment(count as u64);
+    }
+}
+
+/// The events of `batch` that `gate` admits after `cursor`; moves `cursor` past the batch.
+fn admitted(batch: &Batch, gate: &Gate, cursor: &mut Position) -> Vec<Event> {
+    let events = batch
+        .iter()
+        .filter(|e| e.stored.position > *cursor && gate.admits(&e.stored))
+        .map(|e| e.wire.clone())
+        .collect();
+    if let Some(last) = batch.last() {
+        *cursor = (*cursor).max(last.stored.position);
+    }
+    events
+}
+
+impl MessagingService {
+    /// Where a reader starts: the position it names (400 when malformed, 410 when expired),
+    /// or the current position.
+    async fn start_position(&self, after: Option<&str>) -> Result<Option<Position>, ServiceError> {
+        match after {
+            Some(text) => {
+                let position = Position::decode(text)?;
+                ensure_retained(self.db(), position).await?;
+                Ok(Some(position))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// `listEvents`: the caller's events after `after`, waiting up to `wait` for a first one.
+    pub(crate) async fn list_events(
+        &self,
+        caller: &Caller,
+        after: Option<&str>,
+        limit: u64,
+        wait: Duration,
+    ) -> Result<EventList, ServiceError> {
+        let gate = gate_of(caller);
+        let Some(after) = self.start_position(after).await? else {
+            let now = super::frontier(self.db()).await?;
+            return Ok(EventList {
+                events: Vec::new(),
+                next_after: now.encode(),
+            });
+        };
+        // Subscribe before reading, so nothing committed in between is missed.
+        let mut live = (!wait.is_zero()).then(|| self.inner.events.subscribe());
+        let page = read_page(self.db(), Some(&gate), after, limit).await?;
+        let mut cursor = page.next;
+        let mut events = page
+            .events
+            .iter()
+            .map(super::StoredEvent::to_wire)
+            .collect::<Result<Vec<_>, _>>()?;
+        if let (true, Some(live)) = (events.is_empty(), live.as_mut()) {
+            let _waiting = Gauged::new("messaging_event_long_polls_waiting");
+            let deadline = tokio::time::Instant::now() + wait;
+            while events.is_empty() {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    () = tokio::time::sleep_until(deadline) => break,
+                };
+                match received {
+                    Ok(batch) => events = admitted(&batch, &gate, &mut cursor),
+                    Err(RecvError::Lagged(_)) => {
+                        let page = read_page(self.db(), Some(&gate), cursor, limit).await?;
+                        cursor = page.next;
+                        events = page
+                            .events
+                            .iter()
+                            .map(super::StoredEvent::to_wire)
+                            .collect::<Result<Vec<_>, _>>()?;
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+            if events.len() as u64 > limit {
+                events.truncate(limit as usize);
+                if let Some(last) = events.last() {
+                    cursor = Position::decode(&last.id)?;
+                }
+            }
+        }
+        delivered(events.len());
+        Ok(EventList {
+            events,
+            next_after: cursor.encode(),
+        })
+    }
+
+    /// `streamEvents`: the caller's events after `Last-Event-ID` (or `after`, or from now), as
+    /// long as the client stays.
+    pub(crate) async fn stream_events(
+        &self,
+        caller: &Caller,
+        last_event_id: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<BoxStream<'static, Event>, ServiceError> {
+        let gate = gate_of(caller);
+        let start = self.start_position(last_event_id.or(after)).await?;
+        let live = self.inner.events.subscribe();
+        let cursor = match start {
+            Some(position) => position,
+            None => super::frontier(self.db()).await?,
+        };
+        let follower = Follower {
+            service: self.clone(),
+            gate,
+            cursor,
+            live,
+            backlog: VecDeque::new(),
+            catching_up: true,
+            _open: Gauged::new("messaging_event_streams_open"),
+        };
+        Ok(
+            futures::stream::unfold(follower, |mut follower| async move {
+                let event = follower.next().await?;
+                delivered(1);
+                Some((event, follower))
+            })
+            .boxed(),
+        )
+    }
+
+    /// How often an idle stream gets a comment line.
+    pub(crate) fn event_keep_alive(&self) -> Duration {
+        self.inner.config.events.keep_alive
+    }
+}
+
+/// One open stream: its position, its gate and its subscription to the tail.
+struct Follower {
+    service: MessagingService,
+    gate: Gate,
+    cursor: Position,
+    live: broadcast::Receiver<Batch>,
+    backlog: VecDeque<Event>,
+    /// Reading the database (at the start, or after falling behind the tail).
+    catching_up: bool,
+    _open: Gauged,
+}
+
+impl Follower {
+    /// The next event, or `None` when the stream ends (shutdown, or a failed read: the client
+    /// reconnects with `Last-Event-ID` and misses nothing).
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.backlog.pop_front() {
+                return Some(event);
+            }
+            if self.catching_up {
+                let page = match read_page(
+                    self.service.db(),
+                    Some(&self.gate),
+                    self.cursor,
+                    STREAM_PAGE,
+                )
+                .await
+                {
+                    Ok(page) => page,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "event stream: reading the feed failed; closing it");
+                        return None;
+                    }
+                };
+                self.catching_up = !page.complete;
+                self.cursor = page.next;
+                for stored in &page.events {
+                    match stored.to_wire() {
+                        Ok(event) => self.backlog.push_back(event),
+                        Err(err) => {
+                            tracing::error!(error = %err, "event stream: unreadable event; closing it");
+                            return None;
+                        }
+                    }
+                }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(batch) => self
+                    .backlog
+                    .extend(admitted(&batch, &self.gate, &mut self.cursor)),
+                Err(RecvError::Lagged(_)) => self.catching_up = true,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}

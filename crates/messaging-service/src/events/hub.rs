@@ -1,0 +1,232 @@
+//! Fan-out within one process: one tail reader per process reads each new stretch of the feed
+//! once and hands it to every open stream and waiting long-poll, which filter it by their
+//! gates. No stream queries the database per event.
+//!
+//! The tail reader wakes when this process commits events ([`EventHub::wake`]), when another
+//! process does (PostgreSQL `LISTEN messaging_events` on one connection per process), and every
+//! `reread_interval` anyway, so a lost notification delays an event but never loses it. When a
+//! wake-up finds nothing (an earlier transaction still running holds the frontier back), it
+//! reads again after 5 ms, 10 ms, 20 ms … up to `reread_interval`.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use messaging_api::Event;
+use sea_orm::DbBackend;
+use tokio::sync::{Notify, broadcast};
+use uuid::Uuid;
+
+use super::{Position, StoredEvent, frontier, read_page};
+use crate::{MessagingService, auth::Mode};
+
+/// Settings of the event feed.
+#[derive(Debug, Clone)]
+pub struct EventFeedSettings {
+    /// How long events are kept (at least 7 days in production).
+    pub retention: Duration,
+    /// How often an idle stream gets a comment line (at most 15 s).
+    pub keep_alive: Duration,
+    /// How often the tail reader reads the feed without being woken.
+    pub reread_interval: Duration,
+    /// How often retention prunes.
+    pub prune_interval: Duration,
+}
+
+impl Default for EventFeedSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 60 * 60),
+            keep_alive: Duration::from_secs(15),
+            reread_interval: Duration::from_secs(1),
+            prune_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Who reads: a store and mode, and for a customer its id.
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    pub store_id: Uuid,
+    pub mode: Mode,
+    pub customer_id: Option<Uuid>,
+}
+
+/// An event as read by the tail reader, with its wire form made once for every reader.
+#[derive(Debug)]
+pub(crate) struct FeedEvent {
+    pub stored: StoredEvent,
+    pub wire: Event,
+}
+
+/// A stretch of the feed, in order, shared by every reader of the process.
+pub(crate) type Batch = Arc<Vec<FeedEvent>>;
+
+/// Stretches read by the tail that a slow reader may fall behind by before it re-reads the
+/// database from its own position.
+const BACKLOG: usize = 1024;
+
+/// Events the tail reads per query.
+const TAIL_PAGE: u64 = 500;
+
+/// The PostgreSQL channel the `events` trigger notifies.
+const CHANNEL: &str = "messaging_events";
+
+/// The process's fan-out point.
+pub(crate) struct EventHub {
+    wake: Notify,
+    sender: Mutex<Option<broadcast::Sender<Batch>>>,
+}
+
+impl EventHub {
+    pub fn new() -> Self {
+        Self {
+            wake: Notify::new(),
+            sender: Mutex::new(Some(broadcast::channel(BACKLOG).0)),
+        }
+    }
+
+    /// Something was committed: the tail reader reads now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Every stretch the tail reads from now on. After [`EventHub::close`], a closed receiver.
+    pub fn subscribe(&self) -> broadcast::Receiver<Batch> {
+        match &*self.sender.lock().expect("the hub lock is never poisoned") {
+            Some(sender) => sender.subscribe(),
+            None => broadcast::channel(1).1,
+        }
+    }
+
+    /// Ends every stream and long-poll of the process (shutdown).
+    pub fn close(&self) {
+        self.sender
+            .lock()
+            .expect("the hub lock is never poisoned")
+            .take();
+    }
+
+    fn publish(&self, batch: Batch) {
+        if let Some(sender) = &*self.sender.lock().expect("the hub lock is never poisoned") {
+            // No receiver is fine: nobody follows the feed right now.
+            let _ = sender.send(batch);
+        }
+    }
+}
+
+impl MessagingService {
+    /// Ends every open stream and waiting long-poll of this process, so a graceful shutdown
+    /// does not wait for them. Clients reconnect (to another replica) with `Last-Event-ID`.
+    pub fn close_event_feed(&self) {
+        self.inner.events.close();
+    }
+
+    /// The tail reader of this process: runs until the task is dropped. Errors are logged and
+    /// the next wake-up reads again from the same position, so nothing is lost.
+    pub async fn run_event_feed(self) {
+        let hub = self.inner.events.clone();
+        let _listener = (self.backend() == DbBackend::Postgres).then(|| {
+            AbortOnDrop(tokio::spawn(listen(
+                self.db().get_postgres_connection_pool().clone(),
+                hub.clone(),
+            )))
+        });
+        let reread = self.inner.config.events.reread_interval;
+        let mut position = loop {
+            match frontier(self.db()).await {
+                Ok(position) => break position,
+                Err(err) => {
+                    tracing::warn!(error = %err, "event feed: cannot read the frontier; retrying");
+                    tokio::time::sleep(reread).await;
+                }
+            }
+        };
+        let mut retry: Option<Duration> = None;
+        loop {
+            let pause = retry.unwrap_or(reread);
+            let woken = tokio::select! {
+                () = hub.wake.notified() => true,
+                () = tokio::time::sleep(pause) => false,
+            };
+            match self.read_tail(&mut position).await {
+                Ok(0) if woken || retry.is_some() => {
+                    let next = retry.map_or(Duration::from_millis(5), |d| d * 2);
+                    retry = (next < reread).then_some(next);
+                }
+                Ok(_) => retry = None,
+                Err(err) => {
+                    tracing::warn!(error = %err, "event feed: reading the tail failed; retrying");
+                    retry = None;
+                }
+            }
+        }
+    }
+
+    /// Reads everything after `position` up to the frontier and publishes it. Returns how many
+    /// events it read.
+    async fn read_tail(&self, position: &mut Position) -> Result<usize, sea_orm::DbErr> {
+        let mut total = 0;
+        loop {
+            let page = read_page(self.db(), None, *position, TAIL_PAGE).await?;
+            total += page.events.len();
+            let batch: Vec<FeedEvent> = page
+                .events
+                .into_iter()
+                .filter_map(|stored| match stored.to_wire() {
+                    Ok(wire) => Some(FeedEvent { stored, wire }),
+                    Err(err) => {
+                        tracing::error!(error = %err, "event feed: skipping an unreadable event");
+                        None
+                    }
+                })
+                .collect();
+            *position = page.next;
+            if !batch.is_empty() {
+                self.inner.events.publish(Arc::new(batch));
+            }
+            if page.complete {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// `LISTEN messaging_events` on one connection, waking the tail reader on each notification
+/// and after every reconnection (notifications sent meanwhile are lost; the re-read finds
+/// their events).
+async fn listen(pool: sea_orm::sqlx::PgPool, hub: Arc<EventHub>) {
+    use sea_orm::sqlx::postgres::PgListener;
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(CHANNEL).await {
+                Ok(()) => {
+                    hub.wake();
+                    loop {
+                        match listener.recv().await {
+                            Ok(_) => hub.wake(),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "event feed: LISTEN connection lost");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "event feed: LISTEN failed"),
+            },
+            Err(err) => tracing::warn!(error = %err, "event feed: cannot connect to LISTEN"),
+        }
+        hub.wake();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

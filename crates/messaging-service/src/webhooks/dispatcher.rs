@@ -1,0 +1,196 @@
+//! The dispatcher: one more reader of the event feed. It reads the feed from its stored
+//! position and queues one delivery per event and matching endpoint (same store and mode,
+//! enabled, type in its filter, created before the event), moving the position in the same
+//! transaction by compare-and-set. Of two replicas dispatching the same stretch, one moves the
+//! position and the other's transaction changes nothing, so an event is queued once; the unique
+//! `(endpoint_id, event_id)` index backs that up.
+//!
+//! The first run starts at the feed's current frontier: endpoints receive events from their
+//! creation on, never history from before webhooks were deployed.
+
+use std::{collections::HashSet, time::Duration};
+
+use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+use uuid::Uuid;
+
+use crate::{
+    MessagingService,
+    entity::{webhook_delivery, webhook_dispatch_position, webhook_endpoint},
+    error::ServiceError,
+    events::{self, Position, StoredEvent},
+    now,
+};
+
+/// The id of the one row of `webhook_dispatch_positions`.
+const POSITION_ID: i32 = 1;
+
+/// Events read per round.
+const BATCH: u64 = 200;
+
+/// Delivery rows inserted per statement (bounded bind parameters on both databases).
+const INSERT_CHUNK: usize = 200;
+
+/// How often the dispatcher reads the feed when nothing woke it.
+const IDLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Metric of queued deliveries, described where the server installs its recorder.
+pub const CREATED_METRIC: &str = "webhook_deliveries_created_total";
+
+impl MessagingService {
+    /// Runs the dispatcher until the task is dropped: a round whenever this process's feed
+    /// reader sees new events (which it learns of from every replica), and every second anyway.
+    /// Errors are logged; the position did not move, so the next round reads the same events.
+    pub async fn run_webhook_dispatcher(self) {
+        let mut batches = self.inner.events.subscribe();
+        loop {
+            match self.dispatch_webhooks().await {
+                // A full batch: more is waiting.
+                Ok(read) if read == BATCH => continue,
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "webhook dispatch failed; retrying"),
+            }
+            tokio::select! {
+                received = batches.recv() => {
+                    if let Err(tokio::sync::broadcast::error::RecvError::Closed) = received {
+                        // The feed is shutting down; keep dispatching on the timer.
+                        batches = self.inner.events.subscribe();
+                        tokio::time::sleep(IDLE_INTERVAL).await;
+                    }
+                }
+                () = tokio::time::sleep(IDLE_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// One round: reads up to `BATCH` events after the stored position and queues their
+    /// deliveries. Returns how many events it read.
+    pub(crate) async fn dispatch_webhooks(&self) -> Result<u64, ServiceError> {
+        let from = self.dispatch_position().await?;
+        let batch = events::read_after(self.db(), Some(&from), BATCH).await?;
+        let Some(last) = batch.last() else {
+            return Ok(0);
+        };
+        let to = last.position;
+        let rows = self.deliveries_for(&batch).await?;
+        let queued = rows.len();
+        let txn = self.begin_write().await?;
+        let moved = webhook_dispatch_position::Entity::update_many()
+            .col_expr(webhook_dispatch_position::Column::Xid, Expr::value(to.xid))
+            .col_expr(webhook_dispatch_position::Column::Seq, Expr::value(to.seq))
+            .col_expr(
+                webhook_dispatch_position::Column::UpdatedAt,
+                Expr::value(now()),
+            )
+            .filter(webhook_dispatch_position::Column::Id.eq(POSITION_ID))
+            .filter(webhook_dispatch_position::Column::Xid.eq(from.xid))
+            .filter(webhook_dispatch_position::Column::Seq.eq(from.seq))
+            .exec(&txn)
+            .await?
+            .rows_affected;
+        if moved == 0 {
+            // Another replica dispatched this stretch first.
+            return Ok(0);
+        }
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            webhook_delivery::Entity::insert_many(chunk.to_vec())
+                .on_conflict_do_nothing_on([
+                    webhook_delivery::Column::EndpointId,
+                    webhook_delivery::Column::EventId,
+                ])
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        if queued > 0 {
+            metrics::counter!(CREATED_METRIC).increment(queued as u64);
+            self.inner.webhook_wakeup.notify_one();
+        }
+        Ok(batch.len() as u64)
+    }
+
+    /// The stored position; on the very first run, the feed's frontier.
+    async fn dispatch_position(&self) -> Result<Position, ServiceError> {
+        if let Some(row) = webhook_dispatch_position::Entity::find_by_id(POSITION_ID)
+            .one(self.db())
+            .await?
+        {
+            return Ok(Position {
+                xid: row.xid,
+                seq: row.seq,
+            });
+        }
+        let start = events::frontier(self.db()).await?;
+        // Concurrent first runs agree: one insert wins, everyone reads it back.
+        webhook_dispatch_position::Entity::insert(webhook_dispatch_position::ActiveModel {
+            id: Set(POSITION_ID),
+            xid: Set(start.xid),
+            seq: Set(start.seq),
+            updated_at: Set(now()),
+        })
+        .on_conflict_do_nothing_on([webhook_dispatch_position::Column::Id])
+        .exec(self.db())
+        .await?;
+        let row = webhook_dispatch_position::Entity::find_by_id(POSITION_ID)
+            .one(self.db())
+            .await?
+            .ok_or_else(|| {
+                ServiceError::internal(std::io::Error::other("dispatch position vanished"))
+            })?;
+        Ok(Position {
+            xid: row.xid,
+            seq: row.seq,
+        })
+    }
+
+    /// One delivery row per event and matching endpoint, due at once.
+    async fn deliveries_for(
+        &self,
+        batch: &[StoredEvent],
+    ) -> Result<Vec<webhook_delivery::ActiveModel>, ServiceError> {
+        let stores: HashSet<Uuid> = batch.iter().map(|e| e.store_id).collect();
+        let endpoints = webhook_endpoint::Entity::find()
+            .filter(webhook_endpoint::Column::StoreId.is_in(stores))
+            .filter(webhook_endpoint::Column::Enabled.eq(true))
+            .all(self.db())
+            .await?;
+        let at = now();
+        let mut rows = Vec::new();
+        for event in batch {
+            let matching: Vec<&webhook_endpoint::Model> = endpoints
+                .iter()
+                .filter(|e| {
+                    e.store_id == event.store_id
+                        && e.mode == event.mode
+                        && e.created_at <= event.created_at
+                        && (e.event_types.is_empty()
+                            || e.event_types
+                                .split_whitespace()
+                                .any(|t| t == event.event_type))
+                })
+                .collect();
+            if matching.is_empty() {
+                continue;
+            }
+            let event_id = event.position.encode();
+            // The exact bytes every attempt sends: the event object of the feed.
+            let payload = event.to_json_string()?;
+            for endpoint in matching {
+                rows.push(webhook_delivery::ActiveModel {
+                    id: Set(Uuid::now_v7()),
+                    endpoint_id: Set(endpoint.id),
+                    event_id: Set(event_id.clone()),
+                    event_type: Set(event.event_type.clone()),
+                    payload: Set(payload.clone()),
+                    status: Set("pending".to_owned()),
+                    attempts: Set(0),
+                    last_response_status: Set(None),
+                    next_attempt_at: Set(Some(at)),
+                    lease_token: Set(None),
+                    created_at: Set(at),
+                    updated_at: Set(at),
+                });
+            }
+        }
+        Ok(rows)
+    }
+}
