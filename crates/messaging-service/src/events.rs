@@ -458,4 +458,39 @@ mod tests {
         assert!(Position::decode("").is_err());
         assert!(Position::decode(&URL_SAFE_NO_PAD.encode([0xffu8; 16])).is_err());
     }
+
+    /// An event is part of its transaction: rolled back (here: dropped without commit), it
+    /// never reaches the feed; committed, it does.
+    #[tokio::test]
+    async fn a_rolled_back_transaction_leaves_no_event() {
+        let service = crate::MessagingService::connect(
+            "sqlite::memory:",
+            crate::ServiceConfig::default(),
+        )
+        .await
+        .unwrap();
+        let scope = EventScope {
+            store_id: Uuid::now_v7(),
+            mode: "test".to_owned(),
+            customer_id: Uuid::now_v7(),
+            thread_id: Uuid::now_v7(),
+            store_only: false,
+        };
+        let deleted = || EventData::MessageDeleted {
+            message_id: Uuid::now_v7(),
+            deleted_at: now(),
+        };
+        let txn = service.begin_write().await.unwrap();
+        record(&txn, &scope, deleted()).await.unwrap();
+        drop(txn);
+        assert!(read_after(service.db(), None, 10).await.unwrap().is_empty());
+
+        let txn = service.begin_write().await.unwrap();
+        record(&txn, &scope, deleted()).await.unwrap();
+        txn.commit().await.unwrap();
+        let events = read_after(service.db(), None, 10).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, "message.deleted");
+        assert_eq!(events[0].to_wire().unwrap().thread_id, Some(scope.thread_id));
+    }
 }

@@ -145,9 +145,12 @@ impl MessagingService {
         id: &ThreadRef,
     ) -> Result<thread::Model, ServiceError> {
         let found = self.load_thread(txn, caller, id).await?;
-        txn.lock_threads(&[found.id]).await?;
-        self.load_thread(txn, caller, &ThreadRef::Id(found.id))
-            .await
+        if txn.lock_threads(&[found.id]).await? {
+            self.load_thread(txn, caller, &ThreadRef::Id(found.id))
+                .await
+        } else {
+            Ok(found)
+        }
     }
 
     /// A thread in its wire form, with its subscribers, read through `conn` (the write

@@ -40,9 +40,12 @@ impl WriteTxn {
     /// ids, which is the order of the feed. On SQLite the transaction already holds the one
     /// write lock. Fails (500) when the transaction has written before: that rule would break
     /// the feed's order.
-    pub(crate) async fn lock_threads(&self, threads: &[Uuid]) -> Result<(), DbErr> {
+    ///
+    /// Returns whether concurrent writers may have changed the threads since the transaction
+    /// read them (PostgreSQL): the rule then reads again what it acts on.
+    pub(crate) async fn lock_threads(&self, threads: &[Uuid]) -> Result<bool, DbErr> {
         if self.txn.get_database_backend() != DbBackend::Postgres || threads.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut keys: Vec<i64> = threads.iter().map(|id| lock_key(*id)).collect();
         // One order for everyone: no two transactions wait for each other in a circle.
@@ -67,7 +70,7 @@ impl WriteTxn {
             .ok_or_else(|| DbErr::RecordNotFound("thread locks".to_owned()))?;
         let fresh: bool = row.try_get("", "fresh")?;
         if fresh {
-            Ok(())
+            Ok(true)
         } else {
             Err(DbErr::Custom(
                 "a rule wrote before taking its thread locks: its events could be out of order"
