@@ -12,8 +12,9 @@ use messaging_client::{
 };
 use messaging_server::HttpSettings;
 use messaging_tests::{
-    Backend, spawn_app_with_config,
+    Backend,
     fixtures::{Customer, Shop, problem, register_customer},
+    spawn_app_with_config,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -111,7 +112,11 @@ impl Reader<'_> {
             after = list.next_after;
         }
         let more = self.list(Some(&after), 0).await;
-        assert!(more.events.is_empty(), "unexpected events: {:#?}", more.events);
+        assert!(
+            more.events.is_empty(),
+            "unexpected events: {:#?}",
+            more.events
+        );
         (events, more.next_after)
     }
 }
@@ -150,160 +155,212 @@ async fn store_says(shop: &Shop, thread: Uuid, body: Value) -> types::Message {
         .message
 }
 
-on_both_backends!(every_event_type_carries_the_rest_answer, |shop| async move {
-    let shop = &shop;
-    let from_store = store(shop).position().await;
-    let from_jane = customer(shop, &shop.jane).position().await;
-    let token = shop.jane.token.as_str();
+on_both_backends!(
+    every_event_type_carries_the_rest_answer,
+    |shop| async move {
+        let shop = &shop;
+        let from_store = store(shop).position().await;
+        let from_jane = customer(shop, &shop.jane).position().await;
+        let token = shop.jane.token.as_str();
 
-    let conversation = start_conversation(shop, &shop.jane, "Missing Item").await;
-    let thread = conversation.thread.id;
-    let reply = store_says(shop, thread, json!({"message": "Looking into it."})).await;
-    let resolved = shop
-        .store
-        .update_thread()
-        .id(thread.to_string())
-        .body(serde_json::from_value::<types::UpdateThreadRequest>(json!({"status": "resolved"})).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .thread;
-    // A customer's message reopens the resolved thread: message.created and thread.updated.
-    let reopening = shop
-        .public
-        .send_message()
-        .x_auth_token(token)
-        .id(thread.to_string())
-        .body(serde_json::from_value::<types::SendMessageRequest>(json!({"message": "Still missing."})).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .message;
-    let read = shop
-        .store
-        .mark_thread_read()
-        .id(thread.to_string())
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .thread;
-    let edited = shop
-        .public
-        .edit_message()
-        .x_auth_token(token)
-        .id(reopening.id)
-        .body(serde_json::from_value::<types::EditMessageRequest>(json!({"message_content": "Still missing!"})).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .message;
-    let reacted = shop
-        .store
-        .add_reaction()
-        .id(reply.id)
-        .emoji("👍")
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .message;
-    // Adding the same reaction again changes nothing: no event.
-    shop.store.add_reaction().id(reply.id).emoji("👍").send().await.unwrap();
-    let deleted = shop
-        .public
-        .delete_message()
-        .x_auth_token(token)
-        .id(reopening.id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
-    let added = shop
-        .store
-        .add_subscriber()
-        .id(thread.to_string())
-        .body(serde_json::from_value::<types::AddSubscriberRequest>(json!({"type": "user", "id": "staff-42", "name": "Sam Staff"})).unwrap())
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .subscriber;
-    let removed = shop
-        .store
-        .remove_subscriber()
-        .id(thread.to_string())
-        .subscriber_id("staff-42")
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .subscriber;
-    // A scheduled system message: in the thread at once, in the channel when due.
-    let due = chrono::Utc::now() + chrono::Duration::milliseconds(800);
-    let scheduled = store_says(
+        let conversation = start_conversation(shop, &shop.jane, "Missing Item").await;
+        let thread = conversation.thread.id;
+        let reply = store_says(shop, thread, json!({"message": "Looking into it."})).await;
+        let resolved = shop
+            .store
+            .update_thread()
+            .id(thread.to_string())
+            .body(
+                serde_json::from_value::<types::UpdateThreadRequest>(json!({"status": "resolved"}))
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .thread;
+        // A customer's message reopens the resolved thread: message.created and thread.updated.
+        let reopening = shop
+            .public
+            .send_message()
+            .x_auth_token(token)
+            .id(thread.to_string())
+            .body(
+                serde_json::from_value::<types::SendMessageRequest>(
+                    json!({"message": "Still missing."}),
+                )
+                .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .message;
+        let read = shop
+            .store
+            .mark_thread_read()
+            .id(thread.to_string())
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .thread;
+        let edited = shop
+            .public
+            .edit_message()
+            .x_auth_token(token)
+            .id(reopening.id)
+            .body(
+                serde_json::from_value::<types::EditMessageRequest>(
+                    json!({"message_content": "Still missing!"}),
+                )
+                .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .message;
+        let reacted = shop
+            .store
+            .add_reaction()
+            .id(reply.id)
+            .emoji("👍")
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .message;
+        // Adding the same reaction again changes nothing: no event.
+        shop.store
+            .add_reaction()
+            .id(reply.id)
+            .emoji("👍")
+            .send()
+            .await
+            .unwrap();
+        let deleted = shop
+            .public
+            .delete_message()
+            .x_auth_token(token)
+            .id(reopening.id)
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        let added = shop
+            .store
+            .add_subscriber()
+            .id(thread.to_string())
+            .body(
+                serde_json::from_value::<types::AddSubscriberRequest>(
+                    json!({"type": "user", "id": "staff-42", "name": "Sam Staff"}),
+                )
+                .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .subscriber;
+        let removed = shop
+            .store
+            .remove_subscriber()
+            .id(thread.to_string())
+            .subscriber_id("staff-42")
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .subscriber;
+        // A scheduled system message: in the thread at once, in the channel when due.
+        let due = chrono::Utc::now() + chrono::Duration::milliseconds(800);
+        let scheduled = store_says(
         shop,
         thread,
         json!({"message": "Ready for pickup.", "type": "pickup_reminder", "publish_to_channel_at": due}),
     )
     .await;
 
-    let (events, _) = store(shop).follow(&from_store, 16).await;
-    use EventType::*;
-    assert_eq!(
-        types_of(&events),
-        [
-            ThreadCreated, ChannelMessagePublished, MessageCreated, ChannelMessagePublished,
-            ThreadUpdated, MessageCreated, ThreadUpdated, ChannelMessagePublished, ThreadRead,
-            MessageUpdated, MessageUpdated, MessageDeleted, SubscriberAdded, SubscriberRemoved,
-            MessageCreated, ChannelMessagePublished,
-        ]
-    );
-    let data: Vec<&types::EventData> = events.iter().map(|e| &e.data).collect();
-    assert_eq!(data[0].thread.as_ref(), Some(&conversation.thread));
-    assert_eq!(data[0].message.as_ref(), Some(&conversation.message));
-    let channel = data[1].channel_id.expect("the channel");
-    assert_eq!(data[1].message.as_ref(), Some(&conversation.message));
-    assert_eq!(data[2].message.as_ref(), Some(&reply));
-    assert_eq!((data[3].channel_id, data[3].message.as_ref()), (Some(channel), Some(&reply)));
-    assert_eq!(data[4].thread.as_ref(), Some(&resolved));
-    assert_eq!(data[5].message.as_ref(), Some(&reopening));
-    let reopened = data[6].thread.as_ref().unwrap();
-    assert_eq!(reopened.status, Some(types::ThreadStatus::Active));
-    assert_eq!(data[7].message.as_ref(), Some(&reopening));
-    assert_eq!(data[8].thread.as_ref(), Some(&read));
-    assert_eq!(data[9].message.as_ref(), Some(&edited));
-    assert_eq!(data[10].message.as_ref(), Some(&reacted));
-    assert_eq!(reacted.reactions.len(), 1);
-    assert_eq!(data[11].message_id, Some(deleted.message_id));
-    assert_eq!(data[11].deleted_at, Some(deleted.deleted_at));
-    assert_eq!(data[12].subscriber.as_ref(), Some(&added));
-    assert_eq!(data[13].subscriber.as_ref(), Some(&removed));
-    assert_eq!(data[14].message.as_ref(), Some(&scheduled));
-    assert_eq!((data[15].channel_id, data[15].message.as_ref()), (Some(channel), Some(&scheduled)));
-    // Each data object holds only what its type says.
-    assert_eq!(
-        data[11],
-        &types::EventData {
-            message_id: Some(deleted.message_id),
-            deleted_at: Some(deleted.deleted_at),
-            ..Default::default()
+        let (events, _) = store(shop).follow(&from_store, 16).await;
+        use EventType::*;
+        assert_eq!(
+            types_of(&events),
+            [
+                ThreadCreated,
+                ChannelMessagePublished,
+                MessageCreated,
+                ChannelMessagePublished,
+                ThreadUpdated,
+                MessageCreated,
+                ThreadUpdated,
+                ChannelMessagePublished,
+                ThreadRead,
+                MessageUpdated,
+                MessageUpdated,
+                MessageDeleted,
+                SubscriberAdded,
+                SubscriberRemoved,
+                MessageCreated,
+                ChannelMessagePublished,
+            ]
+        );
+        let data: Vec<&types::EventData> = events.iter().map(|e| &e.data).collect();
+        assert_eq!(data[0].thread.as_ref(), Some(&conversation.thread));
+        assert_eq!(data[0].message.as_ref(), Some(&conversation.message));
+        let channel = data[1].channel_id.expect("the channel");
+        assert_eq!(data[1].message.as_ref(), Some(&conversation.message));
+        assert_eq!(data[2].message.as_ref(), Some(&reply));
+        assert_eq!(
+            (data[3].channel_id, data[3].message.as_ref()),
+            (Some(channel), Some(&reply))
+        );
+        assert_eq!(data[4].thread.as_ref(), Some(&resolved));
+        assert_eq!(data[5].message.as_ref(), Some(&reopening));
+        let reopened = data[6].thread.as_ref().unwrap();
+        assert_eq!(reopened.status, Some(types::ThreadStatus::Active));
+        assert_eq!(data[7].message.as_ref(), Some(&reopening));
+        assert_eq!(data[8].thread.as_ref(), Some(&read));
+        assert_eq!(data[9].message.as_ref(), Some(&edited));
+        assert_eq!(data[10].message.as_ref(), Some(&reacted));
+        assert_eq!(reacted.reactions.len(), 1);
+        assert_eq!(data[11].message_id, Some(deleted.message_id));
+        assert_eq!(data[11].deleted_at, Some(deleted.deleted_at));
+        assert_eq!(data[12].subscriber.as_ref(), Some(&added));
+        assert_eq!(data[13].subscriber.as_ref(), Some(&removed));
+        assert_eq!(data[14].message.as_ref(), Some(&scheduled));
+        assert_eq!(
+            (data[15].channel_id, data[15].message.as_ref()),
+            (Some(channel), Some(&scheduled))
+        );
+        // Each data object holds only what its type says.
+        assert_eq!(
+            data[11],
+            &types::EventData {
+                message_id: Some(deleted.message_id),
+                deleted_at: Some(deleted.deleted_at),
+                ..Default::default()
+            }
+        );
+        for event in &events {
+            assert_eq!(event.thread_id, Some(thread));
         }
-    );
-    for event in &events {
-        assert_eq!(event.thread_id, Some(thread));
-    }
-    let the_channel = shop.store.get_channel().id(channel).send().await.unwrap().into_inner();
-    assert!(the_channel.publisher_ids.contains(&thread.to_string()));
+        let the_channel = shop
+            .store
+            .get_channel()
+            .id(channel)
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(the_channel.publisher_ids.contains(&thread.to_string()));
 
-    // Jane owns the thread: she reads the same feed, event for event.
-    let (hers, _) = customer(shop, &shop.jane).follow(&from_jane, 16).await;
-    let ids = |events: &[Event]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
-    assert_eq!(ids(&hers), ids(&events));
-});
+        // Jane owns the thread: she reads the same feed, event for event.
+        let (hers, _) = customer(shop, &shop.jane).follow(&from_jane, 16).await;
+        let ids = |events: &[Event]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&hers), ids(&events));
+    }
+);
 
 on_both_backends!(readers_see_only_what_they_may_read, |shop| async move {
     let shop = &shop;
@@ -318,19 +375,36 @@ on_both_backends!(readers_see_only_what_they_may_read, |shop| async move {
         ("store", store(shop)),
         ("jane", customer(shop, &shop.jane)),
         ("bob", customer(shop, &shop.bob)),
-        ("other store", Reader { client: &other_store, token: None }),
-        ("live store", Reader { client: &live_store, token: None }),
+        (
+            "other store",
+            Reader {
+                client: &other_store,
+                token: None,
+            },
+        ),
+        (
+            "live store",
+            Reader {
+                client: &live_store,
+                token: None,
+            },
+        ),
     ];
     let mut from = Vec::new();
     for (_, reader) in &readers {
         from.push(reader.position().await);
     }
 
-    let janes = start_conversation(shop, &shop.jane, "Jane's").await.thread.id;
+    let janes = start_conversation(shop, &shop.jane, "Jane's")
+        .await
+        .thread
+        .id;
     let bobs = start_conversation(shop, &shop.bob, "Bob's").await.thread.id;
     let body = |customer: Uuid| -> types::CreateConversationRequest {
-        serde_json::from_value(json!({"customer_id": customer, "subject": "Hello", "message": "Hi"}))
-            .unwrap()
+        serde_json::from_value(
+            json!({"customer_id": customer, "subject": "Hello", "message": "Hi"}),
+        )
+        .unwrap()
     };
     let carols = other_public
         .create_conversation()
@@ -360,9 +434,16 @@ on_both_backends!(readers_see_only_what_they_may_read, |shop| async move {
         next.push(after);
         let seen: Vec<Uuid> = events.iter().filter_map(|e| e.thread_id).collect();
         for thread in threads {
-            assert_eq!(seen.iter().filter(|t| *t == thread).count(), 2, "{name}: {events:#?}");
+            assert_eq!(
+                seen.iter().filter(|t| *t == thread).count(),
+                2,
+                "{name}: {events:#?}"
+            );
         }
-        assert!(seen.iter().all(|t| threads.contains(t)), "{name} sees {seen:?}");
+        assert!(
+            seen.iter().all(|t| threads.contains(t)),
+            "{name} sees {seen:?}"
+        );
     }
 
     // Jane leaves her thread's subscribers: the store's message still shows in her thread,
@@ -378,63 +459,85 @@ on_both_backends!(readers_see_only_what_they_may_read, |shop| async move {
     store_says(shop, janes, json!({"message": "We will call you."})).await;
     let (events, _) = store(shop).follow(store_from, 3).await;
     use EventType::*;
-    assert_eq!(types_of(&events), [SubscriberRemoved, MessageCreated, ChannelMessagePublished]);
+    assert_eq!(
+        types_of(&events),
+        [SubscriberRemoved, MessageCreated, ChannelMessagePublished]
+    );
     let (events, _) = customer(shop, &shop.jane).follow(jane_from, 2).await;
     assert_eq!(types_of(&events), [SubscriberRemoved, MessageCreated]);
 });
 
-on_both_backends!(a_long_poll_wakes_on_a_change_and_ends_after_wait, |shop| async move {
-    let shop = &shop;
-    let jane = customer(shop, &shop.jane);
-    let start = jane.position().await;
-    let thread = start_conversation(shop, &shop.jane, "Waiting").await.thread.id;
-    let (_, from) = jane.follow(&start, 2).await;
-
-    // Nothing happens: the answer is empty after `wait`, at the same or a later position.
-    let started = Instant::now();
-    let idle = jane.list(Some(&from), 1).await;
-    let waited = started.elapsed();
-    assert!(idle.events.is_empty());
-    assert!(waited >= Duration::from_millis(950), "{waited:?}");
-    assert!(waited < Duration::from_secs(4), "{waited:?}");
-
-    // A change while the long-poll waits wakes it within a second of the change's answer.
-    let sender = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let message = store_says(shop, thread, json!({"message": "Here it is."})).await;
-        (message, Instant::now())
-    };
-    let ((message, answered), (list, returned)) = tokio::join!(sender, async {
-        let list = jane.list(Some(&idle.next_after), 20).await;
-        (list, Instant::now())
-    });
-    let delay = returned.saturating_duration_since(answered);
-    assert!(delay < Duration::from_secs(1), "the long-poll woke {delay:?} after the change");
-    assert_eq!(list.events[0].data.message.as_ref(), Some(&message));
-
-    // Bad positions and out-of-range parameters are 400 and change nothing.
-    let bad = shop.public.list_events().x_auth_token(&shop.jane.token).after("not-an-event-id").send().await;
-    assert_eq!(problem(bad).code, "invalid_event_id");
-    for query in ["wait=31", "wait=-1", "limit=0", "limit=201"] {
-        let response = shop
-            .app
-            .http()
-            .get(shop.app.url(&format!("/v1/messaging/events?{query}")))
-            .bearer_auth(&shop.secret_key)
-            .send()
+on_both_backends!(
+    a_long_poll_wakes_on_a_change_and_ends_after_wait,
+    |shop| async move {
+        let shop = &shop;
+        let jane = customer(shop, &shop.jane);
+        let start = jane.position().await;
+        let thread = start_conversation(shop, &shop.jane, "Waiting")
             .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+            .thread
+            .id;
+        let (_, from) = jane.follow(&start, 2).await;
+
+        // Nothing happens: the answer is empty after `wait`, at the same or a later position.
+        let started = Instant::now();
+        let idle = jane.list(Some(&from), 1).await;
+        let waited = started.elapsed();
+        assert!(idle.events.is_empty());
+        assert!(waited >= Duration::from_millis(950), "{waited:?}");
+        assert!(waited < Duration::from_secs(4), "{waited:?}");
+
+        // A change while the long-poll waits wakes it within a second of the change's answer.
+        let sender = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let message = store_says(shop, thread, json!({"message": "Here it is."})).await;
+            (message, Instant::now())
+        };
+        let ((message, answered), (list, returned)) = tokio::join!(sender, async {
+            let list = jane.list(Some(&idle.next_after), 20).await;
+            (list, Instant::now())
+        });
+        let delay = returned.saturating_duration_since(answered);
+        assert!(
+            delay < Duration::from_secs(1),
+            "the long-poll woke {delay:?} after the change"
+        );
+        assert_eq!(list.events[0].data.message.as_ref(), Some(&message));
+
+        // Bad positions and out-of-range parameters are 400 and change nothing.
+        let bad = shop
+            .public
+            .list_events()
+            .x_auth_token(&shop.jane.token)
+            .after("not-an-event-id")
+            .send()
+            .await;
+        assert_eq!(problem(bad).code, "invalid_event_id");
+        for query in ["wait=31", "wait=-1", "limit=0", "limit=201"] {
+            let response = shop
+                .app
+                .http()
+                .get(shop.app.url(&format!("/v1/messaging/events?{query}")))
+                .bearer_auth(&shop.secret_key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
+        }
+        // A publishable key needs a customer token, as on every messaging read.
+        let anonymous = shop.public.list_events().send().await;
+        assert_eq!(problem(anonymous).code, "customer_token_required");
     }
-    // A publishable key needs a customer token, as on every messaging read.
-    let anonymous = shop.public.list_events().send().await;
-    assert_eq!(problem(anonymous).code, "customer_token_required");
-});
+);
 
 /// One server-sent event, or a comment.
 #[derive(Debug, Clone, PartialEq)]
 enum Sse {
-    Event { id: String, event: String, data: Value },
+    Event {
+        id: String,
+        event: String,
+        data: Value,
+    },
     Comment,
 }
 
@@ -445,14 +548,23 @@ struct Stream {
 }
 
 impl Stream {
-    async fn open(shop: &Shop, reader: Option<&Customer>, last_event_id: Option<&str>, after: Option<&str>) -> Result<Self, (StatusCode, Value)> {
+    async fn open(
+        shop: &Shop,
+        reader: Option<&Customer>,
+        last_event_id: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<Self, (StatusCode, Value)> {
         let url = match after {
-            Some(after) => shop.app.url(&format!("/v1/messaging/events/stream?after={after}")),
+            Some(after) => shop
+                .app
+                .url(&format!("/v1/messaging/events/stream?after={after}")),
             None => shop.app.url("/v1/messaging/events/stream"),
         };
         let mut request = shop.app.http().get(url);
         request = match reader {
-            Some(who) => request.bearer_auth(&shop.publishable_key).header("x-auth-token", &who.token),
+            Some(who) => request
+                .bearer_auth(&shop.publishable_key)
+                .header("x-auth-token", &who.token),
             None => request.bearer_auth(&shop.secret_key),
         };
         if let Some(id) = last_event_id {
@@ -463,9 +575,18 @@ impl Stream {
             let status = response.status();
             return Err((status, response.json().await.unwrap()));
         }
-        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
-        assert!(content_type.starts_with("text/event-stream"), "{content_type}");
-        Ok(Self { response, buffer: String::new() })
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            content_type.starts_with("text/event-stream"),
+            "{content_type}"
+        );
+        Ok(Self {
+            response,
+            buffer: String::new(),
+        })
     }
 
     /// The next event or comment, or `None` after `timeout`.
@@ -476,7 +597,9 @@ impl Stream {
                 let block: String = self.buffer.drain(..end + 2).collect();
                 return Some(parse_block(&block));
             }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk()).await.ok()?;
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .ok()?;
             let chunk = chunk.expect("the stream stays open")?;
             self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
         }
@@ -497,6 +620,7 @@ impl Stream {
             if data["thread_id"] == earlier.to_string() && events.is_empty() {
                 continue;
             }
+            assert_eq!(data["thread_id"], thread.to_string(), "{event}: {data}");
             events.push((id, event, data));
         }
         events
@@ -511,7 +635,10 @@ impl Stream {
             match self.next(left).await {
                 Some(Sse::Event { id, event, data }) => events.push((id, event, data)),
                 Some(Sse::Comment) => {}
-                None => panic!("only {} of {count} events arrived: {events:#?}", events.len()),
+                None => panic!(
+                    "only {} of {count} events arrived: {events:#?}",
+                    events.len()
+                ),
             }
         }
         events
@@ -535,64 +662,115 @@ fn parse_block(block: &str) -> Sse {
         }
     }
     match (id, event) {
-        (Some(id), Some(event)) => Sse::Event { id, event, data: serde_json::from_str(&data).unwrap() },
+        (Some(id), Some(event)) => Sse::Event {
+            id,
+            event,
+            data: serde_json::from_str(&data).unwrap(),
+        },
         _ if comment => Sse::Comment,
         _ => panic!("neither an event nor a comment: {block:?}"),
     }
 }
 
-on_both_backends!(the_stream_delivers_resumes_and_keeps_alive, |shop| async move {
-    let shop = &shop;
-    // With neither Last-Event-ID nor after, the stream starts at the current position.
-    let before = start_conversation(shop, &shop.jane, "Before the stream").await.thread.id;
-    let mut stream = Stream::open(shop, None, None, None).await.unwrap();
-    let mut janes = Stream::open(shop, Some(&shop.jane), None, None).await.unwrap();
-    let thread = start_conversation(shop, &shop.jane, "On the stream").await.thread.id;
-    assert_ne!(before, thread);
-    let first = stream.events_of(thread, before, 2).await;
-    for (id, event, data) in &first {
-        assert_eq!(data["id"], id.as_str(), "the SSE id is the event's id");
-        assert_eq!(data["type"], event.as_str(), "the SSE event is the event's type");
-        assert_eq!(data["thread_id"], thread.to_string());
+on_both_backends!(
+    the_stream_delivers_resumes_and_keeps_alive,
+    |shop| async move {
+        let shop = &shop;
+        // With neither Last-Event-ID nor after, the stream starts at the current position.
+        let before = start_conversation(shop, &shop.jane, "Before the stream")
+            .await
+            .thread
+            .id;
+        let mut stream = Stream::open(shop, None, None, None).await.unwrap();
+        let mut janes = Stream::open(shop, Some(&shop.jane), None, None)
+            .await
+            .unwrap();
+        let thread = start_conversation(shop, &shop.jane, "On the stream")
+            .await
+            .thread
+            .id;
+        assert_ne!(before, thread);
+        let first = stream.events_of(thread, before, 2).await;
+        for (id, event, data) in &first {
+            assert_eq!(data["id"], id.as_str(), "the SSE id is the event's id");
+            assert_eq!(
+                data["type"],
+                event.as_str(),
+                "the SSE event is the event's type"
+            );
+            assert_eq!(data["thread_id"], thread.to_string());
+        }
+        assert_eq!(first[0].1, "thread.created");
+        assert_eq!(first[1].1, "channel.message_published");
+        assert_eq!(
+            janes.events_of(thread, before, 2).await,
+            first,
+            "Jane's stream carries her thread's events"
+        );
+
+        // Idle: comment lines keep the connection open, and no event repeats.
+        let idle_until = Instant::now() + 3 * KEEP_ALIVE;
+        let mut comments = 0;
+        while let Some(item) = stream
+            .next(idle_until.saturating_duration_since(Instant::now()))
+            .await
+        {
+            assert_eq!(
+                item,
+                Sse::Comment,
+                "nothing happened, yet the stream sent {item:?}"
+            );
+            comments += 1;
+        }
+        assert!(
+            comments >= 2,
+            "{comments} keep-alive comments in {:?}",
+            3 * KEEP_ALIVE
+        );
+
+        // The client goes away; two messages are sent meanwhile; it comes back with Last-Event-ID
+        // and gets exactly what it missed.
+        drop(stream);
+        let last_seen = first[1].0.clone();
+        let one = store_says(shop, thread, json!({"message": "One"})).await;
+        let two = store_says(shop, thread, json!({"message": "Two"})).await;
+        let mut resumed = Stream::open(shop, None, Some(&last_seen), None)
+            .await
+            .unwrap();
+        let missed = resumed.events(4).await;
+        let kinds: Vec<&str> = missed.iter().map(|(_, e, _)| e.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "message.created",
+                "channel.message_published",
+                "message.created",
+                "channel.message_published"
+            ]
+        );
+        assert_eq!(missed[0].2["data"]["message"]["id"], one.id.to_string());
+        assert_eq!(missed[2].2["data"]["message"]["id"], two.id.to_string());
+        assert!(
+            matches!(resumed.next(2 * KEEP_ALIVE).await, Some(Sse::Comment)),
+            "nothing more"
+        );
+        // `after` in the query resumes the same way (Last-Event-ID wins when both are given).
+        let mut by_query = Stream::open(shop, Some(&shop.jane), None, Some(&last_seen))
+            .await
+            .unwrap();
+        assert_eq!(by_query.events(4).await, missed);
+
+        // Malformed positions are 400 before the stream starts.
+        let (status, body) = Stream::open(shop, None, Some("garbage"), None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_event_id"))
+        );
     }
-    assert_eq!(first[0].1, "thread.created");
-    assert_eq!(first[1].1, "channel.message_published");
-    assert_eq!(
-        janes.events_of(thread, before, 2).await,
-        first,
-        "Jane's stream carries her thread's events"
-    );
-
-    // Idle: comment lines keep the connection open, and no event repeats.
-    let idle_until = Instant::now() + 3 * KEEP_ALIVE;
-    let mut comments = 0;
-    while let Some(item) = stream.next(idle_until.saturating_duration_since(Instant::now())).await {
-        assert_eq!(item, Sse::Comment, "nothing happened, yet the stream sent {item:?}");
-        comments += 1;
-    }
-    assert!(comments >= 2, "{comments} keep-alive comments in {:?}", 3 * KEEP_ALIVE);
-
-    // The client goes away; two messages are sent meanwhile; it comes back with Last-Event-ID
-    // and gets exactly what it missed.
-    drop(stream);
-    let last_seen = first[1].0.clone();
-    let one = store_says(shop, thread, json!({"message": "One"})).await;
-    let two = store_says(shop, thread, json!({"message": "Two"})).await;
-    let mut resumed = Stream::open(shop, None, Some(&last_seen), None).await.unwrap();
-    let missed = resumed.events(4).await;
-    let kinds: Vec<&str> = missed.iter().map(|(_, e, _)| e.as_str()).collect();
-    assert_eq!(kinds, ["message.created", "channel.message_published", "message.created", "channel.message_published"]);
-    assert_eq!(missed[0].2["data"]["message"]["id"], one.id.to_string());
-    assert_eq!(missed[2].2["data"]["message"]["id"], two.id.to_string());
-    assert!(matches!(resumed.next(2 * KEEP_ALIVE).await, Some(Sse::Comment)), "nothing more");
-    // `after` in the query resumes the same way (Last-Event-ID wins when both are given).
-    let mut by_query = Stream::open(shop, Some(&shop.jane), None, Some(&last_seen)).await.unwrap();
-    assert_eq!(by_query.events(4).await, missed);
-
-    // Malformed positions are 400 before the stream starts.
-    let (status, body) = Stream::open(shop, None, Some("garbage"), None).await.err().unwrap();
-    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_event_id")));
-});
+);
 
 on_both_backends!(positions_past_retention_are_gone, |shop| async move {
     let shop = &shop;
@@ -608,10 +786,19 @@ on_both_backends!(positions_past_retention_are_gone, |shop| async move {
     assert_eq!(problem(expired).status, 410);
     let expired = shop.store.list_events().after(old.as_str()).send().await;
     assert_eq!(problem(expired).code, "events_expired");
-    let (status, body) = Stream::open(shop, None, Some(&old), None).await.err().unwrap();
-    assert_eq!((status, body["code"].as_str()), (StatusCode::GONE, Some("events_expired")));
+    let (status, body) = Stream::open(shop, None, Some(&old), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::GONE, Some("events_expired"))
+    );
     // From the position after the pruned events, the feed goes on.
-    let thread = start_conversation(shop, &shop.jane, "New news").await.thread.id;
+    let thread = start_conversation(shop, &shop.jane, "New news")
+        .await
+        .thread
+        .id;
     let (events, _) = reader.follow(&after_them, 2).await;
     assert_eq!(events[0].thread_id, Some(thread));
 });
@@ -626,14 +813,31 @@ on_both_backends!(failed_writes_leave_no_event, |shop| async move {
         }))
         .unwrap()
     };
-    let thread = shop.store.create_conversation().body(body("order-1")).send().await.unwrap().into_inner().thread.id;
+    let thread = shop
+        .store
+        .create_conversation()
+        .body(body("order-1"))
+        .send()
+        .await
+        .unwrap()
+        .into_inner()
+        .thread
+        .id;
     // A second thread for the same resource fails at its insert: the transaction rolls back.
-    let duplicate = shop.store.create_conversation().body(body("order-1")).send().await;
+    let duplicate = shop
+        .store
+        .create_conversation()
+        .body(body("order-1"))
+        .send()
+        .await;
     assert_eq!(problem(duplicate).status, 409);
     shop.store
         .update_thread()
         .id(thread.to_string())
-        .body(serde_json::from_value::<types::UpdateThreadRequest>(json!({"status": "closed"})).unwrap())
+        .body(
+            serde_json::from_value::<types::UpdateThreadRequest>(json!({"status": "closed"}))
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -642,11 +846,59 @@ on_both_backends!(failed_writes_leave_no_event, |shop| async move {
         .store
         .send_message()
         .id(thread.to_string())
-        .body(serde_json::from_value::<types::SendMessageRequest>(json!({"message": "Hello?"})).unwrap())
+        .body(
+            serde_json::from_value::<types::SendMessageRequest>(json!({"message": "Hello?"}))
+                .unwrap(),
+        )
         .send()
         .await;
     assert_eq!(problem(closed).status, 409);
     let (events, _) = reader.follow(&from, 3).await;
     use EventType::*;
-    assert_eq!(types_of(&events), [ThreadCreated, ChannelMessagePublished, ThreadUpdated]);
+    assert_eq!(
+        types_of(&events),
+        [ThreadCreated, ChannelMessagePublished, ThreadUpdated]
+    );
 });
+
+/// A customer's stream lasts as long as the access token it was opened with; the client then
+/// reconnects with a fresh token (and Last-Event-ID). The store's stream has no such end.
+async fn a_customer_stream_ends_with_its_token(backend: Backend) {
+    let Some(app) = spawn_app_with_config(backend, HttpSettings::without_rate_limits(), |config| {
+        config.access_token_ttl_secs = 2;
+        config.events.keep_alive = KEEP_ALIVE;
+    })
+    .await
+    else {
+        return;
+    };
+    let shop = Shop::open(app).await;
+    let mut janes = Stream::open(&shop, Some(&shop.jane), None, None)
+        .await
+        .unwrap();
+    let mut stores = Stream::open(&shop, None, None, None).await.unwrap();
+    let opened = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match janes.response.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return Instant::now(),
+            }
+        }
+    })
+    .await
+    .expect("Jane's stream ends when her token expires");
+    assert!(ended.duration_since(opened) <= Duration::from_secs(4));
+    // The store's stream is still open: keep-alive comments keep coming.
+    assert_eq!(stores.next(3 * KEEP_ALIVE).await, Some(Sse::Comment));
+}
+
+#[tokio::test]
+async fn a_customer_stream_ends_with_its_token_sqlite() {
+    a_customer_stream_ends_with_its_token(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_customer_stream_ends_with_its_token_postgres() {
+    a_customer_stream_ends_with_its_token(Backend::Postgres).await;
+}

@@ -115,6 +115,9 @@ mod tests {
         assert_eq!(snake_case("thread_type"), "thread_type");
         assert_eq!(pascal_case("order_inquiry"), "OrderInquiry");
         assert_eq!(pascal_case("getThreadMessages"), "GetThreadMessages");
-        assert_eq!(pascal_case("channel.message_published"), "ChannelMessagePublished");
+        assert_eq!(
+            pascal_case("channel.message_published"),
+            "ChannelMessagePublished"
+        );
     }
 }

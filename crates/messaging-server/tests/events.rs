@@ -35,7 +35,14 @@ struct Server {
 impl Server {
     fn start(database_url: &str) -> Self {
         let mut child = Command::new(BIN)
-            .args(["--log-format", "json", "serve", "--bind", "127.0.0.1:0", "--disable-rate-limits"])
+            .args([
+                "--log-format",
+                "json",
+                "serve",
+                "--bind",
+                "127.0.0.1:0",
+                "--disable-rate-limits",
+            ])
             .env("DATABASE_URL", database_url)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -84,13 +91,17 @@ impl Drop for DropDatabase {
         let (admin, name) = self.0.rsplit_once('/').expect("a database URL");
         let (admin, name) = (format!("{admin}/postgres"), name.to_owned());
         let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new().expect("runtime").block_on(async move {
-                if let Ok(connection) = Database::connect(admin).await {
-                    let _ = connection
-                        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            })
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(async move {
+                    if let Ok(connection) = Database::connect(admin).await {
+                        let _ = connection
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                })
         })
         .join();
     }
@@ -125,7 +136,11 @@ fn create_store(database_url: &str) -> Value {
         .env("DATABASE_URL", database_url)
         .output()
         .expect("run stores create");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).expect("one JSON object on stdout")
 }
 
@@ -171,10 +186,22 @@ async fn collect(
 }
 
 /// Long-polls `client`'s feed from `after`, sending every event into `events`.
-async fn long_poll(client: Client, after: String, events: tokio::sync::mpsc::UnboundedSender<Value>) {
+async fn long_poll(
+    client: Client,
+    after: String,
+    events: tokio::sync::mpsc::UnboundedSender<Value>,
+) {
     let mut after = after;
     loop {
-        let list = client.list_events().after(after.as_str()).wait(5).limit(std::num::NonZeroU32::new(50).unwrap()).send().await.expect("listEvents").into_inner();
+        let list = client
+            .list_events()
+            .after(after.as_str())
+            .wait(5)
+            .limit(std::num::NonZeroU32::new(50).unwrap())
+            .send()
+            .await
+            .expect("listEvents")
+            .into_inner();
         for event in list.events {
             if events.send(serde_json::to_value(event).unwrap()).is_err() {
                 return;
@@ -199,7 +226,11 @@ fn check(name: &str, events: &[Value], sent: &HashSet<String>, reactions_per_mes
         .map(|e| e["data"]["message"]["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(created.len(), sent.len(), "{name}: message.created events");
-    assert_eq!(created.iter().cloned().collect::<HashSet<_>>(), *sent, "{name}");
+    assert_eq!(
+        created.iter().cloned().collect::<HashSet<_>>(),
+        *sent,
+        "{name}"
+    );
     let mut counts: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for event in events.iter().filter(|e| e["type"] == "message.updated") {
         let message = &event["data"]["message"];
@@ -210,7 +241,10 @@ fn check(name: &str, events: &[Value], sent: &HashSet<String>, reactions_per_mes
     }
     for (message, counts) in &counts {
         let expected: Vec<usize> = (1..=reactions_per_message).collect();
-        assert_eq!(counts, &expected, "{name}: reactions on {message} out of commit order");
+        assert_eq!(
+            counts, &expected,
+            "{name}: reactions on {message} out of commit order"
+        );
     }
 }
 
@@ -233,13 +267,21 @@ async fn two_processes_deliver_every_event_once_in_commit_order_per_thread() {
         .unwrap()
         .into_inner()
         .customer;
-    let start = store_a.list_events().send().await.unwrap().into_inner().next_after;
+    let start = store_a
+        .list_events()
+        .send()
+        .await
+        .unwrap()
+        .into_inner()
+        .next_after;
     // Two threads; their first messages collect the reactions.
     let mut threads = Vec::new();
     for subject in ["First", "Second"] {
         let conversation = store_a
             .create_conversation()
-            .body(body::<types::CreateConversationRequest>(json!({"customer_id": customer.id, "subject": subject, "message": "Hello"})))
+            .body(body::<types::CreateConversationRequest>(
+                json!({"customer_id": customer.id, "subject": subject, "message": "Hello"}),
+            ))
             .send()
             .await
             .unwrap()
@@ -309,7 +351,11 @@ async fn two_processes_deliver_every_event_once_in_commit_order_per_thread() {
     check("stream on B", &streamed, &sent, per_message);
     check("long-poll on A", &polled, &sent, per_message);
     let order = |events: &[Value]| events.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
-    assert_eq!(order(&streamed), order(&polled), "both processes serve one order");
+    assert_eq!(
+        order(&streamed),
+        order(&polled),
+        "both processes serve one order"
+    );
     stream.abort();
     poller.abort();
 

@@ -333,8 +333,13 @@ impl MessagingApi for MessagingService {
             // Validated by the generated layer (1 to 200, 0 to 30); the clamps only guard the
             // conversions.
             let wait = std::time::Duration::from_secs(params.wait.clamp(0, 30) as u64);
-            self.list_events(&caller, params.after.as_deref(), page_size(params.limit), wait)
-                .await
+            self.list_events(
+                &caller,
+                params.after.as_deref(),
+                page_size(params.limit),
+                wait,
+            )
+            .await
         };
         respond(result.await, |list| ListEventsResponse::Ok(Json(list)))
     }

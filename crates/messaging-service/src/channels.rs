@@ -398,13 +398,11 @@ impl MessagingService {
         channel_id: Uuid,
         message: &Message,
     ) -> Result<(), ServiceError> {
-        let customer_is_member = channel_member::Entity::find_by_id((
-            channel_id,
-            thread.customer_id.to_string(),
-        ))
-        .one(txn)
-        .await?
-        .is_some();
+        let customer_is_member =
+            channel_member::Entity::find_by_id((channel_id, thread.customer_id.to_string()))
+                .one(txn)
+                .await?
+                .is_some();
         let scope = EventScope::of(thread).store_only(!customer_is_member);
         events::record(
             txn,

@@ -240,7 +240,9 @@ impl MessagingService {
         }
         update.exec(&txn).await?;
         subscribers::count_unread(&txn, thread.id, author).await?;
-        let published_to = message.channel_id.filter(|_| message.published_at.is_some());
+        let published_to = message
+            .channel_id
+            .filter(|_| message.published_at.is_some());
         if let Some(channel_id) = published_to {
             channel::Entity::update_many()
                 .col_expr(channel::Column::UpdatedAt, Expr::value(at))

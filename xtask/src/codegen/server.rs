@@ -668,9 +668,9 @@ fn event_stream_items(schema: &ReferenceOr<Schema>) -> anyhow::Result<ReferenceO
         {
             any.items.as_ref()
         }
-        _ => bail!(
-            "{EVENT_STREAM} bodies must be `type: array, format: event-stream, items: $ref`"
-        ),
+        _ => {
+            bail!("{EVENT_STREAM} bodies must be `type: array, format: event-stream, items: $ref`")
+        }
     };
     match items {
         Some(items @ ReferenceOr::Reference { .. }) => Ok(unbox(items)),
