@@ -349,7 +349,7 @@ impl MessagingService {
                 .exec(&txn)
                 .await?;
         }
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(published)
     }
 

@@ -10,6 +10,7 @@ mod config;
 mod cursor;
 pub mod entity;
 mod error;
+pub mod idempotency;
 mod messages;
 mod migration;
 mod reactions;

@@ -1,15 +1,16 @@
 //! Messages: a thread's history in keyset pages, sending (with the thread's counters in the same
-//! transaction), editing and soft deletion under gateByMessageId.
+//! transaction), editing (keeping each replaced version) and soft deletion under
+//! gateByMessageId, and a message's edit history.
 
 use chrono::{DateTime, Utc};
 use messaging_api::{
-    DeletedMessage, Message, MessageList, MessageType, Pagination, SendMessageRequest, SenderType,
+    DeletedMessage, Message, MessageEdit, MessageList, MessageType, Pagination, SendMessageRequest, SenderType,
     SortOrder, ThreadStatus,
 };
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -18,9 +19,10 @@ use crate::{
     MessagingService,
     auth::{Actor, Caller},
     cursor::{self, Position},
-    entity::{channel, message, thread},
+    entity::{channel, message, message_edit, thread},
     error::ServiceError,
     now,
+    reactions::reactions_of,
     subscribers::{self, Participant},
     threads::{NewMessage, ThreadRef, from_micros, micros, sender_of},
 };
@@ -245,13 +247,15 @@ impl MessagingService {
                 .exec(&txn)
                 .await?;
         }
-        txn.commit().await?;
-        crate::wire::message(message, Vec::new())
+        let message = crate::wire::message(message, Vec::new())?;
+        self.commit(txn).await?;
+        Ok(message)
     }
 
     /// Loads a live message of the caller's store and mode and applies gateByMessageId.
-    async fn load_own_message(
+    async fn load_own_message<C: ConnectionTrait>(
         &self,
+        conn: &C,
         caller: &Caller,
         id: Uuid,
     ) -> Result<message::Model, ServiceError> {
@@ -259,7 +263,7 @@ impl MessagingService {
             .filter(message::Column::StoreId.eq(caller.store_id))
             .filter(message::Column::Mode.eq(caller.mode.as_str()))
             .filter(message::Column::IsDeleted.eq(false))
-            .one(self.db())
+            .one(conn)
             .await?
             .ok_or_else(message_not_found)?;
         let allowed = match caller.actor {
@@ -290,16 +294,52 @@ impl MessagingService {
                 "message_content must not be blank.",
             ));
         }
-        let message = self.load_own_message(caller, id).await?;
+        let txn = self.begin_write().await?;
+        let message = self.load_own_message(&txn, caller, id).await?;
         let at = now();
+        // The version this edit replaces, kept in the same transaction as the edit.
+        message_edit::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            message_id: Set(message.id),
+            message_content: Set(message.message_content.clone()),
+            edited_at: Set(at),
+        }
+        .insert(&txn)
+        .await?;
         let mut row: message::ActiveModel = message.into();
         row.message_content = Set(content);
         row.is_edited = Set(true);
         row.edited_at = Set(Some(at));
         row.updated_at = Set(at);
-        let updated = row.update(self.db()).await?;
-        let mut messages = self.wire_messages(vec![updated]).await?;
-        messages.pop().ok_or_else(message_not_found)
+        let updated = row.update(&txn).await?;
+        let mut reactions = reactions_of(&txn, &[updated.id]).await?;
+        let reactions = reactions.remove(&updated.id).unwrap_or_default();
+        let message = crate::wire::message(updated, reactions)?;
+        self.commit(txn).await?;
+        Ok(message)
+    }
+
+    /// The versions of a message that its edits replaced, oldest first, for whoever may read
+    /// its thread.
+    pub(crate) async fn message_edits(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<Vec<MessageEdit>, ServiceError> {
+        let message = self.readable_message(caller, id).await?;
+        let edits = message_edit::Entity::find()
+            .filter(message_edit::Column::MessageId.eq(message.id))
+            .order_by_asc(message_edit::Column::EditedAt)
+            .order_by_asc(message_edit::Column::Id)
+            .all(self.db())
+            .await?;
+        Ok(edits
+            .into_iter()
+            .map(|edit| MessageEdit {
+                message_content: edit.message_content,
+                edited_at: edit.edited_at,
+            })
+            .collect())
     }
 
     /// Soft delete: the row stays for audit. Only the request that flips `is_deleted` succeeds,
@@ -309,7 +349,7 @@ impl MessagingService {
         caller: &Caller,
         id: Uuid,
     ) -> Result<DeletedMessage, ServiceError> {
-        let message = self.load_own_message(caller, id).await?;
+        let message = self.load_own_message(self.db(), caller, id).await?;
         let at = now();
         let affected = message::Entity::update_many()
             .col_expr(message::Column::IsDeleted, Expr::value(true))

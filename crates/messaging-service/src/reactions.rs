@@ -76,7 +76,7 @@ pub async fn reactions_of<C: ConnectionTrait>(
 
 impl MessagingService {
     /// A live message of the caller's store and mode in a thread the caller may read.
-    async fn readable_message(
+    pub(crate) async fn readable_message(
         &self,
         caller: &Caller,
         id: Uuid,

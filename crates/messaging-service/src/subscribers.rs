@@ -467,7 +467,7 @@ impl MessagingService {
             }
         };
         self.assign_channel(&txn, &thread).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(wire_subscriber(&row))
     }
 
@@ -498,7 +498,7 @@ impl MessagingService {
         row.updated_at = Set(now());
         let row = row.update(&txn).await?;
         self.assign_channel(&txn, &thread).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(wire_subscriber(&row))
     }
 }

@@ -134,13 +134,15 @@ impl MessagingService {
         Ok(thread)
     }
 
-    /// A thread in its wire form, with its subscribers.
-    async fn wire_thread(
+    /// A thread in its wire form, with its subscribers as `conn` sees them (a write rule passes
+    /// its transaction: it answers before it commits).
+    async fn wire_thread<C: ConnectionTrait>(
         &self,
+        conn: &C,
         caller: &Caller,
         thread: thread::Model,
     ) -> Result<Thread, ServiceError> {
-        let subscribers = subscribers_of(self.db(), thread.id).await?;
+        let subscribers = subscribers_of(conn, thread.id).await?;
         wire::thread(thread, caller, &subscribers)
     }
 
@@ -317,7 +319,8 @@ impl MessagingService {
                 "Only the store may change status, priority, location_id or name.",
             ));
         }
-        let thread = self.load_thread(self.db(), caller, id).await?;
+        let txn = self.begin_write().await?;
+        let thread = self.load_thread(&txn, caller, id).await?;
         let mut row: thread::ActiveModel = thread.into();
         if let Some(status) = body.status {
             row.status = Set(status.as_str().to_owned());
@@ -341,8 +344,10 @@ impl MessagingService {
             row.name = Set(Some(name));
         }
         row.updated_at = Set(now());
-        let updated = row.update(self.db()).await?;
-        self.wire_thread(caller, updated).await
+        let updated = row.update(&txn).await?;
+        let thread = self.wire_thread(&txn, caller, updated).await?;
+        self.commit(txn).await?;
+        Ok(thread)
     }
 
     /// Reader-relative: a customer clears its own count; the store (or one of its staff) clears
@@ -368,13 +373,14 @@ impl MessagingService {
         if reader.is_store_side() {
             subscribers::mark_read(&txn, &thread, reader).await?;
         }
-        txn.commit().await?;
         let mut thread = thread;
         match caller.actor {
             Actor::Customer(_) => thread.unread_count_customer = 0,
             Actor::Store => thread.unread_count_store = 0,
         }
-        self.wire_thread(caller, thread).await
+        let thread = self.wire_thread(&txn, caller, thread).await?;
+        self.commit(txn).await?;
+        Ok(thread)
     }
 
     pub(crate) async fn create_conversation(
@@ -494,11 +500,12 @@ impl MessagingService {
         };
         let message = first.row(&thread, at).insert(&txn).await?;
         subscribers::count_unread(&txn, thread.id, author).await?;
-        txn.commit().await?;
-        Ok(Conversation {
-            thread: self.wire_thread(caller, thread).await?,
+        let conversation = Conversation {
+            thread: self.wire_thread(&txn, caller, thread).await?,
             message: wire::message(message, Vec::new())?,
-        })
+        };
+        self.commit(txn).await?;
+        Ok(conversation)
     }
 }
 
