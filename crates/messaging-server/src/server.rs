@@ -15,6 +15,9 @@ use crate::{HttpSettings, app};
 /// How often the background publisher moves due scheduled messages into their channels.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often expired idempotency keys are pruned.
+pub const IDEMPOTENCY_PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
 /// How long in-flight requests may take to finish after a shutdown signal.
 const GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,8 +61,14 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
         tracing::info!(%address, "messaging-server listening");
     }
     let publisher = tokio::spawn(service.clone().run_publisher(PUBLISH_INTERVAL));
+    let pruner = tokio::spawn(
+        service
+            .clone()
+            .run_idempotency_pruner(IDEMPOTENCY_PRUNE_INTERVAL),
+    );
     let served = serve(acceptor, app(service, &config.http), shutdown_signal()).await;
     publisher.abort();
+    pruner.abort();
     served.map_err(ServeError::Serve)?;
     tracing::info!("messaging-server stopped");
     Ok(())
@@ -86,11 +95,15 @@ pub async fn spawn(
     let address = bound_address(&acceptor)
         .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
     let publisher = service.clone().run_publisher(PUBLISH_INTERVAL);
+    let pruner = service
+        .clone()
+        .run_idempotency_pruner(IDEMPOTENCY_PRUNE_INTERVAL);
     let app = app(service, settings);
-    // One task for both, so aborting it stops the server and its publisher together.
+    // One task for all, so aborting it stops the server and its background work together.
     let task = tokio::spawn(async move {
         tokio::select! {
             () = publisher => Ok(()),
+            () = pruner => Ok(()),
             result = serve(acceptor, app, std::future::pending()) => result,
         }
     });
