@@ -52,7 +52,10 @@ impl World {
         self.public
             .create_conversation()
             .x_auth_token(token)
-            .body_map(|b| b.subject("Missing item").message("The headphones were missing."))
+            .body_map(|b| {
+                b.subject("Missing item")
+                    .message("The headphones were missing.")
+            })
             .send()
             .await
             .expect("create conversation")
@@ -136,93 +139,115 @@ fn messages_path(thread: Uuid) -> String {
     format!("/v1/messaging/threads/{thread}/messages")
 }
 
-both_backends!(a_replay_is_the_first_answer_and_changes_nothing, |app| async move {
-    let w = world(app).await;
+both_backends!(
+    a_replay_is_the_first_answer_and_changes_nothing,
+    |app| async move {
+        let w = world(app).await;
 
-    // createConversation through the generated client, sent twice with one key.
-    let start = || {
-        w.public
-            .create_conversation()
-            .x_auth_token(w.jane.token.as_str())
-            .idempotency_key("start-8821")
-            .body_map(|b| b.subject("Order 8821").message("Where is it?"))
+        // createConversation through the generated client, sent twice with one key.
+        let start = || {
+            w.public
+                .create_conversation()
+                .x_auth_token(w.jane.token.as_str())
+                .idempotency_key("start-8821")
+                .body_map(|b| b.subject("Order 8821").message("Where is it?"))
+                .send()
+        };
+        let first = start().await.expect("created");
+        assert_eq!(first.status().as_u16(), 201);
+        assert!(first.headers().get(REPLAYED).is_none());
+        let again = start().await.expect("replayed");
+        assert_eq!(again.status().as_u16(), 201);
+        assert_eq!(again.headers().get(REPLAYED).unwrap(), "true");
+        let (first, again) = (first.into_inner(), again.into_inner());
+        assert_eq!(first, again);
+        let threads = w
+            .store
+            .list_threads()
             .send()
-    };
-    let first = start().await.expect("created");
-    assert_eq!(first.status().as_u16(), 201);
-    assert!(first.headers().get(REPLAYED).is_none());
-    let again = start().await.expect("replayed");
-    assert_eq!(again.status().as_u16(), 201);
-    assert_eq!(again.headers().get(REPLAYED).unwrap(), "true");
-    let (first, again) = (first.into_inner(), again.into_inner());
-    assert_eq!(first, again);
-    let threads = w
-        .store
-        .list_threads()
-        .send()
-        .await
-        .expect("inbox")
-        .into_inner()
-        .threads;
-    assert_eq!(threads.len(), 1, "one thread, not two");
-    let thread = first.thread.id;
+            .await
+            .expect("inbox")
+            .into_inner()
+            .threads;
+        assert_eq!(threads.len(), 1, "one thread, not two");
+        let thread = first.thread.id;
 
-    // sendMessage, raw, to compare the bytes: the retry answers exactly what the first did.
-    let body = r#"{"message":"Any news about my order?"}"#;
-    let sent = w
-        .as_jane(reqwest::Method::POST, &messages_path(thread), "send-1", body)
-        .await;
-    assert_eq!((sent.status, sent.replayed), (201, false));
-    let after_first = w.thread_as_store(thread).await;
-    for _ in 0..2 {
-        let retry = w
-            .as_jane(reqwest::Method::POST, &messages_path(thread), "send-1", body)
+        // sendMessage, raw, to compare the bytes: the retry answers exactly what the first did.
+        let body = r#"{"message":"Any news about my order?"}"#;
+        let sent = w
+            .as_jane(
+                reqwest::Method::POST,
+                &messages_path(thread),
+                "send-1",
+                body,
+            )
             .await;
-        assert_eq!((retry.status, retry.replayed), (201, true));
-        assert_eq!(retry.body, sent.body, "byte for byte");
-    }
-    let messages = w.messages_of(thread).await;
-    assert_eq!(messages.len(), 2, "the first message and one reply, not three");
-    assert_eq!(messages[1].id.to_string(), sent.json()["message"]["id"]);
-    // Counters and last-message fields moved once, and the retries left the thread untouched.
-    let thread_now = w.thread_as_store(thread).await;
-    assert_eq!(thread_now.unread_count_store, Some(2));
-    assert_eq!(thread_now, after_first);
+        assert_eq!((sent.status, sent.replayed), (201, false));
+        let after_first = w.thread_as_store(thread).await;
+        for _ in 0..2 {
+            let retry = w
+                .as_jane(
+                    reqwest::Method::POST,
+                    &messages_path(thread),
+                    "send-1",
+                    body,
+                )
+                .await;
+            assert_eq!((retry.status, retry.replayed), (201, true));
+            assert_eq!(retry.body, sent.body, "byte for byte");
+        }
+        let messages = w.messages_of(thread).await;
+        assert_eq!(
+            messages.len(),
+            2,
+            "the first message and one reply, not three"
+        );
+        assert_eq!(messages[1].id.to_string(), sent.json()["message"]["id"]);
+        // Counters and last-message fields moved once, and the retries left the thread untouched.
+        let thread_now = w.thread_as_store(thread).await;
+        assert_eq!(thread_now.unread_count_store, Some(2));
+        assert_eq!(thread_now, after_first);
 
-    // editMessage: one edit, one version in the history, however often it is retried.
-    let message = messages[1].id;
-    let edit = || {
-        w.public
-            .edit_message()
-            .x_auth_token(w.jane.token.as_str())
-            .idempotency_key("edit-1")
+        // editMessage: one edit, one version in the history, however often it is retried.
+        let message = messages[1].id;
+        let edit = || {
+            w.public
+                .edit_message()
+                .x_auth_token(w.jane.token.as_str())
+                .idempotency_key("edit-1")
+                .id(message)
+                .body_map(|b| b.message_content("Any news about order 8821?"))
+                .send()
+        };
+        let edited = edit().await.expect("edited").into_inner();
+        let replayed = edit().await.expect("replayed");
+        assert_eq!(replayed.headers().get(REPLAYED).unwrap(), "true");
+        assert_eq!(replayed.into_inner(), edited);
+        let history = w
+            .store
+            .list_message_edits()
             .id(message)
-            .body_map(|b| b.message_content("Any news about order 8821?"))
             .send()
-    };
-    let edited = edit().await.expect("edited").into_inner();
-    let replayed = edit().await.expect("replayed");
-    assert_eq!(replayed.headers().get(REPLAYED).unwrap(), "true");
-    assert_eq!(replayed.into_inner(), edited);
-    let history = w
-        .store
-        .list_message_edits()
-        .id(message)
-        .send()
-        .await
-        .expect("history")
-        .into_inner()
-        .edits;
-    assert_eq!(history.len(), 1);
+            .await
+            .expect("history")
+            .into_inner()
+            .edits;
+        assert_eq!(history.len(), 1);
 
-    // A key without a retry is still a plain write: a new key is a new message.
-    let other = w
-        .as_jane(reqwest::Method::POST, &messages_path(thread), "send-2", body)
-        .await;
-    assert_eq!((other.status, other.replayed), (201, false));
-    assert_ne!(other.body, sent.body);
-    assert_eq!(w.messages_of(thread).await.len(), 3);
-});
+        // A key without a retry is still a plain write: a new key is a new message.
+        let other = w
+            .as_jane(
+                reqwest::Method::POST,
+                &messages_path(thread),
+                "send-2",
+                body,
+            )
+            .await;
+        assert_eq!((other.status, other.replayed), (201, false));
+        assert_ne!(other.body, sent.body);
+        assert_eq!(w.messages_of(thread).await.len(), 3);
+    }
+);
 
 both_backends!(a_key_with_another_request_is_422, |app| async move {
     let w = world(app).await;
@@ -241,8 +266,16 @@ both_backends!(a_key_with_another_request_is_422, |app| async move {
     let elsewhere_before = w.messages_of(other_thread).await;
     // Another body, another path, another method: each is a different request.
     for (method, path, body) in [
-        (reqwest::Method::POST, messages_path(thread), r#"{"message":"two"}"#),
-        (reqwest::Method::POST, messages_path(other_thread), r#"{"message":"one"}"#),
+        (
+            reqwest::Method::POST,
+            messages_path(thread),
+            r#"{"message":"two"}"#,
+        ),
+        (
+            reqwest::Method::POST,
+            messages_path(other_thread),
+            r#"{"message":"one"}"#,
+        ),
         (
             reqwest::Method::PATCH,
             format!("/v1/messaging/threads/{thread}"),
@@ -270,7 +303,11 @@ both_backends!(concurrent_retries_write_once, |app| async move {
     .await;
     let created: Vec<&Raw> = answers.iter().filter(|a| a.status == 201).collect();
     assert!(!created.is_empty(), "{answers:?}");
-    assert_eq!(created.iter().filter(|a| !a.replayed).count(), 1, "{answers:?}");
+    assert_eq!(
+        created.iter().filter(|a| !a.replayed).count(),
+        1,
+        "{answers:?}"
+    );
     for answer in &answers {
         match answer.status {
             201 => assert_eq!(answer.body, created[0].body),
@@ -289,71 +326,79 @@ both_backends!(concurrent_retries_write_once, |app| async move {
     assert_eq!(later.body, created[0].body);
 });
 
-both_backends!(another_callers_identical_key_is_another_key, |app| async move {
-    let w = world(app).await;
-    let jane_thread = w.jane_thread().await;
-    let body = r#"{"message":"Hello"}"#;
-    let jane = w
-        .as_jane(reqwest::Method::POST, &messages_path(jane_thread), "shared", body)
-        .await;
-    assert_eq!((jane.status, jane.replayed), (201, false));
-    // The store, on the same thread with the same key and body: its own key, its own message.
-    let store = w
-        .raw(
-            reqwest::Method::POST,
-            &messages_path(jane_thread),
-            &w.secret_key,
-            None,
-            "shared",
-            body,
-        )
-        .await;
-    assert_eq!((store.status, store.replayed), (201, false));
-    assert_eq!(store.json()["message"]["sender_type"], "store");
-    // A staff member acting for the store is yet another caller.
-    w.store
-        .add_subscriber()
-        .id(jane_thread.to_string())
-        .body(
-            serde_json::from_value::<types::AddSubscriberRequest>(
-                json!({"type": "user", "id": "staff-42", "name": "Sam Staff"}),
+both_backends!(
+    another_callers_identical_key_is_another_key,
+    |app| async move {
+        let w = world(app).await;
+        let jane_thread = w.jane_thread().await;
+        let body = r#"{"message":"Hello"}"#;
+        let jane = w
+            .as_jane(
+                reqwest::Method::POST,
+                &messages_path(jane_thread),
+                "shared",
+                body,
             )
-            .unwrap(),
-        )
-        .send()
-        .await
-        .expect("staff joins");
-    let staff = w
-        .app
-        .http()
-        .post(w.app.url(&messages_path(jane_thread)))
-        .bearer_auth(&w.secret_key)
-        .header("x-acting-user", "staff-42")
-        .header("idempotency-key", "shared")
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(staff.status().as_u16(), 201);
-    assert!(staff.headers().get(REPLAYED).is_none());
-    // Bob, another customer, in his own thread: not Jane's key (that would be 422).
-    let bob_thread = w.thread_of(&w.bob.token).await;
-    let bob = w
-        .raw(
-            reqwest::Method::POST,
-            &messages_path(bob_thread),
-            &w.publishable_key,
-            Some(&w.bob.token),
-            "shared",
-            body,
-        )
-        .await;
-    assert_eq!((bob.status, bob.replayed), (201, false));
-    assert_eq!(bob.json()["message"]["sender_id"], w.bob.id.to_string());
-    assert_eq!(w.messages_of(jane_thread).await.len(), 4);
-    assert_eq!(w.messages_of(bob_thread).await.len(), 2);
-});
+            .await;
+        assert_eq!((jane.status, jane.replayed), (201, false));
+        // The store, on the same thread with the same key and body: its own key, its own message.
+        let store = w
+            .raw(
+                reqwest::Method::POST,
+                &messages_path(jane_thread),
+                &w.secret_key,
+                None,
+                "shared",
+                body,
+            )
+            .await;
+        assert_eq!((store.status, store.replayed), (201, false));
+        assert_eq!(store.json()["message"]["sender_type"], "store");
+        // A staff member acting for the store is yet another caller.
+        w.store
+            .add_subscriber()
+            .id(jane_thread.to_string())
+            .body(
+                serde_json::from_value::<types::AddSubscriberRequest>(
+                    json!({"type": "user", "id": "staff-42", "name": "Sam Staff"}),
+                )
+                .unwrap(),
+            )
+            .send()
+            .await
+            .expect("staff joins");
+        let staff = w
+            .app
+            .http()
+            .post(w.app.url(&messages_path(jane_thread)))
+            .bearer_auth(&w.secret_key)
+            .header("x-acting-user", "staff-42")
+            .header("idempotency-key", "shared")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(staff.status().as_u16(), 201);
+        assert!(staff.headers().get(REPLAYED).is_none());
+        // Bob, another customer, in his own thread: not Jane's key (that would be 422).
+        let bob_thread = w.thread_of(&w.bob.token).await;
+        let bob = w
+            .raw(
+                reqwest::Method::POST,
+                &messages_path(bob_thread),
+                &w.publishable_key,
+                Some(&w.bob.token),
+                "shared",
+                body,
+            )
+            .await;
+        assert_eq!((bob.status, bob.replayed), (201, false));
+        assert_eq!(bob.json()["message"]["sender_id"], w.bob.id.to_string());
+        assert_eq!(w.messages_of(jane_thread).await.len(), 4);
+        assert_eq!(w.messages_of(bob_thread).await.len(), 2);
+    }
+);
 
 both_backends!(malformed_keys_are_400_and_write_nothing, |app| async move {
     let w = world(app).await;
@@ -371,7 +416,12 @@ both_backends!(malformed_keys_are_400_and_write_nothing, |app| async move {
     assert_eq!(w.key_rows().await, rows);
     // 255 characters is the longest key.
     let longest = w
-        .as_jane(reqwest::Method::POST, &messages_path(thread), &"k".repeat(255), body)
+        .as_jane(
+            reqwest::Method::POST,
+            &messages_path(thread),
+            &"k".repeat(255),
+            body,
+        )
         .await;
     assert_eq!(longest.status, 201);
     assert_eq!(w.key_rows().await, rows + 1);
@@ -466,7 +516,12 @@ both_backends!(expired_keys_are_pruned, |app| async move {
         .await;
     assert_eq!(first.status, 201);
     let kept = w
-        .as_jane(reqwest::Method::POST, &messages_path(thread), "recent", body)
+        .as_jane(
+            reqwest::Method::POST,
+            &messages_path(thread),
+            "recent",
+            body,
+        )
         .await;
     assert_eq!(kept.status, 201);
     // 24 hours later.
@@ -482,7 +537,12 @@ both_backends!(expired_keys_are_pruned, |app| async move {
     assert_eq!(w.app.service.prune_idempotency_keys().await.unwrap(), 1);
     assert_eq!(w.key_rows().await, 1);
     let recent = w
-        .as_jane(reqwest::Method::POST, &messages_path(thread), "recent", body)
+        .as_jane(
+            reqwest::Method::POST,
+            &messages_path(thread),
+            "recent",
+            body,
+        )
         .await;
     assert!(recent.replayed);
     // The expired key is a new key again.
@@ -515,7 +575,14 @@ both_backends!(edits_keep_the_versions_they_replace, |app| async move {
         }
         .send()
     };
-    assert!(history(Some(&w.jane.token)).await.unwrap().into_inner().edits.is_empty());
+    assert!(
+        history(Some(&w.jane.token))
+            .await
+            .unwrap()
+            .into_inner()
+            .edits
+            .is_empty()
+    );
     let mut last = None;
     for text in ["Version two", "Version three", "Version four"] {
         last = Some(
@@ -533,10 +600,18 @@ both_backends!(edits_keep_the_versions_they_replace, |app| async move {
     }
     let last = last.unwrap();
     assert_eq!(last.message_content, "Version four");
-    let edits = history(Some(&w.jane.token)).await.unwrap().into_inner().edits;
+    let edits = history(Some(&w.jane.token))
+        .await
+        .unwrap()
+        .into_inner()
+        .edits;
     let texts: Vec<&str> = edits.iter().map(|e| e.message_content.as_str()).collect();
     assert_eq!(texts, ["Version one", "Version two", "Version three"]);
-    assert!(edits.windows(2).all(|pair| pair[0].edited_at <= pair[1].edited_at));
+    assert!(
+        edits
+            .windows(2)
+            .all(|pair| pair[0].edited_at <= pair[1].edited_at)
+    );
     assert_eq!(Some(edits[2].edited_at), last.edited_at);
     // The store reads it too (whoever may read the thread), the same history.
     let by_store = w
@@ -584,7 +659,10 @@ both_backends!(edit_history_is_gated_like_its_thread, |app| async move {
                 .send()
                 .await,
         );
-        assert_eq!((foreign.status, foreign.code.as_str()), (404, "message_not_found"));
+        assert_eq!(
+            (foreign.status, foreign.code.as_str()),
+            (404, "message_not_found")
+        );
     }
     // A deleted message has no history to read.
     w.public
@@ -595,7 +673,10 @@ both_backends!(edit_history_is_gated_like_its_thread, |app| async move {
         .await
         .expect("deleted");
     let deleted = problem(w.store.list_message_edits().id(message).send().await);
-    assert_eq!((deleted.status, deleted.code.as_str()), (404, "message_not_found"));
+    assert_eq!(
+        (deleted.status, deleted.code.as_str()),
+        (404, "message_not_found")
+    );
 });
 
 both_backends!(reads_and_other_methods_ignore_the_key, |app| async move {
@@ -628,4 +709,126 @@ both_backends!(reads_and_other_methods_ignore_the_key, |app| async move {
     }
     assert_eq!(w.messages_of(thread).await.len(), 3);
     assert_eq!(w.key_rows().await, 0);
+});
+
+both_backends!(the_client_helper_retries_with_one_key, |app| async move {
+    use messaging_client::retry::{self, RetryPolicy};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let w = world(app).await;
+    let thread = w.jane_thread().await;
+    let quick = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: std::time::Duration::from_millis(10),
+        max_backoff: std::time::Duration::from_millis(50),
+    };
+    let send = |key: &str| {
+        w.public
+            .send_message()
+            .x_auth_token(w.jane.token.as_str())
+            .idempotency_key(key)
+            .id(thread.to_string())
+            .body_map(|b| b.message("Sent with the helper"))
+            .send()
+    };
+
+    // A plain run: one attempt, one message, and a retry of the same operation replays it.
+    let sent = retry::idempotent_with_key(&quick, "helper-1", send)
+        .await
+        .expect("sent");
+    assert!(!retry::was_replayed(&sent));
+    let again = retry::idempotent_with_key(&quick, "helper-1", send)
+        .await
+        .expect("replayed");
+    assert!(retry::was_replayed(&again));
+    assert_eq!(again.into_inner(), sent.into_inner());
+
+    // Another attempt with the key still runs (its process died holding it): the helper waits
+    // and retries with the same key until the lease is over, then the write happens once.
+    let body = serde_json::to_vec(&json!({"message": "Sent with the helper"})).unwrap();
+    let path = messages_path(thread);
+    let scope = w
+        .app
+        .service
+        .idempotency_scope(&w.publishable_key, Some(&w.jane.token), None)
+        .await
+        .unwrap();
+    for key in ["held", "held-for-good"] {
+        let begun = w
+            .app
+            .service
+            .begin_idempotent(&scope, key, &idempotency::fingerprint("POST", &path, &body))
+            .await
+            .unwrap();
+        let idempotency::Begin::Run(claim) = begun else {
+            panic!("a new key is claimed, got {begun:?}");
+        };
+        std::mem::forget(claim);
+    }
+    let attempts = AtomicU32::new(0);
+    let db = w.app.service.database();
+    let sent = retry::idempotent_with_key(&quick, "held", |key| {
+        let attempt = attempts.fetch_add(1, Ordering::SeqCst) + 1;
+        let send = send(key);
+        async move {
+            if attempt == 2 {
+                idempotency_key::Entity::update_many()
+                    .col_expr(
+                        idempotency_key::Column::LockedUntil,
+                        Expr::value(Some(chrono::Utc::now() - chrono::Duration::seconds(1))),
+                    )
+                    .filter(idempotency_key::Column::IdempotencyKey.eq("held"))
+                    .exec(db)
+                    .await
+                    .unwrap();
+            }
+            send.await
+        }
+    })
+    .await
+    .expect("sent once the lease is over");
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert!(!retry::was_replayed(&sent));
+    let messages = w.messages_of(thread).await;
+    assert_eq!(messages.len(), 3, "the first message and two sends");
+    assert_eq!(messages[2].id, sent.into_inner().message.id);
+
+    // A key that stays busy: the helper gives up after its attempts with the 409.
+    let attempts = AtomicU32::new(0);
+    let busy = retry::idempotent_with_key(&quick, "held-for-good", |key| {
+        attempts.fetch_add(1, Ordering::SeqCst);
+        send(key)
+    })
+    .await;
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let busy = problem(busy);
+    assert_eq!(
+        (busy.status, busy.code.as_str()),
+        (409, "idempotency_key_in_use")
+    );
+
+    // No server at all: connection errors are retried, with one key, then reported.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let offline = messaging_client::with_api_key(&nowhere, &w.publishable_key).unwrap();
+    let attempts = AtomicU32::new(0);
+    let keys = std::sync::Mutex::new(std::collections::HashSet::new());
+    let refused = retry::idempotent(&quick, |key| {
+        attempts.fetch_add(1, Ordering::SeqCst);
+        keys.lock().unwrap().insert(key.to_owned());
+        offline
+            .mark_thread_read()
+            .x_auth_token(w.jane.token.as_str())
+            .idempotency_key(key)
+            .id(thread.to_string())
+            .send()
+    })
+    .await;
+    assert!(matches!(
+        refused,
+        Err(messaging_client::Error::CommunicationError(_))
+    ));
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(keys.lock().unwrap().len(), 1, "one key for every attempt");
 });

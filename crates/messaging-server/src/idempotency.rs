@@ -75,7 +75,12 @@ pub async fn handle<E: Endpoint>(
     };
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let api_key = header(header::AUTHORIZATION.as_str())
-        .and_then(|value| value.get(..7).filter(|scheme| scheme.eq_ignore_ascii_case("bearer ")).map(|_| &value[7..]))
+        .and_then(|value| {
+            value
+                .get(..7)
+                .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+                .map(|_| &value[7..])
+        })
         .unwrap_or_default();
     let Some(scope) = service
         .idempotency_scope(api_key, header("x-auth-token"), header("x-acting-user"))
@@ -179,13 +184,20 @@ mod tests {
 
     #[test]
     fn only_writes_under_messaging_and_webhooks_are_covered() {
-        let req = |method: Method, path: &str| Request::builder().method(method).uri_str(path).finish();
+        let req =
+            |method: Method, path: &str| Request::builder().method(method).uri_str(path).finish();
         assert!(is_covered(&req(Method::POST, "/v1/messaging/threads")));
         assert!(is_covered(&req(Method::PATCH, "/v1/messaging/messages/x")));
         assert!(is_covered(&req(Method::POST, "/v1/webhooks/endpoints")));
         assert!(!is_covered(&req(Method::GET, "/v1/messaging/threads")));
-        assert!(!is_covered(&req(Method::DELETE, "/v1/messaging/messages/x")));
-        assert!(!is_covered(&req(Method::PUT, "/v1/messaging/messages/x/reactions/y")));
+        assert!(!is_covered(&req(
+            Method::DELETE,
+            "/v1/messaging/messages/x"
+        )));
+        assert!(!is_covered(&req(
+            Method::PUT,
+            "/v1/messaging/messages/x/reactions/y"
+        )));
         assert!(!is_covered(&req(Method::POST, "/v1/auth/login")));
     }
 }

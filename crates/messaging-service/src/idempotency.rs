@@ -240,7 +240,10 @@ async fn store_answer<C: ConnectionTrait>(
     answer: &Answer,
 ) -> Result<bool, DbErr> {
     let updated = idempotency_key::Entity::update_many()
-        .col_expr(Column::ResponseStatus, Expr::value(i32::from(answer.status)))
+        .col_expr(
+            Column::ResponseStatus,
+            Expr::value(i32::from(answer.status)),
+        )
         .col_expr(
             Column::ResponseContentType,
             Expr::value(answer.content_type.clone()),
@@ -366,7 +369,14 @@ impl MessagingService {
         if existing.expires_at <= at {
             // Kept past its 24 hours only until the pruner runs: a new key now.
             return self
-                .take_over(existing.id, None, fingerprint, token, lease_end, Some(expires_at))
+                .take_over(
+                    existing.id,
+                    None,
+                    fingerprint,
+                    token,
+                    lease_end,
+                    Some(expires_at),
+                )
                 .await;
         }
         if existing.fingerprint != fingerprint {
@@ -501,25 +511,48 @@ mod tests {
 
     #[test]
     fn fingerprints_separate_method_path_and_body() {
-        let send = fingerprint("POST", "/v1/messaging/threads/x/messages", b"{\"message\":\"hi\"}");
+        let send = fingerprint(
+            "POST",
+            "/v1/messaging/threads/x/messages",
+            b"{\"message\":\"hi\"}",
+        );
         assert_eq!(send.len(), 64);
         assert_eq!(
             send,
-            fingerprint("POST", "/v1/messaging/threads/x/messages", b"{\"message\":\"hi\"}")
+            fingerprint(
+                "POST",
+                "/v1/messaging/threads/x/messages",
+                b"{\"message\":\"hi\"}"
+            )
         );
         assert_ne!(
             send,
-            fingerprint("POST", "/v1/messaging/threads/y/messages", b"{\"message\":\"hi\"}")
+            fingerprint(
+                "POST",
+                "/v1/messaging/threads/y/messages",
+                b"{\"message\":\"hi\"}"
+            )
         );
         assert_ne!(
             send,
-            fingerprint("PATCH", "/v1/messaging/threads/x/messages", b"{\"message\":\"hi\"}")
+            fingerprint(
+                "PATCH",
+                "/v1/messaging/threads/x/messages",
+                b"{\"message\":\"hi\"}"
+            )
         );
         assert_ne!(
             send,
-            fingerprint("POST", "/v1/messaging/threads/x/messages", b"{\"message\":\"ho\"}")
+            fingerprint(
+                "POST",
+                "/v1/messaging/threads/x/messages",
+                b"{\"message\":\"ho\"}"
+            )
         );
         // The length prefix keeps the path and the body apart.
-        assert_ne!(fingerprint("POST", "/a", b"b"), fingerprint("POST", "/ab", b""));
+        assert_ne!(
+            fingerprint("POST", "/a", b"b"),
+            fingerprint("POST", "/ab", b"")
+        );
     }
 }

@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use messaging_api::{
-    DeletedMessage, Message, MessageEdit, MessageList, MessageType, Pagination, SendMessageRequest, SenderType,
-    SortOrder, ThreadStatus,
+    DeletedMessage, Message, MessageEdit, MessageList, MessageType, Pagination, SendMessageRequest,
+    SenderType, SortOrder, ThreadStatus,
 };
 use sea_orm::{
     ActiveModelTrait,
