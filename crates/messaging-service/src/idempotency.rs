@@ -114,12 +114,16 @@ pub enum FinishError {
     Database(#[source] DbErr),
 }
 
+/// The write transaction a rule commits: whatever `begin_write` returns. It must be a
+/// `ConnectionTrait` with `commit(self)`, and roll back when dropped.
+pub(crate) type WriteTransaction = DatabaseTransaction;
+
 /// Where the rule running inside a claim parks its write transaction for [`Claim::finish`].
 #[derive(Default)]
-struct WriteSlot(Mutex<Option<DatabaseTransaction>>);
+struct WriteSlot(Mutex<Option<WriteTransaction>>);
 
 impl WriteSlot {
-    fn take(&self) -> Option<DatabaseTransaction> {
+    fn take(&self) -> Option<WriteTransaction> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
@@ -162,9 +166,8 @@ impl Claim {
     pub async fn finish(mut self, answer: &Answer) -> Result<(), FinishError> {
         let parked = self.slot.take();
         if answer.status >= 500 {
-            if let Some(txn) = parked {
-                rollback(txn).await;
-            }
+            // Dropping a transaction rolls it back.
+            drop(parked);
             self.finished = true;
             release(&self.service, self.id, self.token).await;
             return Ok(());
@@ -175,7 +178,7 @@ impl Claim {
                     .await
                     .map_err(FinishError::Database)?;
                 if !stored {
-                    rollback(txn).await;
+                    drop(txn);
                     self.finished = true;
                     return Err(FinishError::Lost);
                 }
@@ -201,22 +204,12 @@ impl Drop for Claim {
         if self.finished {
             return;
         }
-        let parked = self.slot.take();
+        // A parked write rolls back as it drops here.
+        drop(self.slot.take());
         let (service, id, token) = (self.service.clone(), self.id, self.token);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Some(txn) = parked {
-                    rollback(txn).await;
-                }
-                release(&service, id, token).await;
-            });
+            runtime.spawn(async move { release(&service, id, token).await });
         }
-    }
-}
-
-async fn rollback(txn: DatabaseTransaction) {
-    if let Err(err) = txn.rollback().await {
-        tracing::error!(error = %err, "could not roll back an idempotent request's write");
     }
 }
 
@@ -262,7 +255,7 @@ async fn store_answer<C: ConnectionTrait>(
 }
 
 /// Parks `txn` with the claim of the current request, or gives it back when there is none.
-fn park(txn: DatabaseTransaction) -> Result<Option<DatabaseTransaction>, ServiceError> {
+fn park(txn: WriteTransaction) -> Result<Option<WriteTransaction>, ServiceError> {
     let mut txn = Some(txn);
     let parked = CURRENT_WRITE.try_with(|slot| {
         let mut slot = slot.0.lock().unwrap_or_else(PoisonError::into_inner);
@@ -287,7 +280,7 @@ impl MessagingService {
     /// commits. Inside one it parks the transaction with the request's claim, which commits it
     /// together with the request's answer: so this must be the rule's last use of the
     /// database, with the answer built from what the transaction wrote and read.
-    pub(crate) async fn commit(&self, txn: DatabaseTransaction) -> Result<(), ServiceError> {
+    pub(crate) async fn commit(&self, txn: WriteTransaction) -> Result<(), ServiceError> {
         match park(txn)? {
             Some(txn) => Ok(txn.commit().await?),
             None => Ok(()),
