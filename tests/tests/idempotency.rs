@@ -832,3 +832,154 @@ both_backends!(the_client_helper_retries_with_one_key, |app| async move {
     assert_eq!(attempts.load(Ordering::SeqCst), 3);
     assert_eq!(keys.lock().unwrap().len(), 1, "one key for every attempt");
 });
+
+/// Drives an operation inside a claim the way the server's middleware does, through the
+/// service's own `MessagingApi`: the write waits for the claim's answer and shares its fate.
+mod write_and_answer_commit_together {
+    use super::*;
+    use messaging_api::{MessagingApi, SendMessageParams, SendMessageRequest, SendMessageResponse};
+
+    fn params(w: &World, thread: Uuid) -> SendMessageParams {
+        SendMessageParams {
+            x_auth_token: Some(w.jane.token.clone()),
+            x_acting_user: None,
+            idempotency_key: None,
+            id: thread.to_string(),
+        }
+    }
+
+    fn body(text: &str) -> SendMessageRequest {
+        SendMessageRequest {
+            message: text.to_owned(),
+            r#type: None,
+            event: None,
+            media_urls: None,
+            publish_to_channel_at: None,
+        }
+    }
+
+    async fn claim(w: &World, key: &str) -> idempotency::Claim {
+        let service = &w.app.service;
+        let scope = service
+            .idempotency_scope(&w.publishable_key, Some(&w.jane.token), None)
+            .await
+            .unwrap();
+        match service
+            .begin_idempotent(&scope, key, "fingerprint")
+            .await
+            .unwrap()
+        {
+            idempotency::Begin::Run(claim) => claim,
+            other => panic!("expected a claim, got {other:?}"),
+        }
+    }
+
+    async fn begin(w: &World, key: &str) -> idempotency::Begin {
+        let service = &w.app.service;
+        let scope = service
+            .idempotency_scope(&w.publishable_key, Some(&w.jane.token), None)
+            .await
+            .unwrap();
+        service
+            .begin_idempotent(&scope, key, "fingerprint")
+            .await
+            .unwrap()
+    }
+
+    fn answer(status: u16, body: &[u8]) -> idempotency::Answer {
+        idempotency::Answer {
+            status,
+            content_type: Some("application/json; charset=utf-8".to_owned()),
+            body: body.to_vec(),
+        }
+    }
+
+    both_backends!(a_kept_answer_commits_the_write, |app| async move {
+        let w = world(app).await;
+        let thread = w.jane_thread().await;
+        let claim = claim(&w, "kept").await;
+        let sent = claim
+            .run(w.app.service.send_message(
+                w.publishable_key.clone(),
+                params(&w, thread),
+                body("kept"),
+            ))
+            .await;
+        assert!(matches!(sent, SendMessageResponse::Created(_)), "{sent:?}");
+        claim
+            .finish(&answer(201, b"{\"stored\":true}"))
+            .await
+            .unwrap();
+        assert_eq!(w.messages_of(thread).await.len(), 2);
+        match begin(&w, "kept").await {
+            idempotency::Begin::Replay(stored) => {
+                assert_eq!(stored, answer(201, b"{\"stored\":true}"));
+            }
+            other => panic!("expected the stored answer, got {other:?}"),
+        }
+    });
+
+    both_backends!(
+        a_5xx_rolls_the_write_back_and_frees_the_key,
+        |app| async move {
+            let w = world(app).await;
+            let thread = w.jane_thread().await;
+            let claim = claim(&w, "failed").await;
+            let sent = claim
+                .run(w.app.service.send_message(
+                    w.publishable_key.clone(),
+                    params(&w, thread),
+                    body("lost"),
+                ))
+                .await;
+            assert!(matches!(sent, SendMessageResponse::Created(_)), "{sent:?}");
+            claim
+                .finish(&answer(500, b"{\"code\":\"internal_error\"}"))
+                .await
+                .unwrap();
+            assert_eq!(
+                w.messages_of(thread).await.len(),
+                1,
+                "the write was rolled back"
+            );
+            assert!(matches!(
+                begin(&w, "failed").await,
+                idempotency::Begin::Run(_)
+            ));
+        }
+    );
+
+    both_backends!(
+        a_request_dropped_before_its_answer_writes_nothing,
+        |app| async move {
+            let w = world(app).await;
+            let thread = w.jane_thread().await;
+            let claim = claim(&w, "gone").await;
+            let sent = claim
+                .run(w.app.service.send_message(
+                    w.publishable_key.clone(),
+                    params(&w, thread),
+                    body("gone"),
+                ))
+                .await;
+            assert!(matches!(sent, SendMessageResponse::Created(_)), "{sent:?}");
+            // The client went away (or the handler panicked) before the answer was stored.
+            drop(claim);
+            assert_eq!(
+                w.messages_of(thread).await.len(),
+                1,
+                "the write was rolled back"
+            );
+            // The key is released in the background.
+            let mut released = false;
+            for _ in 0..50 {
+                if w.key_rows().await == 0 {
+                    released = true;
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert!(released, "the claim was released");
+        }
+    );
+}
