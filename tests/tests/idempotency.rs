@@ -507,50 +507,37 @@ both_backends!(a_claim_whose_request_died_expires, |app| async move {
     assert_eq!(w.messages_of(thread).await.len(), 2);
 });
 
-both_backends!(expired_keys_are_pruned, |app| async move {
+both_backends!(expired_keys_are_new_keys_and_are_pruned, |app| async move {
     let w = world(app).await;
     let thread = w.jane_thread().await;
     let body = r#"{"message":"Yesterday's message"}"#;
-    let first = w
-        .as_jane(reqwest::Method::POST, &messages_path(thread), "old", body)
-        .await;
-    assert_eq!(first.status, 201);
-    let kept = w
-        .as_jane(
-            reqwest::Method::POST,
-            &messages_path(thread),
-            "recent",
-            body,
-        )
-        .await;
-    assert_eq!(kept.status, 201);
-    // 24 hours later.
+    let path = messages_path(thread);
+    let send = |key: &'static str| w.as_jane(reqwest::Method::POST, &path, key, body);
+    for key in ["old", "gone", "recent"] {
+        assert_eq!(send(key).await.status, 201);
+    }
+    // 24 hours later for two of them.
     idempotency_key::Entity::update_many()
         .col_expr(
             idempotency_key::Column::ExpiresAt,
             Expr::value(chrono::Utc::now() - chrono::Duration::seconds(1)),
         )
-        .filter(idempotency_key::Column::IdempotencyKey.eq("old"))
+        .filter(idempotency_key::Column::IdempotencyKey.is_in(["old", "gone"]))
         .exec(w.app.service.database())
         .await
         .unwrap();
+    // An expired key is a new key at once, pruned or not.
+    let renewed = send("old").await;
+    assert_eq!((renewed.status, renewed.replayed), (201, false));
     assert_eq!(w.app.service.prune_idempotency_keys().await.unwrap(), 1);
-    assert_eq!(w.key_rows().await, 1);
-    let recent = w
-        .as_jane(
-            reqwest::Method::POST,
-            &messages_path(thread),
-            "recent",
-            body,
-        )
-        .await;
-    assert!(recent.replayed);
-    // The expired key is a new key again.
-    let again = w
-        .as_jane(reqwest::Method::POST, &messages_path(thread), "old", body)
-        .await;
+    assert_eq!(w.key_rows().await, 2);
+    let replayed = send("old").await;
+    assert!(replayed.replayed);
+    assert_eq!(replayed.body, renewed.body);
+    assert!(send("recent").await.replayed);
+    let again = send("gone").await;
     assert_eq!((again.status, again.replayed), (201, false));
-    assert_eq!(w.messages_of(thread).await.len(), 4);
+    assert_eq!(w.messages_of(thread).await.len(), 6);
 });
 
 both_backends!(edits_keep_the_versions_they_replace, |app| async move {
