@@ -427,6 +427,45 @@ both_backends!(malformed_keys_are_400_and_write_nothing, |app| async move {
     assert_eq!(w.key_rows().await, rows + 1);
 });
 
+both_backends!(
+    a_request_refused_before_it_runs_is_not_kept,
+    |app| async move {
+        let w = world(app).await;
+        let thread = w.jane_thread().await;
+        let path = messages_path(thread);
+        // A malformed body is refused by the generated layer before the operation runs.
+        let malformed = w
+            .as_jane(reqwest::Method::POST, &path, "fix-me", r#"{"message": 42}"#)
+            .await;
+        assert_eq!((malformed.status, malformed.replayed), (400, false));
+        assert_eq!(malformed.json()["code"], "invalid_body");
+        assert_eq!(w.key_rows().await, 0);
+        // The corrected request may use the same key at once: it is a first request.
+        let fixed = w
+            .as_jane(
+                reqwest::Method::POST,
+                &path,
+                "fix-me",
+                r#"{"message": "42"}"#,
+            )
+            .await;
+        assert_eq!((fixed.status, fixed.replayed), (201, false));
+        // A token that does not verify: refused (401) before anything is claimed.
+        let forged = w
+            .raw(
+                reqwest::Method::POST,
+                &path,
+                &w.publishable_key,
+                Some("not-a-token"),
+                "fix-me",
+                r#"{"message": "42"}"#,
+            )
+            .await;
+        assert_eq!((forged.status, forged.replayed), (401, false));
+        assert_eq!(w.key_rows().await, 1);
+    }
+);
+
 both_backends!(a_refusal_is_kept_and_replayed, |app| async move {
     let w = world(app).await;
     let thread = w.jane_thread().await;

@@ -108,9 +108,13 @@ pub async fn handle<E: Endpoint>(
     let request_id = req.extensions().get::<RequestId>().cloned();
     let mut response = match claim.run(inner.call(req)).await {
         Ok(output) => output.into_response(),
-        // Refused before the operation ran: nothing was written. The claim is released as
-        // it drops; the error becomes problem+json in the request context.
-        Err(err) => return Err(err),
+        // Refused before the operation ran: nothing was written. The key is released before
+        // the answer leaves, so a corrected request may reuse it at once; the error becomes
+        // problem+json in the request context.
+        Err(err) => {
+            claim.abandon().await;
+            return Err(err);
+        }
     };
     let body = match response.take_body().into_bytes().await {
         Ok(body) => body,

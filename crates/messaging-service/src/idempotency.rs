@@ -160,6 +160,14 @@ impl Claim {
         CURRENT_WRITE.scope(Arc::clone(&self.slot), request).await
     }
 
+    /// Gives the key up without an answer: the request was refused before it ran (it wrote
+    /// nothing), so its retry may run, with this request or another.
+    pub async fn abandon(mut self) {
+        drop(self.slot.take());
+        self.finished = true;
+        release(&self.service, self.id, self.token).await;
+    }
+
     /// Stores the request's final answer. With a parked write, in its transaction, then commits
     /// both; without one (the request wrote nothing), on its own. A 5xx answer is not kept: the
     /// parked write is rolled back and the key released.
