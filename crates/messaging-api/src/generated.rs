@@ -1416,8 +1416,8 @@ pub struct CreateConversationParams {
     pub x_acting_user: Option<String>,
     /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
     /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-    /// the same caller (store, mode, and customer or acting user) and the same method, path and
-    /// body gets the first answer again, status and body byte for byte, with
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
     /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
     /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
     /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -1611,8 +1611,8 @@ pub struct UpdateThreadParams {
     pub x_acting_user: Option<String>,
     /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
     /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-    /// the same caller (store, mode, and customer or acting user) and the same method, path and
-    /// body gets the first answer again, status and body byte for byte, with
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
     /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
     /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
     /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -1722,8 +1722,8 @@ pub struct MarkThreadReadParams {
     pub x_acting_user: Option<String>,
     /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
     /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-    /// the same caller (store, mode, and customer or acting user) and the same method, path and
-    /// body gets the first answer again, status and body byte for byte, with
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
     /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
     /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
     /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -1921,8 +1921,8 @@ pub struct SendMessageParams {
     pub x_acting_user: Option<String>,
     /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
     /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-    /// the same caller (store, mode, and customer or acting user) and the same method, path and
-    /// body gets the first answer again, status and body byte for byte, with
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
     /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
     /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
     /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -2114,8 +2114,8 @@ pub struct EditMessageParams {
     pub x_acting_user: Option<String>,
     /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
     /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-    /// the same caller (store, mode, and customer or acting user) and the same method, path and
-    /// body gets the first answer again, status and body byte for byte, with
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
     /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
     /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
     /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -2307,8 +2307,8 @@ pub struct AddSubscriberParams {
     pub x_acting_user: Option<String>,
     /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
     /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-    /// the same caller (store, mode, and customer or acting user) and the same method, path and
-    /// body gets the first answer again, status and body byte for byte, with
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
     /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
     /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
     /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -3677,8 +3677,8 @@ impl<T: MessagingApi> Api<T> {
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-        /// the same caller (store, mode, and customer or acting user) and the same method, path and
-        /// body gets the first answer again, status and body byte for byte, with
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
         /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
         /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
         /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -3769,8 +3769,8 @@ impl<T: MessagingApi> Api<T> {
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-        /// the same caller (store, mode, and customer or acting user) and the same method, path and
-        /// body gets the first answer again, status and body byte for byte, with
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
         /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
         /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
         /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -3822,8 +3822,8 @@ impl<T: MessagingApi> Api<T> {
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-        /// the same caller (store, mode, and customer or acting user) and the same method, path and
-        /// body gets the first answer again, status and body byte for byte, with
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
         /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
         /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
         /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -3928,8 +3928,8 @@ impl<T: MessagingApi> Api<T> {
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-        /// the same caller (store, mode, and customer or acting user) and the same method, path and
-        /// body gets the first answer again, status and body byte for byte, with
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
         /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
         /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
         /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -4018,8 +4018,8 @@ impl<T: MessagingApi> Api<T> {
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-        /// the same caller (store, mode, and customer or acting user) and the same method, path and
-        /// body gets the first answer again, status and body byte for byte, with
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
         /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
         /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
         /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -4109,8 +4109,8 @@ impl<T: MessagingApi> Api<T> {
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
-        /// the same caller (store, mode, and customer or acting user) and the same method, path and
-        /// body gets the first answer again, status and body byte for byte, with
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
         /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
         /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
         /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs

@@ -8739,8 +8739,8 @@ Arguments:
 - `id`: Message id.
 - `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
 send the same key with every retry of it. For 24 hours, a retry with the same key from
-the same caller (store, mode, and customer or acting user) and the same method, path and
-body gets the first answer again, status and body byte for byte, with
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
 `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
 is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
 `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -8913,8 +8913,8 @@ Sends a `POST` request to `/v1/messaging/threads`
 Arguments:
 - `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
 send the same key with every retry of it. For 24 hours, a retry with the same key from
-the same caller (store, mode, and customer or acting user) and the same method, path and
-body gets the first answer again, status and body byte for byte, with
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
 `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
 is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
 `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -8984,8 +8984,8 @@ predictable id).
 
 - `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
 send the same key with every retry of it. For 24 hours, a retry with the same key from
-the same caller (store, mode, and customer or acting user) and the same method, path and
-body gets the first answer again, status and body byte for byte, with
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
 `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
 is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
 `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -9062,8 +9062,8 @@ predictable id).
 
 - `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
 send the same key with every retry of it. For 24 hours, a retry with the same key from
-the same caller (store, mode, and customer or acting user) and the same method, path and
-body gets the first answer again, status and body byte for byte, with
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
 `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
 is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
 `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -9103,8 +9103,8 @@ predictable id).
 
 - `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
 send the same key with every retry of it. For 24 hours, a retry with the same key from
-the same caller (store, mode, and customer or acting user) and the same method, path and
-body gets the first answer again, status and body byte for byte, with
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
 `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
 is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
 `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
@@ -9173,8 +9173,8 @@ predictable id).
 
 - `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
 send the same key with every retry of it. For 24 hours, a retry with the same key from
-the same caller (store, mode, and customer or acting user) and the same method, path and
-body gets the first answer again, status and body byte for byte, with
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
 `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
 is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
 `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
