@@ -73,8 +73,8 @@ pub async fn handle<E: Endpoint>(
         )
         .into_response());
     };
-    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let api_key = header(header::AUTHORIZATION.as_str())
+    let text_of = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let api_key = text_of(header::AUTHORIZATION.as_str())
         .and_then(|value| {
             value
                 .get(..7)
@@ -83,7 +83,7 @@ pub async fn handle<E: Endpoint>(
         })
         .unwrap_or_default();
     let Some(scope) = service
-        .idempotency_scope(api_key, header("x-auth-token"), header("x-acting-user"))
+        .idempotency_scope(api_key, text_of("x-auth-token"), text_of("x-acting-user"))
         .await
     else {
         return pass(inner, req).await;
