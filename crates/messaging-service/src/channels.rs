@@ -349,7 +349,7 @@ impl MessagingService {
                 .exec(&txn)
                 .await?;
         }
-        self.commit(txn).await?;
+        txn.commit().await?;
         Ok(published)
     }
 

@@ -108,7 +108,7 @@ impl MessagingService {
             secret_key_live: issue(KeyKind::Secret, Mode::Live).await?,
             publishable_key_live: issue(KeyKind::Publishable, Mode::Live).await?,
         };
-        self.commit(txn).await?;
+        txn.commit().await?;
         Ok(created)
     }
 
@@ -174,7 +174,7 @@ impl MessagingService {
             .insert(&txn)
             .await?
             .into();
-        self.commit(txn).await?;
+        txn.commit().await?;
         self.inner.key_cache.invalidate_all();
         Ok(RotatedKey {
             key,
