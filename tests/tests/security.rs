@@ -627,6 +627,13 @@ fn cases() -> Vec<Case> {
             store: MESSAGE_403,
             ..Case::new("deleteMessage")
         },
+        // Edit history: whoever may read the thread.
+        Case {
+            foreign_store: MESSAGE_404,
+            other_customer: THREAD_403,
+            store: SUCCEEDS,
+            ..Case::new("listMessageEdits")
+        },
         // Seed 004: subscribers. Customers may list a thread's subscribers, not change them.
         Case {
             foreign_store: THREAD_404,

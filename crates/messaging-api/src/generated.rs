@@ -1644,6 +1644,22 @@ pub struct WebhookDeliveryList {
     #[oai(rename = "pagination")]
     pub pagination: Pagination,
 }
+/// A version of a message that an edit replaced.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct MessageEdit {
+    /// The text before the edit.
+    #[oai(rename = "message_content", deserialize_with = "strict_string")]
+    pub message_content: String,
+    /// When the edit replaced it.
+    #[oai(rename = "edited_at")]
+    pub edited_at: chrono::DateTime<chrono::Utc>,
+}
+/// A message's earlier versions, oldest first.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct MessageEditList {
+    #[oai(rename = "edits")]
+    pub edits: Vec<MessageEdit>,
+}
 /// Parameters of `listThreads`.
 #[derive(Debug, Clone)]
 pub struct ListThreadsParams {
@@ -1756,12 +1772,28 @@ pub struct CreateConversationParams {
     /// With a secret key and no customer token: the id of the store staff member (a `user`
     /// subscriber of the thread) who acts. They are then the sender and the reader.
     pub x_acting_user: Option<String>,
+    /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+    /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
+    /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+    /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+    /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+    /// again. Another caller's identical key is a different key.
+    pub idempotency_key: Option<String>,
 }
 /// Responses of `createConversation`.
 #[derive(ApiResponse, Debug)]
 pub enum CreateConversationResponse {
     /// The new thread and its first message.
-    #[oai(status = 201)]
+    #[oai(
+        status = 201,
+        header(
+            name = "Idempotent-Replayed",
+            ty = "Option<bool>",
+            description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`."
+        )
+    )]
     Created(Json<Conversation>),
     /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
     #[oai(status = 400, content_type = "application/problem+json")]
@@ -1781,6 +1813,9 @@ pub enum CreateConversationResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
+    #[oai(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1821,6 +1856,7 @@ impl From<Problem> for CreateConversationResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
@@ -1931,6 +1967,15 @@ pub struct UpdateThreadParams {
     /// With a secret key and no customer token: the id of the store staff member (a `user`
     /// subscriber of the thread) who acts. They are then the sender and the reader.
     pub x_acting_user: Option<String>,
+    /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+    /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
+    /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+    /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+    /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+    /// again. Another caller's identical key is a different key.
+    pub idempotency_key: Option<String>,
     /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
     /// predictable id).
     pub id: String,
@@ -1939,7 +1984,14 @@ pub struct UpdateThreadParams {
 #[derive(ApiResponse, Debug)]
 pub enum UpdateThreadResponse {
     /// Thread updated.
-    #[oai(status = 200)]
+    #[oai(
+        status = 200,
+        header(
+            name = "Idempotent-Replayed",
+            ty = "Option<bool>",
+            description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`."
+        )
+    )]
     Ok(Json<ThreadEnvelope>),
     /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
     #[oai(status = 400, content_type = "application/problem+json")]
@@ -1953,9 +2005,15 @@ pub enum UpdateThreadResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
+    #[oai(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1994,7 +2052,9 @@ impl From<Problem> for UpdateThreadResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
@@ -2018,6 +2078,15 @@ pub struct MarkThreadReadParams {
     /// With a secret key and no customer token: the id of the store staff member (a `user`
     /// subscriber of the thread) who acts. They are then the sender and the reader.
     pub x_acting_user: Option<String>,
+    /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+    /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
+    /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+    /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+    /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+    /// again. Another caller's identical key is a different key.
+    pub idempotency_key: Option<String>,
     /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
     /// predictable id).
     pub id: String,
@@ -2026,7 +2095,14 @@ pub struct MarkThreadReadParams {
 #[derive(ApiResponse, Debug)]
 pub enum MarkThreadReadResponse {
     /// The thread after marking it read.
-    #[oai(status = 200)]
+    #[oai(
+        status = 200,
+        header(
+            name = "Idempotent-Replayed",
+            ty = "Option<bool>",
+            description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`."
+        )
+    )]
     Ok(Json<ThreadEnvelope>),
     /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
     #[oai(status = 400, content_type = "application/problem+json")]
@@ -2040,6 +2116,12 @@ pub enum MarkThreadReadResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
+    #[oai(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2078,6 +2160,8 @@ impl From<Problem> for MarkThreadReadResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            409u16 => Self::Conflict(Json(problem)),
+            422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
@@ -2193,6 +2277,15 @@ pub struct SendMessageParams {
     /// With a secret key and no customer token: the id of the store staff member (a `user`
     /// subscriber of the thread) who acts. They are then the sender and the reader.
     pub x_acting_user: Option<String>,
+    /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+    /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
+    /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+    /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+    /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+    /// again. Another caller's identical key is a different key.
+    pub idempotency_key: Option<String>,
     /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
     /// predictable id).
     pub id: String,
@@ -2201,7 +2294,14 @@ pub struct SendMessageParams {
 #[derive(ApiResponse, Debug)]
 pub enum SendMessageResponse {
     /// The new message.
-    #[oai(status = 201)]
+    #[oai(
+        status = 201,
+        header(
+            name = "Idempotent-Replayed",
+            ty = "Option<bool>",
+            description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`."
+        )
+    )]
     Created(Json<MessageEnvelope>),
     /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
     #[oai(status = 400, content_type = "application/problem+json")]
@@ -2221,6 +2321,9 @@ pub enum SendMessageResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
+    #[oai(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2261,6 +2364,7 @@ impl From<Problem> for SendMessageResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
@@ -2366,6 +2470,15 @@ pub struct EditMessageParams {
     /// With a secret key and no customer token: the id of the store staff member (a `user`
     /// subscriber of the thread) who acts. They are then the sender and the reader.
     pub x_acting_user: Option<String>,
+    /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+    /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
+    /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+    /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+    /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+    /// again. Another caller's identical key is a different key.
+    pub idempotency_key: Option<String>,
     /// Message id.
     pub id: uuid::Uuid,
 }
@@ -2373,7 +2486,14 @@ pub struct EditMessageParams {
 #[derive(ApiResponse, Debug)]
 pub enum EditMessageResponse {
     /// The edited message.
-    #[oai(status = 200)]
+    #[oai(
+        status = 200,
+        header(
+            name = "Idempotent-Replayed",
+            ty = "Option<bool>",
+            description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`."
+        )
+    )]
     Ok(Json<MessageEnvelope>),
     /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
     #[oai(status = 400, content_type = "application/problem+json")]
@@ -2387,9 +2507,15 @@ pub enum EditMessageResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
+    #[oai(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2428,7 +2554,9 @@ impl From<Problem> for EditMessageResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
@@ -2535,6 +2663,15 @@ pub struct AddSubscriberParams {
     /// With a secret key and no customer token: the id of the store staff member (a `user`
     /// subscriber of the thread) who acts. They are then the sender and the reader.
     pub x_acting_user: Option<String>,
+    /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+    /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
+    /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+    /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+    /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+    /// again. Another caller's identical key is a different key.
+    pub idempotency_key: Option<String>,
     /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
     /// predictable id).
     pub id: String,
@@ -2543,7 +2680,14 @@ pub struct AddSubscriberParams {
 #[derive(ApiResponse, Debug)]
 pub enum AddSubscriberResponse {
     /// The subscriber.
-    #[oai(status = 201)]
+    #[oai(
+        status = 201,
+        header(
+            name = "Idempotent-Replayed",
+            ty = "Option<bool>",
+            description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`."
+        )
+    )]
     Created(Json<SubscriberEnvelope>),
     /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
     #[oai(status = 400, content_type = "application/problem+json")]
@@ -2563,6 +2707,9 @@ pub enum AddSubscriberResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
+    #[oai(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2603,6 +2750,7 @@ impl From<Problem> for AddSubscriberResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
@@ -3125,6 +3273,88 @@ impl From<Problem> for GetChannelMessagesResponse {
 }
 fn default_get_channel_messages_limit() -> i32 {
     50
+}
+/// Parameters of `listMessageEdits`.
+#[derive(Debug, Clone)]
+pub struct ListMessageEditsParams {
+    /// Customer session `access_token`. With it the caller acts as that customer and the
+    /// ownership gates apply; without it a secret key acts as the store.
+    pub x_auth_token: Option<String>,
+    /// With a secret key and no customer token: the id of the store staff member (a `user`
+    /// subscriber of the thread) who acts. They are then the sender and the reader.
+    pub x_acting_user: Option<String>,
+    /// Message id.
+    pub id: uuid::Uuid,
+}
+/// Responses of `listMessageEdits`.
+#[derive(ApiResponse, Debug)]
+pub enum ListMessageEditsResponse {
+    /// The message's earlier versions, oldest first.
+    #[oai(status = 200)]
+    Ok(Json<MessageEditList>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// Missing or invalid API key or customer token.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// An ownership gate failed, or a publishable key was used on a secret-only operation.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
+    /// Not found, or owned by another store or mode.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// Rate limited. Retry after `Retry-After` seconds.
+    #[oai(
+        status = 429,
+        content_type = "application/problem+json",
+        header(
+            name = "Retry-After",
+            ty = "Option<i64>",
+            description = "Seconds to wait before retrying."
+        ),
+        header(
+            name = "RateLimit-Limit",
+            ty = "Option<i64>",
+            description = "Requests allowed in the current window."
+        ),
+        header(
+            name = "RateLimit-Remaining",
+            ty = "Option<i64>",
+            description = "Requests left in the current window."
+        ),
+        header(
+            name = "RateLimit-Reset",
+            ty = "Option<i64>",
+            description = "Seconds until the window resets."
+        )
+    )]
+    TooManyRequests(Json<Problem>),
+    /// Internal server error. Safe to retry idempotent reads.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    InternalServerError(Json<Problem>),
+}
+impl From<Problem> for ListMessageEditsResponse {
+    /// Picks the variant for `problem.status`; a status `listMessageEdits` does not declare becomes a 500.
+    fn from(mut problem: Problem) -> Self {
+        match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
+            401u16 => Self::Unauthorized(Json(problem)),
+            403u16 => Self::Forbidden(Json(problem)),
+            404u16 => Self::NotFound(Json(problem)),
+            429u16 => Self::TooManyRequests(Json(problem)),
+            500u16 => Self::InternalServerError(Json(problem)),
+            undeclared => {
+                debug_assert!(
+                    false,
+                    "{} answered {undeclared}, which the spec does not declare for it",
+                    "listMessageEdits"
+                );
+                problem.status = 500;
+                Self::InternalServerError(Json(problem))
+            }
+        }
+    }
 }
 /// Responses of `register`.
 #[derive(ApiResponse, Debug)]
@@ -3715,11 +3945,31 @@ impl From<Problem> for ListWebhookEndpointsResponse {
         }
     }
 }
+/// Parameters of `createWebhookEndpoint`.
+#[derive(Debug, Clone)]
+pub struct CreateWebhookEndpointParams {
+    /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+    /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
+    /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+    /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+    /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+    /// again. Another caller's identical key is a different key.
+    pub idempotency_key: Option<String>,
+}
 /// Responses of `createWebhookEndpoint`.
 #[derive(ApiResponse, Debug)]
 pub enum CreateWebhookEndpointResponse {
     /// The new endpoint with its signing secret.
-    #[oai(status = 201)]
+    #[oai(
+        status = 201,
+        header(
+            name = "Idempotent-Replayed",
+            ty = "Option<bool>",
+            description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`."
+        )
+    )]
     Created(Json<CreatedWebhookEndpoint>),
     /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
     #[oai(status = 400, content_type = "application/problem+json")]
@@ -3736,6 +3986,9 @@ pub enum CreateWebhookEndpointResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
+    #[oai(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3775,6 +4028,7 @@ impl From<Problem> for CreateWebhookEndpointResponse {
             403u16 => Self::Forbidden(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
@@ -3946,12 +4200,28 @@ impl From<Problem> for DeleteWebhookEndpointResponse {
 pub struct UpdateWebhookEndpointParams {
     /// Webhook endpoint id.
     pub id: uuid::Uuid,
+    /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+    /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+    /// the same caller (store, mode, and customer or acting user) and the same method, path
+    /// (with its query) and body gets the first answer again, status and body byte for byte, with
+    /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+    /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+    /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+    /// again. Another caller's identical key is a different key.
+    pub idempotency_key: Option<String>,
 }
 /// Responses of `updateWebhookEndpoint`.
 #[derive(ApiResponse, Debug)]
 pub enum UpdateWebhookEndpointResponse {
     /// The updated endpoint.
-    #[oai(status = 200)]
+    #[oai(
+        status = 200,
+        header(
+            name = "Idempotent-Replayed",
+            ty = "Option<bool>",
+            description = "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key`."
+        )
+    )]
     Ok(Json<WebhookEndpoint>),
     /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
     #[oai(status = 400, content_type = "application/problem+json")]
@@ -3965,9 +4235,15 @@ pub enum UpdateWebhookEndpointResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
+    #[oai(status = 422, content_type = "application/problem+json")]
+    UnprocessableEntity(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -4006,7 +4282,9 @@ impl From<Problem> for UpdateWebhookEndpointResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
@@ -4271,6 +4549,16 @@ pub trait MessagingApi: Send + Sync + 'static {
         api_key: String,
         params: GetChannelMessagesParams,
     ) -> impl ::std::future::Future<Output = GetChannelMessagesResponse> + Send;
+    /// List a message's edit history
+    ///
+    /// The earlier versions of a message, oldest first: each edit keeps the text it replaced
+    /// (`message_content`) and when it replaced it (`edited_at`). Readable by whoever may read
+    /// the message's thread (gateByThreadId); a deleted message is 404.
+    fn list_message_edits(
+        &self,
+        api_key: String,
+        params: ListMessageEditsParams,
+    ) -> impl ::std::future::Future<Output = ListMessageEditsResponse> + Send;
     /// Register a customer
     ///
     /// Creates a customer of the key's store and mode and opens a session.
@@ -4359,6 +4647,7 @@ pub trait MessagingApi: Send + Sync + 'static {
     fn create_webhook_endpoint(
         &self,
         api_key: String,
+        params: CreateWebhookEndpointParams,
         body: CreateWebhookEndpointRequest,
     ) -> impl ::std::future::Future<Output = CreateWebhookEndpointResponse> + Send;
     /// Get a webhook endpoint
@@ -4507,6 +4796,19 @@ impl<T: MessagingApi> Api<T> {
         /// subscriber of the thread) who acts. They are then the sender and the reader.
         #[oai(name = "x-acting-user", validator(max_length = 100))]
         x_acting_user: Header<Option<String>>,
+        /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+        /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
+        /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+        /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+        /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+        /// again. Another caller's identical key is a different key.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         body: Json<CreateConversationRequest>,
     ) -> CreateConversationResponse {
         self.0
@@ -4515,6 +4817,7 @@ impl<T: MessagingApi> Api<T> {
                 CreateConversationParams {
                     x_auth_token: x_auth_token.0,
                     x_acting_user: x_acting_user.0,
+                    idempotency_key: idempotency_key.0,
                 },
                 body.0,
             )
@@ -4585,6 +4888,19 @@ impl<T: MessagingApi> Api<T> {
         /// subscriber of the thread) who acts. They are then the sender and the reader.
         #[oai(name = "x-acting-user", validator(max_length = 100))]
         x_acting_user: Header<Option<String>>,
+        /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+        /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
+        /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+        /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+        /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+        /// again. Another caller's identical key is a different key.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
         #[oai(name = "id")]
@@ -4597,6 +4913,7 @@ impl<T: MessagingApi> Api<T> {
                 UpdateThreadParams {
                     x_auth_token: x_auth_token.0,
                     x_acting_user: x_acting_user.0,
+                    idempotency_key: idempotency_key.0,
                     id: id.0,
                 },
                 body.0,
@@ -4624,6 +4941,19 @@ impl<T: MessagingApi> Api<T> {
         /// subscriber of the thread) who acts. They are then the sender and the reader.
         #[oai(name = "x-acting-user", validator(max_length = 100))]
         x_acting_user: Header<Option<String>>,
+        /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+        /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
+        /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+        /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+        /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+        /// again. Another caller's identical key is a different key.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
         #[oai(name = "id")]
@@ -4635,6 +4965,7 @@ impl<T: MessagingApi> Api<T> {
                 MarkThreadReadParams {
                     x_auth_token: x_auth_token.0,
                     x_acting_user: x_acting_user.0,
+                    idempotency_key: idempotency_key.0,
                     id: id.0,
                 },
             )
@@ -4716,6 +5047,19 @@ impl<T: MessagingApi> Api<T> {
         /// subscriber of the thread) who acts. They are then the sender and the reader.
         #[oai(name = "x-acting-user", validator(max_length = 100))]
         x_acting_user: Header<Option<String>>,
+        /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+        /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
+        /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+        /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+        /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+        /// again. Another caller's identical key is a different key.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
         #[oai(name = "id")]
@@ -4728,6 +5072,7 @@ impl<T: MessagingApi> Api<T> {
                 SendMessageParams {
                     x_auth_token: x_auth_token.0,
                     x_acting_user: x_acting_user.0,
+                    idempotency_key: idempotency_key.0,
                     id: id.0,
                 },
                 body.0,
@@ -4792,6 +5137,19 @@ impl<T: MessagingApi> Api<T> {
         /// subscriber of the thread) who acts. They are then the sender and the reader.
         #[oai(name = "x-acting-user", validator(max_length = 100))]
         x_acting_user: Header<Option<String>>,
+        /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+        /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
+        /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+        /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+        /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+        /// again. Another caller's identical key is a different key.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
         id: Path<uuid::Uuid>,
@@ -4803,6 +5161,7 @@ impl<T: MessagingApi> Api<T> {
                 EditMessageParams {
                     x_auth_token: x_auth_token.0,
                     x_acting_user: x_acting_user.0,
+                    idempotency_key: idempotency_key.0,
                     id: id.0,
                 },
                 body.0,
@@ -4869,6 +5228,19 @@ impl<T: MessagingApi> Api<T> {
         /// subscriber of the thread) who acts. They are then the sender and the reader.
         #[oai(name = "x-acting-user", validator(max_length = 100))]
         x_acting_user: Header<Option<String>>,
+        /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+        /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
+        /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+        /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+        /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+        /// again. Another caller's identical key is a different key.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
         #[oai(name = "id")]
@@ -4881,6 +5253,7 @@ impl<T: MessagingApi> Api<T> {
                 AddSubscriberParams {
                     x_auth_token: x_auth_token.0,
                     x_acting_user: x_acting_user.0,
+                    idempotency_key: idempotency_key.0,
                     id: id.0,
                 },
                 body.0,
@@ -5137,6 +5510,43 @@ impl<T: MessagingApi> Api<T> {
             )
             .await
     }
+    /// List a message's edit history
+    ///
+    /// The earlier versions of a message, oldest first: each edit keeps the text it replaced
+    /// (`message_content`) and when it replaced it (`edited_at`). Readable by whoever may read
+    /// the message's thread (gateByThreadId); a deleted message is 404.
+    #[oai(
+        path = "/v1/messaging/messages/:id/edits",
+        method = "get",
+        operation_id = "listMessageEdits",
+        tag = "ApiTags::Messaging"
+    )]
+    async fn list_message_edits(
+        &self,
+        auth: ApiKeyAuth,
+        /// Customer session `access_token`. With it the caller acts as that customer and the
+        /// ownership gates apply; without it a secret key acts as the store.
+        #[oai(name = "x-auth-token")]
+        x_auth_token: Header<Option<String>>,
+        /// With a secret key and no customer token: the id of the store staff member (a `user`
+        /// subscriber of the thread) who acts. They are then the sender and the reader.
+        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        x_acting_user: Header<Option<String>>,
+        /// Message id.
+        #[oai(name = "id")]
+        id: Path<uuid::Uuid>,
+    ) -> ListMessageEditsResponse {
+        self.0
+            .list_message_edits(
+                auth.0.token,
+                ListMessageEditsParams {
+                    x_auth_token: x_auth_token.0,
+                    x_acting_user: x_acting_user.0,
+                    id: id.0,
+                },
+            )
+            .await
+    }
     /// Register a customer
     ///
     /// Creates a customer of the key's store and mode and opens a session.
@@ -5349,9 +5759,30 @@ impl<T: MessagingApi> Api<T> {
     async fn create_webhook_endpoint(
         &self,
         auth: ApiKeyAuth,
+        /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+        /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
+        /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+        /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+        /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+        /// again. Another caller's identical key is a different key.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         body: Json<CreateWebhookEndpointRequest>,
     ) -> CreateWebhookEndpointResponse {
-        self.0.create_webhook_endpoint(auth.0.token, body.0).await
+        self.0
+            .create_webhook_endpoint(
+                auth.0.token,
+                CreateWebhookEndpointParams {
+                    idempotency_key: idempotency_key.0,
+                },
+                body.0,
+            )
+            .await
     }
     /// Get a webhook endpoint
     ///
@@ -5420,6 +5851,19 @@ impl<T: MessagingApi> Api<T> {
         /// Webhook endpoint id.
         #[oai(name = "id")]
         id: Path<uuid::Uuid>,
+        /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+        /// send the same key with every retry of it. For 24 hours, a retry with the same key from
+        /// the same caller (store, mode, and customer or acting user) and the same method, path
+        /// (with its query) and body gets the first answer again, status and body byte for byte, with
+        /// `Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+        /// is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+        /// `idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+        /// again. Another caller's identical key is a different key.
+        #[oai(
+            name = "Idempotency-Key",
+            validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
+        )]
+        idempotency_key: Header<Option<String>>,
         body: Json<UpdateWebhookEndpointRequest>,
     ) -> UpdateWebhookEndpointResponse {
         self.0
@@ -5427,6 +5871,7 @@ impl<T: MessagingApi> Api<T> {
                 auth.0.token,
                 UpdateWebhookEndpointParams {
                     id: id.0,
+                    idempotency_key: idempotency_key.0,
                 },
                 body.0,
             )

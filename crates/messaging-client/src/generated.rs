@@ -124,6 +124,68 @@ pub mod types {
                 })
         }
     }
+    ///`AddSubscriberIdempotencyKey`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct AddSubscriberIdempotencyKey(::std::string::String);
+    impl ::std::ops::Deref for AddSubscriberIdempotencyKey {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<AddSubscriberIdempotencyKey> for ::std::string::String {
+        fn from(value: AddSubscriberIdempotencyKey) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for AddSubscriberIdempotencyKey {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[ -~]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[ -~]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for AddSubscriberIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for AddSubscriberIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for AddSubscriberIdempotencyKey {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///A subscriber to add. Contacts default to the customer's details.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct AddSubscriberRequest {
@@ -499,6 +561,70 @@ publishes its messages here.
     impl Conversation {
         pub fn builder() -> builder::Conversation {
             Default::default()
+        }
+    }
+    ///`CreateConversationIdempotencyKey`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct CreateConversationIdempotencyKey(::std::string::String);
+    impl ::std::ops::Deref for CreateConversationIdempotencyKey {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<CreateConversationIdempotencyKey>
+    for ::std::string::String {
+        fn from(value: CreateConversationIdempotencyKey) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for CreateConversationIdempotencyKey {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[ -~]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[ -~]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for CreateConversationIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for CreateConversationIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for CreateConversationIdempotencyKey {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
         }
     }
     ///A new support conversation with its first message.
@@ -1116,6 +1242,70 @@ publishes its messages here.
                 })
         }
     }
+    ///`CreateWebhookEndpointIdempotencyKey`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct CreateWebhookEndpointIdempotencyKey(::std::string::String);
+    impl ::std::ops::Deref for CreateWebhookEndpointIdempotencyKey {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<CreateWebhookEndpointIdempotencyKey>
+    for ::std::string::String {
+        fn from(value: CreateWebhookEndpointIdempotencyKey) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for CreateWebhookEndpointIdempotencyKey {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[ -~]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[ -~]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for CreateWebhookEndpointIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for CreateWebhookEndpointIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for CreateWebhookEndpointIdempotencyKey {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///A new endpoint.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct CreateWebhookEndpointRequest {
@@ -1360,6 +1550,68 @@ Webhooks 1.0). Shown only here.
     impl DeletedMessage {
         pub fn builder() -> builder::DeletedMessage {
             Default::default()
+        }
+    }
+    ///`EditMessageIdempotencyKey`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct EditMessageIdempotencyKey(::std::string::String);
+    impl ::std::ops::Deref for EditMessageIdempotencyKey {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<EditMessageIdempotencyKey> for ::std::string::String {
+        fn from(value: EditMessageIdempotencyKey) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for EditMessageIdempotencyKey {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[ -~]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[ -~]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for EditMessageIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for EditMessageIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for EditMessageIdempotencyKey {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
         }
     }
     ///New content for a message.
@@ -2231,6 +2483,60 @@ when its schedule came due): `{channel_id, message}`.
                 })
         }
     }
+    ///`ListMessageEditsXActingUser`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListMessageEditsXActingUser(::std::string::String);
+    impl ::std::ops::Deref for ListMessageEditsXActingUser {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListMessageEditsXActingUser> for ::std::string::String {
+        fn from(value: ListMessageEditsXActingUser) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListMessageEditsXActingUser {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 100usize {
+                return Err("longer than 100 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListMessageEditsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListMessageEditsXActingUser {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListMessageEditsXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///`ListSubscribersXActingUser`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -2622,6 +2928,69 @@ when its schedule came due): `{channel_id, message}`.
                 })
         }
     }
+    ///`MarkThreadReadIdempotencyKey`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct MarkThreadReadIdempotencyKey(::std::string::String);
+    impl ::std::ops::Deref for MarkThreadReadIdempotencyKey {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<MarkThreadReadIdempotencyKey> for ::std::string::String {
+        fn from(value: MarkThreadReadIdempotencyKey) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for MarkThreadReadIdempotencyKey {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[ -~]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[ -~]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for MarkThreadReadIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for MarkThreadReadIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for MarkThreadReadIdempotencyKey {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///`MarkThreadReadXActingUser`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -2723,6 +3092,29 @@ when its schedule came due): `{channel_id, message}`.
     }
     impl Message {
         pub fn builder() -> builder::Message {
+            Default::default()
+        }
+    }
+    ///A version of a message that an edit replaced.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct MessageEdit {
+        ///When the edit replaced it.
+        pub edited_at: ::chrono::DateTime<::chrono::offset::Utc>,
+        ///The text before the edit.
+        pub message_content: ::std::string::String,
+    }
+    impl MessageEdit {
+        pub fn builder() -> builder::MessageEdit {
+            Default::default()
+        }
+    }
+    ///A message's earlier versions, oldest first.
+    #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
+    pub struct MessageEditList {
+        pub edits: ::std::vec::Vec<MessageEdit>,
+    }
+    impl MessageEditList {
+        pub fn builder() -> builder::MessageEditList {
             Default::default()
         }
     }
@@ -3515,6 +3907,68 @@ when its schedule came due): `{channel_id, message}`.
         }
     }
     impl<'de> ::serde::Deserialize<'de> for RemoveSubscriberXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`SendMessageIdempotencyKey`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct SendMessageIdempotencyKey(::std::string::String);
+    impl ::std::ops::Deref for SendMessageIdempotencyKey {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<SendMessageIdempotencyKey> for ::std::string::String {
+        fn from(value: SendMessageIdempotencyKey) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for SendMessageIdempotencyKey {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[ -~]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[ -~]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for SendMessageIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for SendMessageIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for SendMessageIdempotencyKey {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -4557,6 +5011,68 @@ listed fields (and `id`) are present.
             value.parse()
         }
     }
+    ///`UpdateThreadIdempotencyKey`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct UpdateThreadIdempotencyKey(::std::string::String);
+    impl ::std::ops::Deref for UpdateThreadIdempotencyKey {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<UpdateThreadIdempotencyKey> for ::std::string::String {
+        fn from(value: UpdateThreadIdempotencyKey) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for UpdateThreadIdempotencyKey {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[ -~]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[ -~]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for UpdateThreadIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for UpdateThreadIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for UpdateThreadIdempotencyKey {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///Fields to change; at least one. `status`, `priority`, `location_id` and `name` are for the store only.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, Default, PartialEq)]
     pub struct UpdateThreadRequest {
@@ -4740,6 +5256,70 @@ listed fields (and `id`) are present.
         }
     }
     impl<'de> ::serde::Deserialize<'de> for UpdateThreadXActingUser {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
+    ///`UpdateWebhookEndpointIdempotencyKey`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct UpdateWebhookEndpointIdempotencyKey(::std::string::String);
+    impl ::std::ops::Deref for UpdateWebhookEndpointIdempotencyKey {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<UpdateWebhookEndpointIdempotencyKey>
+    for ::std::string::String {
+        fn from(value: UpdateWebhookEndpointIdempotencyKey) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for UpdateWebhookEndpointIdempotencyKey {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 255usize {
+                return Err("longer than 255 characters".into());
+            }
+            if value.chars().count() < 1usize {
+                return Err("shorter than 1 characters".into());
+            }
+            static PATTERN: ::std::sync::LazyLock<::regress::Regex> = ::std::sync::LazyLock::new(||
+            { ::regress::Regex::new("^[ -~]+$").unwrap() });
+            if PATTERN.find(value).is_none() {
+                return Err("doesn't match pattern \"^[ -~]+$\"".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for UpdateWebhookEndpointIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String>
+    for UpdateWebhookEndpointIdempotencyKey {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for UpdateWebhookEndpointIdempotencyKey {
         fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
         where
             D: ::serde::Deserializer<'de>,
@@ -7202,6 +7782,115 @@ listed fields (and `id`) are present.
                     type_: Ok(value.type_),
                     updated_at: Ok(value.updated_at),
                 }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct MessageEdit {
+            edited_at: ::std::result::Result<
+                ::chrono::DateTime<::chrono::offset::Utc>,
+                ::std::string::String,
+            >,
+            message_content: ::std::result::Result<
+                ::std::string::String,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for MessageEdit {
+            fn default() -> Self {
+                Self {
+                    edited_at: Err("no value supplied for edited_at".to_string()),
+                    message_content: Err(
+                        "no value supplied for message_content".to_string(),
+                    ),
+                }
+            }
+        }
+        impl MessageEdit {
+            pub fn edited_at<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::chrono::DateTime<::chrono::offset::Utc>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.edited_at = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for edited_at: {e}")
+                    });
+                self
+            }
+            pub fn message_content<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::string::String>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.message_content = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!(
+                            "error converting supplied value for message_content: {e}"
+                        )
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<MessageEdit> for super::MessageEdit {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: MessageEdit,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self {
+                    edited_at: value.edited_at?,
+                    message_content: value.message_content?,
+                })
+            }
+        }
+        impl ::std::convert::From<super::MessageEdit> for MessageEdit {
+            fn from(value: super::MessageEdit) -> Self {
+                Self {
+                    edited_at: Ok(value.edited_at),
+                    message_content: Ok(value.message_content),
+                }
+            }
+        }
+        #[derive(Clone, Debug)]
+        pub struct MessageEditList {
+            edits: ::std::result::Result<
+                ::std::vec::Vec<super::MessageEdit>,
+                ::std::string::String,
+            >,
+        }
+        impl ::std::default::Default for MessageEditList {
+            fn default() -> Self {
+                Self {
+                    edits: Err("no value supplied for edits".to_string()),
+                }
+            }
+        }
+        impl MessageEditList {
+            pub fn edits<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::vec::Vec<super::MessageEdit>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.edits = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for edits: {e}")
+                    });
+                self
+            }
+        }
+        impl ::std::convert::TryFrom<MessageEditList> for super::MessageEditList {
+            type Error = super::error::ConversionError;
+            fn try_from(
+                value: MessageEditList,
+            ) -> ::std::result::Result<Self, super::error::ConversionError> {
+                Ok(Self { edits: value.edits? })
+            }
+        }
+        impl ::std::convert::From<super::MessageEditList> for MessageEditList {
+            fn from(value: super::MessageEditList) -> Self {
+                Self { edits: Ok(value.edits) }
             }
         }
         #[derive(Clone, Debug)]
@@ -10213,6 +10902,15 @@ Sends a `PATCH` request to `/v1/messaging/messages/{id}`
 
 Arguments:
 - `id`: Message id.
+- `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+send the same key with every retry of it. For 24 hours, a retry with the same key from
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
+`Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+`idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+again. Another caller's identical key is a different key.
+
 - `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
 subscriber of the thread) who acts. They are then the sender and the reader.
 
@@ -10223,6 +10921,7 @@ ownership gates apply; without it a secret key acts as the store.
 ```ignore
 let response = client.edit_message()
     .id(id)
+    .idempotency_key(idempotency_key)
     .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .body(body)
@@ -10231,6 +10930,34 @@ let response = client.edit_message()
 ```*/
     pub fn edit_message(&self) -> builder::EditMessage<'_> {
         builder::EditMessage::new(self)
+    }
+    /**List a message's edit history
+
+The earlier versions of a message, oldest first: each edit keeps the text it replaced
+(`message_content`) and when it replaced it (`edited_at`). Readable by whoever may read
+the message's thread (gateByThreadId); a deleted message is 404.
+
+
+Sends a `GET` request to `/v1/messaging/messages/{id}/edits`
+
+Arguments:
+- `id`: Message id.
+- `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
+subscriber of the thread) who acts. They are then the sender and the reader.
+
+- `x_auth_token`: Customer session `access_token`. With it the caller acts as that customer and the
+ownership gates apply; without it a secret key acts as the store.
+
+```ignore
+let response = client.list_message_edits()
+    .id(id)
+    .x_acting_user(x_acting_user)
+    .x_auth_token(x_auth_token)
+    .send()
+    .await;
+```*/
+    pub fn list_message_edits(&self) -> builder::ListMessageEdits<'_> {
+        builder::ListMessageEdits::new(self)
     }
     /**React to a message
 
@@ -10349,6 +11076,15 @@ has a thread in this store and mode is 409; address that thread as `thrd_<resour
 Sends a `POST` request to `/v1/messaging/threads`
 
 Arguments:
+- `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+send the same key with every retry of it. For 24 hours, a retry with the same key from
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
+`Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+`idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+again. Another caller's identical key is a different key.
+
 - `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
 subscriber of the thread) who acts. They are then the sender and the reader.
 
@@ -10358,6 +11094,7 @@ ownership gates apply; without it a secret key acts as the store.
 - `body`
 ```ignore
 let response = client.create_conversation()
+    .idempotency_key(idempotency_key)
     .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .body(body)
@@ -10410,6 +11147,15 @@ Arguments:
 - `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
 predictable id).
 
+- `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+send the same key with every retry of it. For 24 hours, a retry with the same key from
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
+`Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+`idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+again. Another caller's identical key is a different key.
+
 - `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
 subscriber of the thread) who acts. They are then the sender and the reader.
 
@@ -10420,6 +11166,7 @@ ownership gates apply; without it a secret key acts as the store.
 ```ignore
 let response = client.update_thread()
     .id(id)
+    .idempotency_key(idempotency_key)
     .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .body(body)
@@ -10478,6 +11225,15 @@ Arguments:
 - `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
 predictable id).
 
+- `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+send the same key with every retry of it. For 24 hours, a retry with the same key from
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
+`Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+`idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+again. Another caller's identical key is a different key.
+
 - `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
 subscriber of the thread) who acts. They are then the sender and the reader.
 
@@ -10488,6 +11244,7 @@ ownership gates apply; without it a secret key acts as the store.
 ```ignore
 let response = client.send_message()
     .id(id)
+    .idempotency_key(idempotency_key)
     .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .body(body)
@@ -10509,6 +11266,15 @@ Arguments:
 - `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
 predictable id).
 
+- `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+send the same key with every retry of it. For 24 hours, a retry with the same key from
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
+`Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+`idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+again. Another caller's identical key is a different key.
+
 - `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
 subscriber of the thread) who acts. They are then the sender and the reader.
 
@@ -10518,6 +11284,7 @@ ownership gates apply; without it a secret key acts as the store.
 ```ignore
 let response = client.mark_thread_read()
     .id(id)
+    .idempotency_key(idempotency_key)
     .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .send()
@@ -10569,6 +11336,15 @@ Arguments:
 - `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
 predictable id).
 
+- `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+send the same key with every retry of it. For 24 hours, a retry with the same key from
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
+`Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+`idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+again. Another caller's identical key is a different key.
+
 - `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
 subscriber of the thread) who acts. They are then the sender and the reader.
 
@@ -10579,6 +11355,7 @@ ownership gates apply; without it a secret key acts as the store.
 ```ignore
 let response = client.add_subscriber()
     .id(id)
+    .idempotency_key(idempotency_key)
     .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .body(body)
@@ -10644,8 +11421,20 @@ mode (409 `webhook_endpoint_limit`).
 
 Sends a `POST` request to `/v1/webhooks/endpoints`
 
+Arguments:
+- `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+send the same key with every retry of it. For 24 hours, a retry with the same key from
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
+`Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+`idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+again. Another caller's identical key is a different key.
+
+- `body`
 ```ignore
 let response = client.create_webhook_endpoint()
+    .idempotency_key(idempotency_key)
     .body(body)
     .send()
     .await;
@@ -10698,10 +11487,20 @@ Sends a `PATCH` request to `/v1/webhooks/endpoints/{id}`
 
 Arguments:
 - `id`: Webhook endpoint id.
+- `idempotency_key`: Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
+send the same key with every retry of it. For 24 hours, a retry with the same key from
+the same caller (store, mode, and customer or acting user) and the same method, path
+(with its query) and body gets the first answer again, status and body byte for byte, with
+`Idempotent-Replayed: true`, and changes nothing. The same key with a different request
+is 422 `idempotency_key_reused`; a retry while the first request still runs is 409
+`idempotency_key_in_use` (retry it later). A 5xx answer is not kept, so its retry runs
+again. Another caller's identical key is a different key.
+
 - `body`
 ```ignore
 let response = client.update_webhook_endpoint()
     .id(id)
+    .idempotency_key(idempotency_key)
     .body(body)
     .send()
     .await;
@@ -12344,6 +13143,7 @@ pub mod builder {
     pub struct EditMessage<'a> {
         client: &'a super::Client,
         id: Result<::uuid::Uuid, String>,
+        idempotency_key: Result<Option<types::EditMessageIdempotencyKey>, String>,
         x_acting_user: Result<Option<types::EditMessageXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::EditMessageRequest, String>,
@@ -12353,6 +13153,7 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                idempotency_key: Ok(None),
                 x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
                 body: Ok(::std::default::Default::default()),
@@ -12366,6 +13167,19 @@ pub mod builder {
                 .try_into()
                 .map_err(|_| {
                     "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn idempotency_key<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::EditMessageIdempotencyKey>,
+        {
+            self.idempotency_key = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `EditMessageIdempotencyKey` for idempotency_key failed"
+                        .to_string()
                 });
             self
         }
@@ -12423,8 +13237,16 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::MessageEnvelope>, Error<types::Problem>> {
-            let Self { client, id, x_acting_user, x_auth_token, body } = self;
+            let Self {
+                client,
+                id,
+                idempotency_key,
+                x_acting_user,
+                x_auth_token,
+                body,
+            } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let idempotency_key = idempotency_key.map_err(Error::InvalidRequest)?;
             let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let body = body
@@ -12436,7 +13258,7 @@ pub mod builder {
                 "{}/v1/messaging/messages/{}", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(4usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -12444,6 +13266,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = idempotency_key {
+                header_map.append("Idempotency-Key", value.to_string().try_into()?);
+            }
             if let Some(value) = x_acting_user {
                 header_map.append("x-acting-user", value.to_string().try_into()?);
             }
@@ -12498,7 +13323,168 @@ pub mod builder {
                         ),
                     )
                 }
+                409u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
                 413u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                422u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                429u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                500u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                _ => Err(Error::UnexpectedResponse(response)),
+            }
+        }
+    }
+    /**Builder for [`Client::list_message_edits`]
+
+[`Client::list_message_edits`]: super::Client::list_message_edits*/
+    #[derive(Debug, Clone)]
+    pub struct ListMessageEdits<'a> {
+        client: &'a super::Client,
+        id: Result<::uuid::Uuid, String>,
+        x_acting_user: Result<Option<types::ListMessageEditsXActingUser>, String>,
+        x_auth_token: Result<Option<::std::string::String>, String>,
+    }
+    impl<'a> ListMessageEdits<'a> {
+        pub fn new(client: &'a super::Client) -> Self {
+            Self {
+                client: client,
+                id: Err("id was not initialized".to_string()),
+                x_acting_user: Ok(None),
+                x_auth_token: Ok(None),
+            }
+        }
+        pub fn id<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::uuid::Uuid>,
+        {
+            self.id = value
+                .try_into()
+                .map_err(|_| {
+                    "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn x_acting_user<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListMessageEditsXActingUser>,
+        {
+            self.x_acting_user = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListMessageEditsXActingUser` for x_acting_user failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn x_auth_token<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::string::String>,
+        {
+            self.x_auth_token = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: string :: String` for x_auth_token failed"
+                        .to_string()
+                });
+            self
+        }
+        ///Sends a `GET` request to `/v1/messaging/messages/{id}/edits`
+        pub async fn send(
+            self,
+        ) -> Result<ResponseValue<types::MessageEditList>, Error<types::Problem>> {
+            let Self { client, id, x_acting_user, x_auth_token } = self;
+            let id = id.map_err(Error::InvalidRequest)?;
+            let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
+            let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
+            let url = format!(
+                "{}/v1/messaging/messages/{}/edits", client.baseurl, encode_path(& id
+                .to_string()),
+            );
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            header_map
+                .append(
+                    ::reqwest::header::HeaderName::from_static("api-version"),
+                    ::reqwest::header::HeaderValue::from_static(
+                        super::Client::api_version(),
+                    ),
+                );
+            if let Some(value) = x_acting_user {
+                header_map.append("x-acting-user", value.to_string().try_into()?);
+            }
+            if let Some(value) = x_auth_token {
+                header_map.append("x-auth-token", value.to_string().try_into()?);
+            }
+            #[allow(unused_mut)]
+            let mut request = client
+                .client
+                .get(url)
+                .header(
+                    ::reqwest::header::ACCEPT,
+                    ::reqwest::header::HeaderValue::from_static("application/json"),
+                )
+                .headers(header_map)
+                .build()?;
+            let info = OperationInfo {
+                operation_id: "list_message_edits",
+            };
+            client.pre(&mut request, &info).await?;
+            let result = client.exec(request, &info).await;
+            client.post(&result, &info).await?;
+            let response = result?;
+            match response.status().as_u16() {
+                200u16 => ResponseValue::from_response(response).await,
+                400u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                401u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                403u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                404u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,
@@ -13128,6 +14114,7 @@ pub mod builder {
     #[derive(Debug, Clone)]
     pub struct CreateConversation<'a> {
         client: &'a super::Client,
+        idempotency_key: Result<Option<types::CreateConversationIdempotencyKey>, String>,
         x_acting_user: Result<Option<types::CreateConversationXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::CreateConversationRequest, String>,
@@ -13136,10 +14123,24 @@ pub mod builder {
         pub fn new(client: &'a super::Client) -> Self {
             Self {
                 client: client,
+                idempotency_key: Ok(None),
                 x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
                 body: Ok(::std::default::Default::default()),
             }
+        }
+        pub fn idempotency_key<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::CreateConversationIdempotencyKey>,
+        {
+            self.idempotency_key = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `CreateConversationIdempotencyKey` for idempotency_key failed"
+                        .to_string()
+                });
+            self
         }
         pub fn x_acting_user<V>(mut self, value: V) -> Self
         where
@@ -13198,7 +14199,8 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::Conversation>, Error<types::Problem>> {
-            let Self { client, x_acting_user, x_auth_token, body } = self;
+            let Self { client, idempotency_key, x_acting_user, x_auth_token, body } = self;
+            let idempotency_key = idempotency_key.map_err(Error::InvalidRequest)?;
             let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let body = body
@@ -13208,7 +14210,7 @@ pub mod builder {
                 })
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/messaging/threads", client.baseurl,);
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(4usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -13216,6 +14218,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = idempotency_key {
+                header_map.append("Idempotency-Key", value.to_string().try_into()?);
+            }
             if let Some(value) = x_acting_user {
                 header_map.append("x-acting-user", value.to_string().try_into()?);
             }
@@ -13278,6 +14283,13 @@ pub mod builder {
                     )
                 }
                 413u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                422u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,
@@ -13489,6 +14501,7 @@ pub mod builder {
     pub struct UpdateThread<'a> {
         client: &'a super::Client,
         id: Result<::std::string::String, String>,
+        idempotency_key: Result<Option<types::UpdateThreadIdempotencyKey>, String>,
         x_acting_user: Result<Option<types::UpdateThreadXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::UpdateThreadRequest, String>,
@@ -13498,6 +14511,7 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                idempotency_key: Ok(None),
                 x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
                 body: Ok(::std::default::Default::default()),
@@ -13511,6 +14525,19 @@ pub mod builder {
                 .try_into()
                 .map_err(|_| {
                     "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn idempotency_key<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::UpdateThreadIdempotencyKey>,
+        {
+            self.idempotency_key = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `UpdateThreadIdempotencyKey` for idempotency_key failed"
                         .to_string()
                 });
             self
@@ -13569,8 +14596,16 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::ThreadEnvelope>, Error<types::Problem>> {
-            let Self { client, id, x_acting_user, x_auth_token, body } = self;
+            let Self {
+                client,
+                id,
+                idempotency_key,
+                x_acting_user,
+                x_auth_token,
+                body,
+            } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let idempotency_key = idempotency_key.map_err(Error::InvalidRequest)?;
             let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let body = body
@@ -13582,7 +14617,7 @@ pub mod builder {
                 "{}/v1/messaging/threads/{}", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(4usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -13590,6 +14625,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = idempotency_key {
+                header_map.append("Idempotency-Key", value.to_string().try_into()?);
+            }
             if let Some(value) = x_acting_user {
                 header_map.append("x-acting-user", value.to_string().try_into()?);
             }
@@ -13644,7 +14682,21 @@ pub mod builder {
                         ),
                     )
                 }
+                409u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
                 413u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                422u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,
@@ -13872,6 +14924,7 @@ pub mod builder {
     pub struct SendMessage<'a> {
         client: &'a super::Client,
         id: Result<::std::string::String, String>,
+        idempotency_key: Result<Option<types::SendMessageIdempotencyKey>, String>,
         x_acting_user: Result<Option<types::SendMessageXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::SendMessageRequest, String>,
@@ -13881,6 +14934,7 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                idempotency_key: Ok(None),
                 x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
                 body: Ok(::std::default::Default::default()),
@@ -13894,6 +14948,19 @@ pub mod builder {
                 .try_into()
                 .map_err(|_| {
                     "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn idempotency_key<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::SendMessageIdempotencyKey>,
+        {
+            self.idempotency_key = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `SendMessageIdempotencyKey` for idempotency_key failed"
                         .to_string()
                 });
             self
@@ -13952,8 +15019,16 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::MessageEnvelope>, Error<types::Problem>> {
-            let Self { client, id, x_acting_user, x_auth_token, body } = self;
+            let Self {
+                client,
+                id,
+                idempotency_key,
+                x_acting_user,
+                x_auth_token,
+                body,
+            } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let idempotency_key = idempotency_key.map_err(Error::InvalidRequest)?;
             let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let body = body
@@ -13965,7 +15040,7 @@ pub mod builder {
                 "{}/v1/messaging/threads/{}/messages", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(4usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -13973,6 +15048,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = idempotency_key {
+                header_map.append("Idempotency-Key", value.to_string().try_into()?);
+            }
             if let Some(value) = x_acting_user {
                 header_map.append("x-acting-user", value.to_string().try_into()?);
             }
@@ -14041,6 +15119,13 @@ pub mod builder {
                         ),
                     )
                 }
+                422u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
                 429u16 => {
                     Err(
                         Error::ErrorResponse(
@@ -14066,6 +15151,7 @@ pub mod builder {
     pub struct MarkThreadRead<'a> {
         client: &'a super::Client,
         id: Result<::std::string::String, String>,
+        idempotency_key: Result<Option<types::MarkThreadReadIdempotencyKey>, String>,
         x_acting_user: Result<Option<types::MarkThreadReadXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
     }
@@ -14074,6 +15160,7 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                idempotency_key: Ok(None),
                 x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
             }
@@ -14086,6 +15173,19 @@ pub mod builder {
                 .try_into()
                 .map_err(|_| {
                     "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn idempotency_key<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::MarkThreadReadIdempotencyKey>,
+        {
+            self.idempotency_key = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `MarkThreadReadIdempotencyKey` for idempotency_key failed"
                         .to_string()
                 });
             self
@@ -14120,15 +15220,16 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::ThreadEnvelope>, Error<types::Problem>> {
-            let Self { client, id, x_acting_user, x_auth_token } = self;
+            let Self { client, id, idempotency_key, x_acting_user, x_auth_token } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let idempotency_key = idempotency_key.map_err(Error::InvalidRequest)?;
             let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let url = format!(
                 "{}/v1/messaging/threads/{}/read", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(4usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -14136,6 +15237,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = idempotency_key {
+                header_map.append("Idempotency-Key", value.to_string().try_into()?);
+            }
             if let Some(value) = x_acting_user {
                 header_map.append("x-acting-user", value.to_string().try_into()?);
             }
@@ -14183,6 +15287,20 @@ pub mod builder {
                     )
                 }
                 404u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                409u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                422u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,
@@ -14362,6 +15480,7 @@ pub mod builder {
     pub struct AddSubscriber<'a> {
         client: &'a super::Client,
         id: Result<::std::string::String, String>,
+        idempotency_key: Result<Option<types::AddSubscriberIdempotencyKey>, String>,
         x_acting_user: Result<Option<types::AddSubscriberXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
         body: Result<types::builder::AddSubscriberRequest, String>,
@@ -14371,6 +15490,7 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                idempotency_key: Ok(None),
                 x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
                 body: Ok(::std::default::Default::default()),
@@ -14384,6 +15504,19 @@ pub mod builder {
                 .try_into()
                 .map_err(|_| {
                     "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn idempotency_key<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::AddSubscriberIdempotencyKey>,
+        {
+            self.idempotency_key = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `AddSubscriberIdempotencyKey` for idempotency_key failed"
                         .to_string()
                 });
             self
@@ -14444,8 +15577,16 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::SubscriberEnvelope>, Error<types::Problem>> {
-            let Self { client, id, x_acting_user, x_auth_token, body } = self;
+            let Self {
+                client,
+                id,
+                idempotency_key,
+                x_acting_user,
+                x_auth_token,
+                body,
+            } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let idempotency_key = idempotency_key.map_err(Error::InvalidRequest)?;
             let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let body = body
@@ -14457,7 +15598,7 @@ pub mod builder {
                 "{}/v1/messaging/threads/{}/subscribers", client.baseurl, encode_path(&
                 id.to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(3usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(4usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -14465,6 +15606,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = idempotency_key {
+                header_map.append("Idempotency-Key", value.to_string().try_into()?);
+            }
             if let Some(value) = x_acting_user {
                 header_map.append("x-acting-user", value.to_string().try_into()?);
             }
@@ -14527,6 +15671,13 @@ pub mod builder {
                     )
                 }
                 413u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                422u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,
@@ -14796,14 +15947,32 @@ pub mod builder {
     #[derive(Debug, Clone)]
     pub struct CreateWebhookEndpoint<'a> {
         client: &'a super::Client,
+        idempotency_key: Result<
+            Option<types::CreateWebhookEndpointIdempotencyKey>,
+            String,
+        >,
         body: Result<types::builder::CreateWebhookEndpointRequest, String>,
     }
     impl<'a> CreateWebhookEndpoint<'a> {
         pub fn new(client: &'a super::Client) -> Self {
             Self {
                 client: client,
+                idempotency_key: Ok(None),
                 body: Ok(::std::default::Default::default()),
             }
+        }
+        pub fn idempotency_key<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::CreateWebhookEndpointIdempotencyKey>,
+        {
+            self.idempotency_key = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `CreateWebhookEndpointIdempotencyKey` for idempotency_key failed"
+                        .to_string()
+                });
+            self
         }
         pub fn body<V>(mut self, value: V) -> Self
         where
@@ -14839,7 +16008,8 @@ pub mod builder {
             ResponseValue<types::CreatedWebhookEndpoint>,
             Error<types::Problem>,
         > {
-            let Self { client, body } = self;
+            let Self { client, idempotency_key, body } = self;
+            let idempotency_key = idempotency_key.map_err(Error::InvalidRequest)?;
             let body = body
                 .and_then(|v| {
                     types::CreateWebhookEndpointRequest::try_from(v)
@@ -14847,7 +16017,7 @@ pub mod builder {
                 })
                 .map_err(Error::InvalidRequest)?;
             let url = format!("{}/v1/webhooks/endpoints", client.baseurl,);
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -14855,6 +16025,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = idempotency_key {
+                header_map.append("Idempotency-Key", value.to_string().try_into()?);
+            }
             #[allow(unused_mut)]
             let mut request = client
                 .client
@@ -14904,6 +16077,13 @@ pub mod builder {
                     )
                 }
                 413u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                422u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,
@@ -15151,6 +16331,10 @@ pub mod builder {
     pub struct UpdateWebhookEndpoint<'a> {
         client: &'a super::Client,
         id: Result<::uuid::Uuid, String>,
+        idempotency_key: Result<
+            Option<types::UpdateWebhookEndpointIdempotencyKey>,
+            String,
+        >,
         body: Result<types::builder::UpdateWebhookEndpointRequest, String>,
     }
     impl<'a> UpdateWebhookEndpoint<'a> {
@@ -15158,6 +16342,7 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                idempotency_key: Ok(None),
                 body: Ok(::std::default::Default::default()),
             }
         }
@@ -15169,6 +16354,19 @@ pub mod builder {
                 .try_into()
                 .map_err(|_| {
                     "conversion to `:: uuid :: Uuid` for id failed".to_string()
+                });
+            self
+        }
+        pub fn idempotency_key<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::UpdateWebhookEndpointIdempotencyKey>,
+        {
+            self.idempotency_key = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `UpdateWebhookEndpointIdempotencyKey` for idempotency_key failed"
+                        .to_string()
                 });
             self
         }
@@ -15203,8 +16401,9 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::WebhookEndpoint>, Error<types::Problem>> {
-            let Self { client, id, body } = self;
+            let Self { client, id, idempotency_key, body } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let idempotency_key = idempotency_key.map_err(Error::InvalidRequest)?;
             let body = body
                 .and_then(|v| {
                     types::UpdateWebhookEndpointRequest::try_from(v)
@@ -15215,7 +16414,7 @@ pub mod builder {
                 "{}/v1/webhooks/endpoints/{}", client.baseurl, encode_path(& id
                 .to_string()),
             );
-            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(1usize);
+            let mut header_map = ::reqwest::header::HeaderMap::with_capacity(2usize);
             header_map
                 .append(
                     ::reqwest::header::HeaderName::from_static("api-version"),
@@ -15223,6 +16422,9 @@ pub mod builder {
                         super::Client::api_version(),
                     ),
                 );
+            if let Some(value) = idempotency_key {
+                header_map.append("Idempotency-Key", value.to_string().try_into()?);
+            }
             #[allow(unused_mut)]
             let mut request = client
                 .client
@@ -15271,7 +16473,21 @@ pub mod builder {
                         ),
                     )
                 }
+                409u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
                 413u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
+                422u16 => {
                     Err(
                         Error::ErrorResponse(
                             ResponseValue::from_response(response).await?,

@@ -2,12 +2,14 @@
 //! the spec documents, Swagger UI, health) with its middleware, and the functions that run it.
 //!
 //! Layers, outermost first: request context (request id, span, access log, every error to
-//! problem+json), panics to 500, URI and header limits, body limit, rate limits, then the routes.
+//! problem+json), panics to 500, URI and header limits, body limit, rate limits, safe retries
+//! (`Idempotency-Key`), then the routes.
 
 mod body_limit;
 mod docs;
 mod header_limit;
 mod health;
+mod idempotency;
 mod metrics;
 mod problem;
 mod rate_limit;
@@ -30,6 +32,7 @@ use poem::{
 use poem_openapi::{OpenApiService, OperationId};
 
 pub use header_limit::MAX_URI_BYTES;
+pub use idempotency::{IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER};
 pub use problem::{PROBLEM_JSON, Problem};
 pub use request_context::{REQUEST_ID_HEADER, RequestId};
 pub use server::{ServeError, ServerConfig, run, serve, shutdown_signal, spawn};
@@ -123,8 +126,8 @@ async fn health_of(service: MessagingService) -> Response {
     health::health(&service).await
 }
 
-/// Request context outermost, then panic catching, the head limits, the body limit and rate
-/// limits.
+/// Request context outermost, then panic catching, the head limits, the body limit, rate
+/// limits and safe retries.
 fn with_middleware<E>(
     routes: E,
     service: MessagingService,
@@ -134,6 +137,7 @@ where
     E: Endpoint + 'static,
 {
     let limiter = settings.rate_limits.as_ref().map(|limits| {
+        let service = service.clone();
         let verify: rate_limit::TokenVerifier =
             Arc::new(move |token| service.access_token_customer(token));
         Arc::new(RateLimiter::new(limits, verify))
@@ -141,6 +145,10 @@ where
     let max_body_bytes = settings.max_body_bytes;
     let max_header_bytes = settings.max_header_bytes;
     routes
+        .around(move |inner, req| {
+            let service = service.clone();
+            async move { idempotency::handle(&service, inner, req).await }
+        })
         .around(move |inner, req| enforce_rate_limits(limiter.clone(), inner, req))
         .before(move |req| body_limit::limit_body(req, max_body_bytes))
         .before(move |req| async move { header_limit::limit_head(req, max_header_bytes) })

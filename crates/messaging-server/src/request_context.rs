@@ -13,7 +13,10 @@ use poem_openapi::OperationId;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::problem::{PROBLEM_JSON, response_for_error};
+use crate::{
+    idempotency::REPLAYED_HEADER,
+    problem::{PROBLEM_JSON, response_for_error},
+};
 
 /// The header that carries the request id, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -83,7 +86,8 @@ async fn stamp_request_id(mut response: Response, request_id: &RequestId) -> Res
     if let Ok(value) = HeaderValue::from_str(&request_id.0) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    if !is_problem_json(&response) {
+    // A replayed answer is the first one byte for byte, with the first request's id.
+    if !is_problem_json(&response) || response.headers().contains_key(REPLAYED_HEADER) {
         return response;
     }
     let body = match response.take_body().into_bytes().await {
@@ -106,7 +110,7 @@ fn is_problem_json(response: &Response) -> bool {
 }
 
 /// The body with `request_id` set, or the body unchanged when it is not a JSON object.
-fn with_request_id(body: &[u8], request_id: &RequestId) -> Vec<u8> {
+pub(crate) fn with_request_id(body: &[u8], request_id: &RequestId) -> Vec<u8> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(mut problem)) => {
             problem.insert("request_id".to_owned(), Value::String(request_id.0.clone()));

@@ -15,6 +15,9 @@ use crate::{HttpSettings, app};
 /// How often the background publisher moves due scheduled messages into their channels.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often expired idempotency keys are pruned.
+pub const IDEMPOTENCY_PRUNE_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
 /// How long in-flight requests may take to finish after a shutdown signal.
 const GRACEFUL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -64,6 +67,11 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     let retention = tokio::spawn(service.clone().run_event_retention());
     let dispatcher = tokio::spawn(service.clone().run_webhook_dispatcher());
     let webhooks = tokio::spawn(service.clone().run_webhook_worker());
+    let pruner = tokio::spawn(
+        service
+            .clone()
+            .run_idempotency_pruner(IDEMPOTENCY_PRUNE_INTERVAL),
+    );
     let shutdown = async move {
         shutdown_signal().await;
         // Open streams and long-polls end now instead of holding the shutdown for 30 s;
@@ -76,6 +84,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     retention.abort();
     dispatcher.abort();
     webhooks.abort();
+    pruner.abort();
     served.map_err(ServeError::Serve)?;
     tracing::info!("messaging-server stopped");
     Ok(())
@@ -106,6 +115,9 @@ pub async fn spawn(
     let retention = service.clone().run_event_retention();
     let dispatcher = service.clone().run_webhook_dispatcher();
     let webhooks = service.clone().run_webhook_worker();
+    let pruner = service
+        .clone()
+        .run_idempotency_pruner(IDEMPOTENCY_PRUNE_INTERVAL);
     let app = app(service, settings);
     // One task for all, so aborting it stops the server and its background work together.
     let task = tokio::spawn(async move {
@@ -115,6 +127,7 @@ pub async fn spawn(
             () = retention => Ok(()),
             () = dispatcher => Ok(()),
             () = webhooks => Ok(()),
+            () = pruner => Ok(()),
             result = serve(acceptor, app, std::future::pending()) => result,
         }
     });

@@ -202,6 +202,20 @@ impl MessagingApi for MessagingService {
         respond(result.await, |d| DeleteMessageResponse::Ok(Json(d)))
     }
 
+    async fn list_message_edits(
+        &self,
+        api_key: String,
+        params: ListMessageEditsParams,
+    ) -> ListMessageEditsResponse {
+        let result = async {
+            let (caller, _) = participant!(self, api_key, params).await?;
+            self.message_edits(&caller, params.id).await
+        };
+        respond(result.await, |edits| {
+            ListMessageEditsResponse::Ok(Json(MessageEditList { edits }))
+        })
+    }
+
     async fn list_subscribers(
         &self,
         api_key: String,

@@ -11,6 +11,7 @@ mod cursor;
 pub mod entity;
 mod error;
 mod events;
+pub mod idempotency;
 mod messages;
 mod migration;
 mod missing_database;

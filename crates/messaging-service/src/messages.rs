@@ -1,14 +1,16 @@
 //! Messages: a thread's history in keyset pages, sending (with the thread's counters in the same
-//! transaction), editing and soft deletion under gateByMessageId.
+//! transaction), editing (keeping each replaced version) and soft deletion under
+//! gateByMessageId, and a message's edit history.
 
 use chrono::{DateTime, Utc};
 use messaging_api::{
-    DeletedMessage, Message, MessageList, MessageType, Pagination, SendMessageRequest, SenderType,
-    SortOrder, ThreadStatus,
+    DeletedMessage, Message, MessageEdit, MessageList, MessageType, Pagination, SendMessageRequest,
+    SenderType, SortOrder, ThreadStatus,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -17,7 +19,7 @@ use crate::{
     MessagingService,
     auth::{Actor, Caller},
     cursor::{self, Position},
-    entity::{channel, message, thread},
+    entity::{channel, message, message_edit, thread},
     error::ServiceError,
     events::{self, EventData, EventScope},
     now,
@@ -264,7 +266,7 @@ impl MessagingService {
             self.record_published(&txn, &thread, channel_id, &wire)
                 .await?;
         }
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(wire)
     }
 
@@ -334,11 +336,20 @@ impl MessagingService {
         let txn = self.begin_write().await?;
         let (message, thread) = self.load_own_message_for_write(&txn, caller, id).await?;
         let at = now();
+        // The version this edit replaces, kept in the same transaction as the edit.
+        message_edit::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            message_id: Set(message.id),
+            message_content: Set(message.message_content.clone()),
+            edited_at: Set(at),
+        }
+        .insert(&txn)
+        .await?;
         let mut row: message::ActiveModel = message.into();
-        row.message_content = sea_orm::ActiveValue::Set(content);
-        row.is_edited = sea_orm::ActiveValue::Set(true);
-        row.edited_at = sea_orm::ActiveValue::Set(Some(at));
-        row.updated_at = sea_orm::ActiveValue::Set(at);
+        row.message_content = Set(content);
+        row.is_edited = Set(true);
+        row.edited_at = Set(Some(at));
+        row.updated_at = Set(at);
         let updated = row.update(&txn).await?;
         let message = crate::channels::wire_messages_in(&txn, vec![updated])
             .await?
@@ -350,8 +361,31 @@ impl MessagingService {
             EventData::MessageUpdated(&message),
         )
         .await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(message)
+    }
+
+    /// The versions of a message that its edits replaced, oldest first, for whoever may read
+    /// its thread.
+    pub(crate) async fn message_edits(
+        &self,
+        caller: &Caller,
+        id: Uuid,
+    ) -> Result<Vec<MessageEdit>, ServiceError> {
+        let (message, _) = self.readable_message(self.db(), caller, id).await?;
+        let edits = message_edit::Entity::find()
+            .filter(message_edit::Column::MessageId.eq(message.id))
+            .order_by_asc(message_edit::Column::EditedAt)
+            .order_by_asc(message_edit::Column::Id)
+            .all(self.db())
+            .await?;
+        Ok(edits
+            .into_iter()
+            .map(|edit| MessageEdit {
+                message_content: edit.message_content,
+                edited_at: edit.edited_at,
+            })
+            .collect())
     }
 
     /// Soft delete: the row stays for audit. Only the request that flips `is_deleted` succeeds,
@@ -385,7 +419,7 @@ impl MessagingService {
             },
         )
         .await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(DeletedMessage {
             success: true,
             message_id: message.id,

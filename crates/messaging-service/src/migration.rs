@@ -15,6 +15,8 @@ mod m20261121_000012_add_message_channel_fields;
 mod m20261121_000013_create_message_reactions;
 mod m20261121_000014_reindex_customer_threads;
 mod m20261129_000100_create_events;
+mod m20261129_000120_create_idempotency_keys;
+mod m20261129_000121_create_message_edits;
 mod m20261129_000160_create_webhook_endpoints;
 mod m20261129_000161_create_webhook_deliveries;
 mod m20261129_000162_create_webhook_attempts;
@@ -44,6 +46,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000013_create_message_reactions::Migration),
             Box::new(m20261121_000014_reindex_customer_threads::Migration),
             Box::new(m20261129_000100_create_events::Migration),
+            Box::new(m20261129_000120_create_idempotency_keys::Migration),
+            Box::new(m20261129_000121_create_message_edits::Migration),
             Box::new(m20261129_000160_create_webhook_endpoints::Migration),
             Box::new(m20261129_000161_create_webhook_deliveries::Migration),
             Box::new(m20261129_000162_create_webhook_attempts::Migration),

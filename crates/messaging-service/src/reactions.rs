@@ -78,7 +78,7 @@ pub async fn reactions_of<C: ConnectionTrait>(
 impl MessagingService {
     /// A live message of the caller's store and mode in a thread the caller may read, with
     /// that thread.
-    async fn readable_message<C: ConnectionTrait>(
+    pub(crate) async fn readable_message<C: ConnectionTrait>(
         &self,
         conn: &C,
         caller: &Caller,
@@ -158,7 +158,7 @@ impl MessagingService {
             )
             .await?;
         }
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(message)
     }
 }

@@ -475,7 +475,7 @@ impl MessagingService {
             EventData::SubscriberAdded(&subscriber),
         )
         .await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(subscriber)
     }
 
@@ -513,7 +513,7 @@ impl MessagingService {
             EventData::SubscriberRemoved(&subscriber),
         )
         .await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(subscriber)
     }
 }

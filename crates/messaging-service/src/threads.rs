@@ -372,7 +372,7 @@ impl MessagingService {
         let scope = EventScope::of(&updated);
         let thread = self.wire_thread(&txn, caller, updated).await?;
         events::record(&txn, &scope, EventData::ThreadUpdated(&thread)).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(thread)
     }
 
@@ -407,7 +407,7 @@ impl MessagingService {
         let scope = EventScope::of(&thread);
         let thread = self.wire_thread(&txn, caller, thread).await?;
         events::record(&txn, &scope, EventData::ThreadRead(&thread)).await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(thread)
     }
 
@@ -544,7 +544,7 @@ impl MessagingService {
         .await?;
         self.record_published(&txn, &thread, channel_id, &conversation.message)
             .await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         Ok(conversation)
     }
 }

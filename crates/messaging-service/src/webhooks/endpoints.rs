@@ -107,7 +107,7 @@ impl MessagingService {
         }
         .insert(&txn)
         .await?;
-        txn.commit().await?;
+        self.commit(txn).await?;
         let secret = self.signing_secret(&row).to_whsec();
         let endpoint = wire::webhook_endpoint(row)?;
         Ok(CreatedWebhookEndpoint {
