@@ -9,8 +9,8 @@ use messaging_api::{
 };
 use rand::RngCore;
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -59,15 +59,16 @@ impl MessagingService {
     }
 
     /// An endpoint of the caller's store and mode; anything else is 404.
-    async fn load_endpoint(
+    async fn load_endpoint<C: ConnectionTrait>(
         &self,
+        conn: &C,
         caller: &Caller,
         id: Uuid,
     ) -> Result<webhook_endpoint::Model, ServiceError> {
         webhook_endpoint::Entity::find_by_id(id)
             .filter(webhook_endpoint::Column::StoreId.eq(caller.store_id))
             .filter(webhook_endpoint::Column::Mode.eq(caller.mode.as_str()))
-            .one(self.db())
+            .one(conn)
             .await?
             .ok_or_else(endpoint_not_found)
     }
@@ -142,7 +143,7 @@ impl MessagingService {
         caller: &Caller,
         id: Uuid,
     ) -> Result<WebhookEndpoint, ServiceError> {
-        wire::webhook_endpoint(self.load_endpoint(caller, id).await?)
+        wire::webhook_endpoint(self.load_endpoint(self.db(), caller, id).await?)
     }
 
     pub(crate) async fn update_webhook_endpoint(
@@ -162,7 +163,10 @@ impl MessagingService {
             .as_deref()
             .map(|url| check_url(url, caller.mode))
             .transpose()?;
-        let row = self.load_endpoint(caller, id).await?;
+        // In a write transaction committed through `commit`, so an `Idempotency-Key`'s answer
+        // is stored with the change.
+        let txn = self.begin_write().await?;
+        let row = self.load_endpoint(&txn, caller, id).await?;
         let mut update: webhook_endpoint::ActiveModel = row.into();
         if let Some(url) = url {
             update.url = Set(url.to_string());
@@ -177,12 +181,14 @@ impl MessagingService {
             update.description = Set(description(body.description));
         }
         update.updated_at = Set(now());
-        let row = update.update(self.db()).await.map_err(|err| match err {
+        let row = update.update(&txn).await.map_err(|err| match err {
             // Deleted between the read and the write.
             sea_orm::DbErr::RecordNotUpdated => endpoint_not_found(),
             other => ServiceError::internal(other),
         })?;
-        wire::webhook_endpoint(row)
+        let endpoint = wire::webhook_endpoint(row)?;
+        self.commit(txn).await?;
+        Ok(endpoint)
     }
 
     /// Deletes the endpoint; its deliveries and attempts go with it (foreign keys cascade).
@@ -213,7 +219,7 @@ impl MessagingService {
         limit: u64,
         cursor_text: Option<&str>,
     ) -> Result<WebhookDeliveryList, ServiceError> {
-        let endpoint = self.load_endpoint(caller, id).await?;
+        let endpoint = self.load_endpoint(self.db(), caller, id).await?;
         let scope = format!(
             "webhook-deliveries|{}|{}",
             endpoint.id,
