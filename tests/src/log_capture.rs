@@ -132,3 +132,42 @@ impl LogCapture {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flaky audit's cause, reproduced: a line logged on another thread (another test's
+    /// server) without a span lands in the process-wide text, never in this test's own lines.
+    #[tokio::test]
+    async fn a_test_sees_only_its_own_threads_lines() {
+        let logs = capture_logs();
+        let marker = uuid::Uuid::new_v4().to_string();
+        let elsewhere_marker = marker.clone();
+        std::thread::spawn(move || {
+            tracing::info!(marker = %elsewhere_marker, "request finished");
+        })
+        .join()
+        .unwrap();
+        tokio::spawn(async {
+            let span = tracing::info_span!("request", request_id = "own-1");
+            let _entered = span.enter();
+            tracing::info!("request finished");
+        })
+        .await
+        .unwrap();
+
+        let own = logs.own_events();
+        assert!(own.iter().all(|e| e["fields"]["marker"] != marker.as_str()));
+        assert!(
+            own.iter().any(|e| e["span"]["request_id"] == "own-1"
+                && e["fields"]["message"] == "request finished"),
+            "{own:?}"
+        );
+        assert!(logs.all_text().contains(&marker));
+        drop(logs);
+        // Once the capture ends, the thread's lines go elsewhere again.
+        tracing::info!(marker = "after-capture", "request finished");
+        assert!(elsewhere().text().contains("after-capture"));
+    }
+}

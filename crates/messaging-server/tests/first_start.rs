@@ -1,5 +1,6 @@
 //! What a newcomer meets when starting the real binary the first time: a PostgreSQL database
-//! named in the URL that does not exist yet is created (or the error says how to create it),
+//! named in the URL that does not exist yet is created (once, however many replicas start
+//! together; or the error says how to create it),
 //! text logs written to a file or a pipe carry no colour codes, and the first `/metrics` scrape
 //! already lists the publication counter, at 0.
 
@@ -86,6 +87,22 @@ impl Drop for Cleanup {
     }
 }
 
+async fn count_stores(database_url: &str) -> i64 {
+    let database = Database::connect(database_url).await.unwrap();
+    let count = database
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT COUNT(*) AS n FROM stores",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    let _ = database.close().await;
+    count
+}
+
 fn stores_create(database_url: &str) -> Output {
     Command::new(BIN)
         .args(["stores", "create", "--name", "Acme"])
@@ -126,19 +143,42 @@ async fn a_missing_postgres_database_is_created_on_first_start() {
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "{stderr}");
     assert!(!stderr.contains("created it"), "{stderr}");
-    let created = Database::connect(url.as_str()).await.unwrap();
-    let count = created
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT COUNT(*) AS n FROM stores",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get::<i64>("", "n")
-        .unwrap();
-    let _ = created.close().await;
-    assert_eq!(count, 2, "both starts used the one database");
+    assert_eq!(
+        count_stores(&url).await,
+        2,
+        "both starts used the one database"
+    );
+}
+
+/// Three replicas started at once on a database that does not exist yet: one creates it, one
+/// at a time migrates it, and all three start.
+#[tokio::test]
+async fn replicas_starting_together_create_and_migrate_the_database_once() {
+    let Some(admin) = postgres_admin().await else {
+        return;
+    };
+    let name = format!("newcomer_replicas_{}", Uuid::new_v4().simple());
+    let _cleanup = Cleanup {
+        database: name.clone(),
+        role: None,
+    };
+    let url = format!("{}/{name}", postgres_server());
+    let starts: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || stores_create(&url))
+        })
+        .collect();
+    let mut creations = 0;
+    for start in starts {
+        let output = start.join().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        creations += stderr.matches("created it (empty)").count();
+    }
+    assert_eq!(creations, 1, "exactly one process created the database");
+    assert!(database_exists(&admin, &name).await);
+    assert_eq!(count_stores(&url).await, 3);
 }
 
 #[tokio::test]

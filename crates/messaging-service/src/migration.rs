@@ -22,7 +22,7 @@ mod m20261129_000161_create_webhook_deliveries;
 mod m20261129_000162_create_webhook_attempts;
 mod m20261129_000163_create_webhook_dispatch_positions;
 
-use sea_orm::DatabaseConnection;
+use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, sqlx};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 /// Every migration of the service, in order.
@@ -56,7 +56,33 @@ impl MigratorTrait for Migrator {
     }
 }
 
-/// Applies every pending migration.
-pub async fn run(db: &DatabaseConnection) -> Result<(), sea_orm::DbErr> {
-    Migrator::up(db, None).await
+/// Key of the PostgreSQL advisory lock held while migrating.
+const MIGRATION_LOCK_KEY: i64 = 0x6d65_7373_6d69_6772; // "messmigr"
+
+/// Applies every pending migration. On PostgreSQL, processes starting together (replicas
+/// after a deploy) take turns through an advisory lock: two migrators at once would both try
+/// to create the same tables, and one would fail.
+pub async fn run(db: &DatabaseConnection) -> Result<(), DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Migrator::up(db, None).await;
+    }
+    // Advisory locks belong to a session: hold one connection for the lock, migrate on others.
+    let mut lock = db
+        .get_postgres_connection_pool()
+        .acquire()
+        .await
+        .map_err(|err| DbErr::Conn(RuntimeErr::SqlxError(err.into())))?;
+    let exec = |err: sqlx::Error| DbErr::Exec(RuntimeErr::SqlxError(err.into()));
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut *lock)
+        .await
+        .map_err(exec)?;
+    let migrated = Migrator::up(db, None).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut *lock)
+        .await
+        .map_err(exec);
+    migrated.and(unlocked.map(|_| ()))
 }

@@ -3,8 +3,8 @@
 //!
 //! Creation goes through the server's maintenance database (`postgres`, else `template1`) with
 //! the URL's own credentials, so it needs a role allowed to create databases; without that
-//! right the error says how to create the database by hand. Replicas starting together may race
-//! to create it: the loser sees "already exists" and carries on.
+//! right the error says how to create the database by hand. Replicas starting together agree
+//! through a PostgreSQL advisory lock: one creates it, the others find it there.
 
 use std::sync::Arc;
 
@@ -20,8 +20,8 @@ use crate::error::StartupError;
 
 /// PostgreSQL's `invalid_catalog_name`: the database in the URL does not exist.
 const INVALID_CATALOG_NAME: &str = "3D000";
-/// PostgreSQL's `duplicate_database`: someone created it in the meantime.
-const DUPLICATE_DATABASE: &str = "42P04";
+/// Key of the advisory lock that serialises the check and the creation across processes.
+const CREATE_LOCK_KEY: i64 = 0x6d65_7373_6372_6462; // "messcrdb"
 
 /// Whether connecting failed because the URL's database does not exist.
 pub(crate) fn is_missing_database(err: &DbErr) -> bool {
@@ -52,13 +52,14 @@ pub(crate) async fn create(database_url: &str) -> Result<(), StartupError> {
             }
         };
         let created = create_on(&mut connection, &name).await;
+        // Closing the session also releases its advisory lock.
         let _ = connection.close().await;
         return match created {
-            Ok(()) => {
+            Ok(true) => {
                 tracing::warn!(database = %name, "the database did not exist: created it (empty)");
                 Ok(())
             }
-            Err(err) if sqlstate(&err).as_deref() == Some(DUPLICATE_DATABASE) => Ok(()),
+            Ok(false) => Ok(()),
             Err(source) => Err(StartupError::CreateDatabase { name, source }),
         };
     }
@@ -68,12 +69,26 @@ pub(crate) async fn create(database_url: &str) -> Result<(), StartupError> {
     })
 }
 
-async fn create_on(connection: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+/// Creates `name` unless another process did first; `true` when this one created it. Two
+/// `CREATE DATABASE` at once would fail in one of them, hence the lock around check and create.
+async fn create_on(connection: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(CREATE_LOCK_KEY)
+        .execute(&mut *connection)
+        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut *connection)
+            .await?;
+    if exists {
+        return Ok(false);
+    }
     let sql = format!("CREATE DATABASE {}", quote_identifier(name));
     sqlx::raw_sql(AssertSqlSafe(sql))
-        .execute(connection)
-        .await
-        .map(|_| ())
+        .execute(&mut *connection)
+        .await?;
+    Ok(true)
 }
 
 /// `name` as a quoted PostgreSQL identifier: whatever it holds, it stays one name.
