@@ -14,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{
@@ -284,18 +284,29 @@ impl Sender {
             Ok(built) => built,
             Err(err) => return Outcome::ConnectError(error_chain(&err)),
         };
-        // The answer's body is not read: only its status counts. Redirects are not followed
-        // (hyper never does), and no proxy is consulted.
+        // Only the status counts. The body is read (up to 64 KiB, within the timeout) so the
+        // connection can serve the next attempt; redirects are not followed (hyper never
+        // does), and no proxy is consulted.
         match client.request(built).await {
-            Ok(response) if response.status().is_success() => {
-                Outcome::Succeeded(response.status().as_u16())
+            Ok(response) => {
+                let status = response.status();
+                let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+                    .collect()
+                    .await;
+                if status.is_success() {
+                    Outcome::Succeeded(status.as_u16())
+                } else {
+                    Outcome::HttpError(status.as_u16())
+                }
             }
-            Ok(response) => Outcome::HttpError(response.status().as_u16()),
             Err(err) if refused(&err) => Outcome::Refused(error_chain(&err)),
             Err(err) => Outcome::ConnectError(error_chain(&err)),
         }
     }
 }
+
+/// The most of a receiver's answer that is read (and thrown away).
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 const USER_AGENT: &str = concat!("tybrite-webhooks/", env!("CARGO_PKG_VERSION"));
 
