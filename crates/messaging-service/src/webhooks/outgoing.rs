@@ -101,12 +101,19 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] == 0x2001 && segments[1] < 0x0200)) // IETF protocol assignments, Teredo
 }
 
+/// The longest URL stored (the column's size).
+const MAX_URL_BYTES: usize = 2048;
+
 /// Checks an endpoint URL when it is set: absolute `http(s)`, `https` in live mode, and no host
 /// that cannot be allowed whatever DNS says (an IP literal outside the policy, `localhost`).
 /// Host names are checked again after resolution at every attempt.
 pub fn check_url(text: &str, mode: Mode) -> Result<Url, ServiceError> {
     let invalid = |detail: &str| ServiceError::bad_request("invalid_webhook_url", detail);
     let url = Url::parse(text.trim()).map_err(|_| invalid("url must be an absolute URL."))?;
+    // Parsing percent-encodes what needs it: the stored form must still fit.
+    if url.as_str().len() > MAX_URL_BYTES {
+        return Err(invalid("url is longer than 2048 bytes once encoded."));
+    }
     match (url.scheme(), mode) {
         ("https", _) | ("http", Mode::Test) => {}
         ("http", Mode::Live) => return Err(invalid("Live-mode endpoints must use https://.")),
@@ -438,6 +445,9 @@ mod tests {
                 "{url} {mode:?}"
             );
         }
+        // 1 000 characters that percent-encoding makes six times as long.
+        let encoded = format!("https://hooks.acme.example/{}", "é".repeat(1_000));
+        assert_eq!(code(&encoded, Mode::Test), Err("invalid_webhook_url"));
     }
 
     /// A name that resolves only to refused addresses fails in the resolver: no connection is
