@@ -280,7 +280,10 @@ async fn two_processes_on_one_postgres_publish_each_message_once() {
     let due = Utc::now() + chrono::Duration::seconds(6);
     let mut scheduled = schedule(&store_a, 30, due).await;
     scheduled.extend(schedule(&store_b, 30, due).await);
-    assert!(Utc::now() < due, "scheduling 60 messages took longer than 6 s");
+    assert!(
+        Utc::now() < due,
+        "scheduling 60 messages took longer than 6 s"
+    );
     let published = published_ids(&store_b, channel).await;
 
     for id in &scheduled {
