@@ -620,6 +620,7 @@ impl Stream {
             if data["thread_id"] == earlier.to_string() && events.is_empty() {
                 continue;
             }
+            assert_eq!(data["thread_id"], thread.to_string(), "{event}: {data}");
             events.push((id, event, data));
         }
         events
@@ -706,6 +707,28 @@ on_both_backends!(
             first,
             "Jane's stream carries her thread's events"
         );
+
+        // /metrics counts open streams and the events written and delivered.
+        let metrics = shop
+            .app
+            .http()
+            .get(shop.app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for name in [
+            "messaging_event_streams_open",
+            "messaging_events_written_total",
+            "messaging_events_delivered_total",
+        ] {
+            assert!(
+                metrics.contains(name),
+                "{name} missing from /metrics:\n{metrics}"
+            );
+        }
 
         // Idle: comment lines keep the connection open, and no event repeats.
         let idle_until = Instant::now() + 3 * KEEP_ALIVE;
@@ -859,3 +882,45 @@ on_both_backends!(failed_writes_leave_no_event, |shop| async move {
         [ThreadCreated, ChannelMessagePublished, ThreadUpdated]
     );
 });
+
+/// A customer's stream lasts as long as the access token it was opened with; the client then
+/// reconnects with a fresh token (and Last-Event-ID). The store's stream has no such end.
+async fn a_customer_stream_ends_with_its_token(backend: Backend) {
+    let Some(app) = spawn_app_with_config(backend, HttpSettings::without_rate_limits(), |config| {
+        config.access_token_ttl_secs = 2;
+        config.events.keep_alive = KEEP_ALIVE;
+    })
+    .await
+    else {
+        return;
+    };
+    let shop = Shop::open(app).await;
+    let mut janes = Stream::open(&shop, Some(&shop.jane), None, None)
+        .await
+        .unwrap();
+    let mut stores = Stream::open(&shop, None, None, None).await.unwrap();
+    let opened = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match janes.response.chunk().await {
+                Ok(Some(_)) => continue,
+                _ => return Instant::now(),
+            }
+        }
+    })
+    .await
+    .expect("Jane's stream ends when her token expires");
+    assert!(ended.duration_since(opened) <= Duration::from_secs(4));
+    // The store's stream is still open: keep-alive comments keep coming.
+    assert_eq!(stores.next(3 * KEEP_ALIVE).await, Some(Sse::Comment));
+}
+
+#[tokio::test]
+async fn a_customer_stream_ends_with_its_token_sqlite() {
+    a_customer_stream_ends_with_its_token(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_customer_stream_ends_with_its_token_postgres() {
+    a_customer_stream_ends_with_its_token(Backend::Postgres).await;
+}

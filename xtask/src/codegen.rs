@@ -119,6 +119,5 @@ mod tests {
             pascal_case("channel.message_published"),
             "ChannelMessagePublished"
         );
-        assert_eq!(pascal_case("message.created"), "MessageCreated");
     }
 }

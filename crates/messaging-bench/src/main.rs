@@ -2,6 +2,10 @@
 //! first 10 thousand, then 1 million messages, and at each size measures p50, p99 and requests
 //! per second over HTTP for listThreads, getThread, getThreadMessages and sendMessage, beside
 //! `/healthz` as the baseline of the HTTP stack. It then checks the targets of issue 3.
+//! Last, the event feed (`events.rs`): delivery latency with many open streams, and the
+//! memory idle streams cost (issue 11).
+
+mod events;
 
 use std::{
     sync::{
@@ -44,9 +48,19 @@ struct Args {
     /// Concurrent connections.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
-    /// Measure only these endpoints (e.g. `healthz,getThread`); targets are checked only with all.
+    /// Measure only these endpoints (e.g. `healthz,getThread`; `events` for the event feed);
+    /// targets are checked only with all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Event streams open while delivery latency is measured.
+    #[arg(long, default_value_t = 1_000)]
+    streams: usize,
+    /// Messages sent (one by one) while delivery latency is measured.
+    #[arg(long, default_value_t = 100)]
+    sends: usize,
+    /// Idle event streams held to measure their memory.
+    #[arg(long, default_value_t = 10_000)]
+    idle_streams: usize,
 }
 
 const CUSTOMERS: usize = 1_000;
@@ -59,6 +73,12 @@ const THREAD_STRIDE: usize = 7_919;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The child that holds idle event streams (see `events::idle`).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("hold-streams") {
+        let (base, count) = (&argv[2], argv[3].parse()?);
+        return events::hold_streams(base, count).await;
+    }
     let args = Args::parse();
     if std::env::var_os("RUST_LOG").is_some() {
         messaging_server::init_tracing(messaging_server::LogFormat::Text);
@@ -143,15 +163,68 @@ async fn main() -> anyhow::Result<()> {
             results.push((target, endpoint, stats));
         }
     }
-    let verdict = if args.only.is_empty() {
+    let mut verdict = if args.only.is_empty() {
         check_targets(&results, &args.messages)
     } else {
         Ok(())
     };
+    if args.only.is_empty() || args.only.iter().any(|o| o == "events") {
+        let events_verdict = event_feed(&load, &fixture, &args).await;
+        verdict = verdict.and(events_verdict);
+    }
     if args.database_url.is_none() {
         let _ = std::fs::remove_dir_all(&tempdir);
     }
     verdict
+}
+
+/// The event feed: `--idle-streams` idle streams held, then delivery latency with `--streams`
+/// open streams. Targets: p99 under 50 ms; 10 000 idle streams under 300 MB resident.
+async fn event_feed(load: &Load, fixture: &Fixture, args: &Args) -> anyhow::Result<()> {
+    let threads: Vec<Uuid> = (0..HOT_THREADS).map(|n| fixture.hot_thread(n)).collect();
+    // Idle streams first, while the allocator holds no memory left over from busy ones.
+    println!("\n== event feed");
+    let idle = events::idle(&load.base, &load.key, args.idle_streams)
+        .await
+        .context("idle streams")?;
+    println!(
+        "{} idle streams: resident {:.0} MB -> {:.0} MB, {:.1} KiB per stream",
+        idle.streams, idle.rss_before_mb, idle.rss_after_mb, idle.kib_per_stream
+    );
+    let delivery = events::delivery(&load.base, &load.key, &threads, args.streams, args.sends)
+        .await
+        .context("event delivery")?;
+    println!(
+        "delivery to {} streams of {} sends: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, missing {}",
+        delivery.streams,
+        delivery.sends,
+        delivery.p50_ms,
+        delivery.p99_ms,
+        delivery.max_ms,
+        delivery.missing
+    );
+    let mut missed = Vec::new();
+    if delivery.missing > 0 {
+        missed.push(format!("{} deliveries missing", delivery.missing));
+    }
+    if delivery.streams >= 1_000 && delivery.p99_ms >= 50.0 {
+        missed.push(format!(
+            "delivery p99 {:.1} ms (target < 50 ms)",
+            delivery.p99_ms
+        ));
+    }
+    if idle.streams >= 10_000 && idle.rss_after_mb >= 300.0 {
+        missed.push(format!(
+            "{:.0} MB resident (target < 300 MB)",
+            idle.rss_after_mb
+        ));
+    }
+    if missed.is_empty() {
+        println!("event feed targets: met");
+        Ok(())
+    } else {
+        bail!("event feed targets missed: {}", missed.join("; "))
+    }
 }
 
 fn redact(url: &str) -> String {

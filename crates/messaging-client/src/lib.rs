@@ -34,6 +34,43 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Following the event feed (`listEvents` as a long-poll): take a position, fetch the state,
+//! then ask for what came after the position, again and again. `wait` stays below the client's
+//! 15-second timeout.
+//!
+//! ```no_run
+//! # async fn follow() -> Result<(), Box<dyn std::error::Error>> {
+//! use messaging_client::{types::EventType, with_api_key};
+//!
+//! let store = with_api_key("http://127.0.0.1:8080", "tybrite_sk_test_…")?;
+//! // 1. The current position (no `after`: an empty answer at once).
+//! let mut after = store.list_events().send().await?.into_inner().next_after;
+//! // 2. Fetch the state you need over REST (listThreads, …).
+//! // 3. Follow: every later event once, in commit order per thread.
+//! loop {
+//!     match store.list_events().after(after.as_str()).wait(10).send().await {
+//!         Ok(page) => {
+//!             let page = page.into_inner();
+//!             for event in &page.events {
+//!                 match event.type_ {
+//!                     EventType::MessageCreated => println!("new: {:?}", event.data.message),
+//!                     other => println!("{other}: {:?}", event.thread_id),
+//!                 }
+//!             }
+//!             after = page.next_after;
+//!         }
+//!         // 410 events_expired: the position is past retention. Fetch the state again and
+//!         // start over from a new position.
+//!         Err(messaging_client::Error::ErrorResponse(problem)) if problem.status == 410 => {
+//!             after = store.list_events().send().await?.into_inner().next_after;
+//!         }
+//!         // Anything else (a network error, a restart): try again from the same position.
+//!         Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+//!     }
+//! }
+//! # }
+//! ```
 
 #[rustfmt::skip]
 mod generated;

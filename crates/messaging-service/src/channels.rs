@@ -334,7 +334,7 @@ impl MessagingService {
         // Every publisher takes the messages' thread locks first, so what is still unpublished
         // under them stays so until this transaction ends: each message is published (and its
         // event written) exactly once however many publishers run.
-        txn.lock_threads(&thread_ids).await?;
+        let _ = txn.lock_threads(&thread_ids).await?;
         let ids: Vec<Uuid> = due.iter().map(|(id, _)| *id).collect();
         let mut pending = message::Entity::find()
             .filter(message::Column::Id.is_in(ids.clone()))

@@ -35,7 +35,6 @@ use chrono::{DateTime, Utc};
 use messaging_api::{Event, EventType, Message, Subscriber, Thread};
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use sea_orm::{
-    ActiveModelTrait,
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect, Statement,
@@ -190,15 +189,16 @@ impl EventData<'_> {
     }
 }
 
-/// Writes one event in the transaction of the change it describes. The only way events are
-/// written: every rule that changes what a reader could see calls it.
+/// Records one event in the transaction of the change it describes: it is written with the
+/// transaction's commit (all of a transaction's events in one statement) or not at all. The
+/// only way events are written: every rule that changes what a reader could see calls it.
 pub(crate) async fn record(
     txn: &WriteTxn,
     scope: &EventScope,
     data: EventData<'_>,
 ) -> Result<(), ServiceError> {
     let payload = data.wire().to_json_string();
-    event::ActiveModel {
+    txn.push_event(event::ActiveModel {
         seq: NotSet,
         // A column default: the writing transaction's id on PostgreSQL, 0 on SQLite.
         xid: NotSet,
@@ -210,10 +210,7 @@ pub(crate) async fn record(
         event_type: Set(data.event_type().as_str().to_owned()),
         payload: Set(payload),
         created_at: Set(now()),
-    }
-    .insert(txn)
-    .await?;
-    txn.count_event();
+    });
     Ok(())
 }
 
@@ -457,5 +454,41 @@ mod tests {
         assert!(Position::decode("not an id").is_err());
         assert!(Position::decode("").is_err());
         assert!(Position::decode(&URL_SAFE_NO_PAD.encode([0xffu8; 16])).is_err());
+    }
+
+    /// An event is part of its transaction: rolled back (here: dropped without commit), it
+    /// never reaches the feed; committed, it does.
+    #[tokio::test]
+    async fn a_rolled_back_transaction_leaves_no_event() {
+        let service =
+            crate::MessagingService::connect("sqlite::memory:", crate::ServiceConfig::default())
+                .await
+                .unwrap();
+        let scope = EventScope {
+            store_id: Uuid::now_v7(),
+            mode: "test".to_owned(),
+            customer_id: Uuid::now_v7(),
+            thread_id: Uuid::now_v7(),
+            store_only: false,
+        };
+        let deleted = || EventData::MessageDeleted {
+            message_id: Uuid::now_v7(),
+            deleted_at: now(),
+        };
+        let txn = service.begin_write().await.unwrap();
+        record(&txn, &scope, deleted()).await.unwrap();
+        drop(txn);
+        assert!(read_after(service.db(), None, 10).await.unwrap().is_empty());
+
+        let txn = service.begin_write().await.unwrap();
+        record(&txn, &scope, deleted()).await.unwrap();
+        txn.commit().await.unwrap();
+        let events = read_after(service.db(), None, 10).await.unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, "message.deleted");
+        assert_eq!(
+            events[0].to_wire().unwrap().thread_id,
+            Some(scope.thread_id)
+        );
     }
 }

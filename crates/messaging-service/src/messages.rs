@@ -307,8 +307,11 @@ impl MessagingService {
         id: Uuid,
     ) -> Result<(message::Model, thread::Model), ServiceError> {
         let found = self.load_own_message(txn, caller, id).await?;
-        txn.lock_threads(&[found.thread_id]).await?;
-        let message = self.load_own_message(txn, caller, id).await?;
+        let message = if txn.lock_threads(&[found.thread_id]).await? {
+            self.load_own_message(txn, caller, id).await?
+        } else {
+            found
+        };
         let thread = thread::Entity::find_by_id(message.thread_id)
             .one(txn)
             .await?

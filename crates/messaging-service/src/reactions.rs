@@ -110,9 +110,12 @@ impl MessagingService {
     ) -> Result<Message, ServiceError> {
         let emoji = valid_emoji(emoji)?;
         let txn = self.begin_write().await?;
-        let (found, _) = self.readable_message(&txn, caller, message_id).await?;
-        txn.lock_threads(&[found.thread_id]).await?;
-        let (message, thread) = self.readable_message(&txn, caller, message_id).await?;
+        let found = self.readable_message(&txn, caller, message_id).await?;
+        let (message, thread) = if txn.lock_threads(&[found.0.thread_id]).await? {
+            self.readable_message(&txn, caller, message_id).await?
+        } else {
+            found
+        };
         crate::subscribers::require_member(&txn, message.thread_id, participant).await?;
         let subscriber_id = participant.subscriber_id();
         let changed = if add {

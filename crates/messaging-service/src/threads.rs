@@ -144,10 +144,18 @@ impl MessagingService {
         caller: &Caller,
         id: &ThreadRef,
     ) -> Result<thread::Model, ServiceError> {
+        // A thread named by its UUID is locked before it is read: one read, and fresh.
+        if let ThreadRef::Id(uuid) = id {
+            txn.lock_threads(&[*uuid]).await?;
+            return self.load_thread(txn, caller, id).await;
+        }
         let found = self.load_thread(txn, caller, id).await?;
-        txn.lock_threads(&[found.id]).await?;
-        self.load_thread(txn, caller, &ThreadRef::Id(found.id))
-            .await
+        if txn.lock_threads(&[found.id]).await? {
+            self.load_thread(txn, caller, &ThreadRef::Id(found.id))
+                .await
+        } else {
+            Ok(found)
+        }
     }
 
     /// A thread in its wire form, with its subscribers, read through `conn` (the write

@@ -75,6 +75,8 @@ pub struct Caller {
     pub mode: Mode,
     pub key_kind: KeyKind,
     pub actor: Actor,
+    /// When the customer's access token expires (Unix seconds); `None` for the store.
+    pub token_expires_at: Option<i64>,
 }
 
 impl Caller {
@@ -115,6 +117,7 @@ impl MessagingService {
             mode: parts.mode,
             key_kind: parts.kind,
             actor: Actor::Store,
+            token_expires_at: None,
         };
         self.inner.key_cache.insert(hash, caller.clone());
         Ok(caller)
@@ -142,6 +145,7 @@ impl MessagingService {
                     ));
                 }
                 caller.actor = Actor::Customer(claims.sub);
+                caller.token_expires_at = Some(claims.exp);
             }
             None if caller.key_kind == KeyKind::Publishable => {
                 return Err(ServiceError::unauthorized(

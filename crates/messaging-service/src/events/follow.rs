@@ -139,8 +139,14 @@ impl MessagingService {
             Some(position) => position,
             None => super::frontier(self.db()).await?,
         };
+        // A customer's stream ends when its access token does: it reconnects with a fresh one.
+        let ends_at = caller.token_expires_at.map(|exp| {
+            let left = (exp - chrono::Utc::now().timestamp()).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        });
         let follower = Follower {
             service: self.clone(),
+            ends_at,
             gate,
             cursor,
             live,
@@ -167,6 +173,8 @@ impl MessagingService {
 /// One open stream: its position, its gate and its subscription to the tail.
 struct Follower {
     service: MessagingService,
+    /// When the stream ends (the customer's token expires).
+    ends_at: Option<tokio::time::Instant>,
     gate: Gate,
     cursor: Position,
     live: broadcast::Receiver<Batch>,
@@ -177,10 +185,16 @@ struct Follower {
 }
 
 impl Follower {
-    /// The next event, or `None` when the stream ends (shutdown, or a failed read: the client
-    /// reconnects with `Last-Event-ID` and misses nothing).
+    /// The next event, or `None` when the stream ends (shutdown, the customer's token expired,
+    /// or a failed read: the client reconnects with `Last-Event-ID` and misses nothing).
     async fn next(&mut self) -> Option<Event> {
         loop {
+            if self
+                .ends_at
+                .is_some_and(|end| tokio::time::Instant::now() >= end)
+            {
+                return None;
+            }
             if let Some(event) = self.backlog.pop_front() {
                 return Some(event);
             }
@@ -212,7 +226,14 @@ impl Follower {
                 }
                 continue;
             }
-            match self.live.recv().await {
+            let received = match self.ends_at {
+                Some(end) => tokio::select! {
+                    received = self.live.recv() => received,
+                    () = tokio::time::sleep_until(end) => return None,
+                },
+                None => self.live.recv().await,
+            };
+            match received {
                 Ok(batch) => self
                     .backlog
                     .extend(admitted(&batch, &self.gate, &mut self.cursor)),

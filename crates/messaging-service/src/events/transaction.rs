@@ -2,24 +2,23 @@
 //! counted, and its commit wakes this process's feed at once (other processes hear of it by
 //! `NOTIFY`, sent by a trigger on `events` and delivered by PostgreSQL at commit).
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, Mutex};
 
 use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, ExecResult, QueryResult, Statement,
-    prelude::async_trait,
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, ExecResult, QueryResult,
+    Statement, prelude::async_trait,
 };
 use uuid::Uuid;
 
 use super::EventHub;
+use crate::entity::event;
 
 /// A database transaction that may record events.
 pub(crate) struct WriteTxn {
     txn: DatabaseTransaction,
     hub: Arc<EventHub>,
-    recorded: AtomicU64,
+    /// Events recorded, written in one statement just before the commit.
+    events: Mutex<Vec<event::ActiveModel>>,
 }
 
 impl WriteTxn {
@@ -27,12 +26,16 @@ impl WriteTxn {
         Self {
             txn,
             hub,
-            recorded: AtomicU64::new(0),
+            events: Mutex::new(Vec::new()),
         }
     }
 
-    pub(super) fn count_event(&self) {
-        self.recorded.fetch_add(1, Ordering::Relaxed);
+    /// Adds an event to the transaction: it is inserted with the commit, or never.
+    pub(super) fn push_event(&self, row: event::ActiveModel) {
+        self.events
+            .lock()
+            .expect("the event list lock is never poisoned")
+            .push(row);
     }
 
     /// Takes the locks of `threads` for the rest of the transaction, before its first write
@@ -40,9 +43,12 @@ impl WriteTxn {
     /// ids, which is the order of the feed. On SQLite the transaction already holds the one
     /// write lock. Fails (500) when the transaction has written before: that rule would break
     /// the feed's order.
-    pub(crate) async fn lock_threads(&self, threads: &[Uuid]) -> Result<(), DbErr> {
+    ///
+    /// Returns whether concurrent writers may have changed the threads since the transaction
+    /// read them (PostgreSQL): the rule then reads again what it acts on.
+    pub(crate) async fn lock_threads(&self, threads: &[Uuid]) -> Result<bool, DbErr> {
         if self.txn.get_database_backend() != DbBackend::Postgres || threads.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let mut keys: Vec<i64> = threads.iter().map(|id| lock_key(*id)).collect();
         // One order for everyone: no two transactions wait for each other in a circle.
@@ -67,7 +73,7 @@ impl WriteTxn {
             .ok_or_else(|| DbErr::RecordNotFound("thread locks".to_owned()))?;
         let fresh: bool = row.try_get("", "fresh")?;
         if fresh {
-            Ok(())
+            Ok(true)
         } else {
             Err(DbErr::Custom(
                 "a rule wrote before taking its thread locks: its events could be out of order"
@@ -76,10 +82,22 @@ impl WriteTxn {
         }
     }
 
-    /// Commits; then counts the events it wrote and wakes this process's feed.
+    /// Writes the recorded events (one statement) and commits; then counts them and wakes this
+    /// process's feed.
     pub(crate) async fn commit(self) -> Result<(), DbErr> {
+        let events = std::mem::take(
+            &mut *self
+                .events
+                .lock()
+                .expect("the event list lock is never poisoned"),
+        );
+        let recorded = events.len() as u64;
+        if !events.is_empty() {
+            event::Entity::insert_many(events)
+                .exec_without_returning(&self.txn)
+                .await?;
+        }
         self.txn.commit().await?;
-        let recorded = self.recorded.load(Ordering::Relaxed);
         if recorded > 0 {
             metrics::counter!("messaging_events_written_total").increment(recorded);
             self.hub.wake();
