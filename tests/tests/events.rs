@@ -708,6 +708,28 @@ on_both_backends!(
             "Jane's stream carries her thread's events"
         );
 
+        // /metrics counts open streams and the events written and delivered.
+        let metrics = shop
+            .app
+            .http()
+            .get(shop.app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for name in [
+            "messaging_event_streams_open",
+            "messaging_events_written_total",
+            "messaging_events_delivered_total",
+        ] {
+            assert!(
+                metrics.contains(name),
+                "{name} missing from /metrics:\n{metrics}"
+            );
+        }
+
         // Idle: comment lines keep the connection open, and no event repeats.
         let idle_until = Instant::now() + 3 * KEEP_ALIVE;
         let mut comments = 0;

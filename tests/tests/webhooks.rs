@@ -395,6 +395,13 @@ both_backends!(urls_follow_the_rules_of_each_mode, |app| async move {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Within 2 048 characters, but six times as long once percent-encoded: still 400.
+    let encoded = format!("https://hooks.acme.example/{}", "é".repeat(1_000));
+    let (status, body) = post(test.clone(), json!({ "url": encoded })).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_webhook_url"))
+    );
     let long = format!("https://hooks.acme.example/{}", "a".repeat(2048));
     let (status, _) = post(test.clone(), json!({"url": long})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);

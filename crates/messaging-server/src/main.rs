@@ -205,10 +205,10 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct EventArgs {
-    /// Days events are kept for catching up (`after`, `Last-Event-ID`); older positions get
-    /// 410 events_expired. Pruned in the background.
+    /// Days events are kept for catching up (`after`, `Last-Event-ID`), at least 7; older
+    /// positions get 410 events_expired. Pruned in the background.
     #[arg(long, env = "MESSAGING_EVENT_RETENTION_DAYS", default_value_t = 7,
-          value_parser = clap::value_parser!(u64).range(1..=3650))]
+          value_parser = clap::value_parser!(u64).range(7..=3650))]
     event_retention_days: u64,
 
     /// Seconds between the comment lines that keep an idle event stream open (1 to 15).

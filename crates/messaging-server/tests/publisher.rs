@@ -281,9 +281,15 @@ async fn two_processes_on_one_postgres_publish_each_message_once() {
     let (store_a, store_b) = (a.client(key), b.client(key));
     let (_, channel) = order_thread(&store_a).await;
 
-    let due = Utc::now() + chrono::Duration::seconds(2);
+    // Far enough ahead that all 60 are still scheduled (not due) when sent, even on a busy
+    // machine; a message sent after its time is published at once, by no publisher.
+    let due = Utc::now() + chrono::Duration::seconds(6);
     let mut scheduled = schedule(&store_a, 30, due).await;
     scheduled.extend(schedule(&store_b, 30, due).await);
+    assert!(
+        Utc::now() < due,
+        "scheduling 60 messages took longer than 6 s"
+    );
     let published = published_ids(&store_b, channel).await;
 
     for id in &scheduled {

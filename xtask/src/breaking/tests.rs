@@ -619,6 +619,8 @@ fn a_shared_schema_is_reported_where_each_operation_returns_it() {
             "breaking  response-property-removed  GET /v1/messaging/threads/{id} 200: subject",
             "breaking  response-property-removed  PATCH /v1/messaging/threads/{id} 200: thread.subject",
             "breaking  response-property-removed  POST /v1/messaging/threads/{id}/read 200: thread.subject",
+            "breaking  response-property-removed  GET /v1/messaging/events 200: events[].data.thread.subject",
+            "breaking  response-property-removed  GET /v1/messaging/events/stream 200: [].data.thread.subject",
         ]
     );
 }
@@ -704,7 +706,9 @@ fn an_enum_value_added_breaks_responses_only() {
         .iter()
         .map(|l| l.split_whitespace().nth(1).unwrap().to_owned())
         .collect();
-    assert_eq!(breaking_rules, ["response-enum-value-added"; 5]);
+    // getThread, listThreads, createConversation, updateThread, markThreadRead, and the two
+    // event reads (a thread inside `data`).
+    assert_eq!(breaking_rules, ["response-enum-value-added"; 7]);
     for line in [
         "breaking  response-enum-value-added  GET /v1/messaging/threads/{id} 200: status (\"archived\")",
         "info      parameter-enum-value-added  GET /v1/messaging/threads query status (\"archived\")",
@@ -810,6 +814,8 @@ fn recursive_schemas_are_compared_once() {
             "breaking  response-type-changed  GET /v1/messaging/threads/{id} 200: subject (string -> integer)",
             "breaking  response-type-changed  PATCH /v1/messaging/threads/{id} 200: thread.subject (string -> integer)",
             "breaking  response-type-changed  POST /v1/messaging/threads/{id}/read 200: thread.subject (string -> integer)",
+            "breaking  response-type-changed  GET /v1/messaging/events 200: events[].data.thread.subject (string -> integer)",
+            "breaking  response-type-changed  GET /v1/messaging/events/stream 200: [].data.thread.subject (string -> integer)",
         ]
     );
 }

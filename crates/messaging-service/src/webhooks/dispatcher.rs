@@ -66,6 +66,16 @@ impl MessagingService {
     /// deliveries. Returns how many events it read.
     pub(crate) async fn dispatch_webhooks(&self) -> Result<u64, ServiceError> {
         let from = self.dispatch_position().await?;
+        match events::ensure_retained(self.db(), from).await {
+            Ok(()) => {}
+            // Only when no replica dispatched for longer than the feed's retention.
+            Err(err) if err.code() == "events_expired" => tracing::error!(
+                position = from.encode(),
+                "webhook dispatcher is behind the feed's retention: pruned events were never \
+                 delivered"
+            ),
+            Err(err) => return Err(err),
+        }
         let batch = events::read_after(self.db(), Some(&from), BATCH).await?;
         let Some(last) = batch.last() else {
             return Ok(0);

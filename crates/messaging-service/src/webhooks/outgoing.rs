@@ -14,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{
@@ -101,12 +101,19 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] == 0x2001 && segments[1] < 0x0200)) // IETF protocol assignments, Teredo
 }
 
+/// The longest URL stored (the column's size).
+const MAX_URL_BYTES: usize = 2048;
+
 /// Checks an endpoint URL when it is set: absolute `http(s)`, `https` in live mode, and no host
 /// that cannot be allowed whatever DNS says (an IP literal outside the policy, `localhost`).
 /// Host names are checked again after resolution at every attempt.
 pub fn check_url(text: &str, mode: Mode) -> Result<Url, ServiceError> {
     let invalid = |detail: &str| ServiceError::bad_request("invalid_webhook_url", detail);
     let url = Url::parse(text.trim()).map_err(|_| invalid("url must be an absolute URL."))?;
+    // Parsing percent-encodes what needs it: the stored form must still fit.
+    if url.as_str().len() > MAX_URL_BYTES {
+        return Err(invalid("url is longer than 2048 bytes once encoded."));
+    }
     match (url.scheme(), mode) {
         ("https", _) | ("http", Mode::Test) => {}
         ("http", Mode::Live) => return Err(invalid("Live-mode endpoints must use https://.")),
@@ -284,18 +291,29 @@ impl Sender {
             Ok(built) => built,
             Err(err) => return Outcome::ConnectError(error_chain(&err)),
         };
-        // The answer's body is not read: only its status counts. Redirects are not followed
-        // (hyper never does), and no proxy is consulted.
+        // Only the status counts. The body is read (up to 64 KiB, within the timeout) so the
+        // connection can serve the next attempt; redirects are not followed (hyper never
+        // does), and no proxy is consulted.
         match client.request(built).await {
-            Ok(response) if response.status().is_success() => {
-                Outcome::Succeeded(response.status().as_u16())
+            Ok(response) => {
+                let status = response.status();
+                let _ = Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+                    .collect()
+                    .await;
+                if status.is_success() {
+                    Outcome::Succeeded(status.as_u16())
+                } else {
+                    Outcome::HttpError(status.as_u16())
+                }
             }
-            Ok(response) => Outcome::HttpError(response.status().as_u16()),
             Err(err) if refused(&err) => Outcome::Refused(error_chain(&err)),
             Err(err) => Outcome::ConnectError(error_chain(&err)),
         }
     }
 }
+
+/// The most of a receiver's answer that is read (and thrown away).
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 const USER_AGENT: &str = concat!("tybrite-webhooks/", env!("CARGO_PKG_VERSION"));
 
@@ -427,6 +445,9 @@ mod tests {
                 "{url} {mode:?}"
             );
         }
+        // 1 000 characters that percent-encoding makes six times as long.
+        let encoded = format!("https://hooks.acme.example/{}", "é".repeat(1_000));
+        assert_eq!(code(&encoded, Mode::Test), Err("invalid_webhook_url"));
     }
 
     /// A name that resolves only to refused addresses fails in the resolver: no connection is

@@ -109,7 +109,11 @@ impl MessagingService {
         let settings = &self.inner.config.webhooks;
         let per_endpoint = settings.max_in_flight_per_endpoint;
         let at = now();
-        let candidates = self.due_candidates(at, per_endpoint, slots * 4).await?;
+        // One candidate more per endpoint than could be taken, so a backlog shows as a
+        // candidate left behind.
+        let candidates = self
+            .due_candidates(at, per_endpoint + 1, slots * 4 + 16)
+            .await?;
         let mut taken: HashMap<Uuid, usize> = HashMap::new();
         let mut ids = Vec::new();
         let found = candidates.len();
