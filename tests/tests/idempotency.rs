@@ -196,6 +196,16 @@ both_backends!(
             assert_eq!((retry.status, retry.replayed), (201, true));
             assert_eq!(retry.body, sent.body, "byte for byte");
         }
+        // What is kept is sealed: the answer is not in the database in the clear.
+        let row = idempotency_key::Entity::find()
+            .filter(idempotency_key::Column::IdempotencyKey.eq("send-1"))
+            .one(w.app.service.database())
+            .await
+            .unwrap()
+            .expect("the key's row");
+        assert_eq!(row.response_status, Some(201));
+        let kept = row.response_body.expect("a stored answer");
+        assert!(!kept.windows(8).any(|window| window == b"Any news"));
         let messages = w.messages_of(thread).await;
         assert_eq!(
             messages.len(),

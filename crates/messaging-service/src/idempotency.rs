@@ -9,6 +9,8 @@
 //! that same transaction and commits both together. A crash therefore never leaves a write
 //! without its record, or a record without its write. Answers that wrote nothing (4xx) are
 //! stored after the operation; a 5xx rolls back and releases the key, so its retry runs again.
+//! Stored bodies are sealed (ChaCha20-Poly1305, with a key derived from the server secret and
+//! bound to their row): an answer may carry a secret, such as a new webhook endpoint's.
 //!
 //! Concurrent retries meet at the unique index on (store, mode, principal, key): exactly one
 //! request inserts the claim, on every replica of one database. A claim whose request died
@@ -180,9 +182,14 @@ impl Claim {
             release(&self.service, self.id, self.token).await;
             return Ok(());
         }
+        let sealed = self
+            .service
+            .inner
+            .keys
+            .seal_answer(self.id.as_bytes(), &answer.body);
         let stored = match parked {
             Some(txn) => {
-                let stored = store_answer(&txn, self.id, self.token, answer)
+                let stored = store_answer(&txn, self.id, self.token, answer, &sealed)
                     .await
                     .map_err(FinishError::Database)?;
                 if !stored {
@@ -193,7 +200,7 @@ impl Claim {
                 txn.commit().await.map_err(FinishError::Database)?;
                 true
             }
-            None => store_answer(self.service.db(), self.id, self.token, answer)
+            None => store_answer(self.service.db(), self.id, self.token, answer, &sealed)
                 .await
                 .map_err(FinishError::Database)?,
         };
@@ -239,6 +246,7 @@ async fn store_answer<C: ConnectionTrait>(
     id: Uuid,
     token: Uuid,
     answer: &Answer,
+    sealed_body: &[u8],
 ) -> Result<bool, DbErr> {
     let updated = idempotency_key::Entity::update_many()
         .col_expr(
@@ -249,7 +257,7 @@ async fn store_answer<C: ConnectionTrait>(
             Column::ResponseContentType,
             Expr::value(answer.content_type.clone()),
         )
-        .col_expr(Column::ResponseBody, Expr::value(answer.body.clone()))
+        .col_expr(Column::ResponseBody, Expr::value(sealed_body.to_vec()))
         .col_expr(Column::LockToken, Expr::value(Option::<Uuid>::None))
         .col_expr(
             Column::LockedUntil,
@@ -383,7 +391,18 @@ impl MessagingService {
         if existing.fingerprint != fingerprint {
             return Ok(Begin::Reused);
         }
-        if let (Some(status), Some(body)) = (existing.response_status, existing.response_body) {
+        if let (Some(status), Some(sealed)) = (existing.response_status, existing.response_body) {
+            // Sealed with another server secret (or altered): the answer is lost, and running
+            // the request again could write twice. 500, which the retry may try again.
+            let body = self
+                .inner
+                .keys
+                .open_answer(existing.id.as_bytes(), &sealed)
+                .ok_or_else(|| {
+                    ServiceError::internal(std::io::Error::other(
+                        "a stored idempotent answer does not open with this server's key",
+                    ))
+                })?;
             return Ok(Begin::Replay(Answer {
                 status: u16::try_from(status).map_err(ServiceError::internal)?,
                 content_type: existing.response_content_type,

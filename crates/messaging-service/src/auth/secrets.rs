@@ -3,7 +3,7 @@
 //! One secret, from configuration or generated once and kept in the database (so replicas
 //! agree), is expanded with HMAC into separate keys: one for access tokens, one for hashing API
 //! keys and refresh tokens and one-time codes, one for signing cursors, one for webhook signing
-//! secrets.
+//! secrets, one for sealing stored idempotent answers.
 
 use base64::Engine;
 use chrono::Utc;
@@ -25,6 +25,7 @@ pub struct ServerKeys {
     hashing: [u8; 32],
     cursor_signing: [u8; 32],
     webhook_secrets: [u8; 32],
+    answer_sealing: [u8; 32],
 }
 
 impl std::fmt::Debug for ServerKeys {
@@ -52,6 +53,7 @@ impl ServerKeys {
             hashing: derive(secret, b"credential-hashing"),
             cursor_signing: derive(secret, b"cursor-signing"),
             webhook_secrets: derive(secret, b"webhook-signing-secrets"),
+            answer_sealing: derive(secret, b"idempotent-answer-sealing"),
         }
     }
 
@@ -68,6 +70,50 @@ impl ServerKeys {
             HmacSha256::new_from_slice(&self.cursor_signing).expect("HMAC takes any key length");
         mac.update(payload);
         mac.finalize().into_bytes().into()
+    }
+
+    /// Encrypts and authenticates a stored answer (ChaCha20-Poly1305, a random nonce first),
+    /// bound to `context` (its row): answers may carry what must not sit in the database in
+    /// the clear, such as a new webhook endpoint's secret.
+    pub fn seal_answer(&self, context: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        use ring::aead::{Aad, NONCE_LEN, Nonce};
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rng().fill_bytes(&mut nonce);
+        let mut sealed = plaintext.to_vec();
+        self.answer_key()
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(context),
+                &mut sealed,
+            )
+            .expect("ChaCha20-Poly1305 seals any answer a request can produce");
+        let mut out = nonce.to_vec();
+        out.append(&mut sealed);
+        out
+    }
+
+    /// The answer [`ServerKeys::seal_answer`] sealed for `context`; `None` when it was sealed
+    /// for another context, with another server secret, or altered.
+    pub fn open_answer(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        use ring::aead::{Aad, NONCE_LEN, Nonce};
+        if sealed.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut opened = ciphertext.to_vec();
+        let plaintext = self
+            .answer_key()
+            .open_in_place(nonce, Aad::from(context), &mut opened)
+            .ok()?;
+        Some(plaintext.to_vec())
+    }
+
+    fn answer_key(&self) -> ring::aead::LessSafeKey {
+        ring::aead::LessSafeKey::new(
+            ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, &self.answer_sealing)
+                .expect("a 32-byte key is a valid ChaCha20-Poly1305 key"),
+        )
     }
 }
 
@@ -114,4 +160,34 @@ async fn stored_secret(db: &DatabaseConnection) -> Result<Vec<u8>, sea_orm::DbEr
     base64::engine::general_purpose::STANDARD
         .decode(stored.value)
         .map_err(|e| sea_orm::DbErr::Custom(format!("stored server secret is not base64: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerKeys;
+
+    #[test]
+    fn sealed_answers_open_only_in_their_context_with_their_secret() {
+        let keys = ServerKeys::from_secret(b"one secret");
+        let sealed = keys.seal_answer(b"row-1", br#"{"secret":"whsec_abc"}"#);
+        assert!(!sealed.windows(9).any(|w| w == b"whsec_abc"));
+        assert_eq!(
+            keys.open_answer(b"row-1", &sealed).as_deref(),
+            Some(br#"{"secret":"whsec_abc"}"#.as_slice())
+        );
+        assert_eq!(keys.open_answer(b"row-2", &sealed), None);
+        assert_eq!(
+            ServerKeys::from_secret(b"another").open_answer(b"row-1", &sealed),
+            None
+        );
+        let mut altered = sealed.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert_eq!(keys.open_answer(b"row-1", &altered), None);
+        assert_eq!(keys.open_answer(b"row-1", b"short"), None);
+        // A fresh nonce each time: the same answer never seals to the same bytes.
+        assert_ne!(
+            keys.seal_answer(b"row-1", b"x"),
+            keys.seal_answer(b"row-1", b"x")
+        );
+    }
 }

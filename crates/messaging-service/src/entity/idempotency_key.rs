@@ -22,6 +22,7 @@ pub struct Model {
     /// The stored answer; `None` while the request runs.
     pub response_status: Option<i32>,
     pub response_content_type: Option<String>,
+    /// Sealed with the server's answer key (`ServerKeys::seal_answer`), bound to `id`.
     pub response_body: Option<Vec<u8>>,
     pub created_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,
