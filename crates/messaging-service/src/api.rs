@@ -434,6 +434,8 @@ impl MessagingApi for MessagingService {
     async fn create_webhook_endpoint(
         &self,
         api_key: String,
+        // Only `Idempotency-Key`, which the server's middleware handles.
+        _params: CreateWebhookEndpointParams,
         body: CreateWebhookEndpointRequest,
     ) -> CreateWebhookEndpointResponse {
         let result = async {
