@@ -1429,8 +1429,9 @@ fn tight_limits(burst: u32) -> HttpSettings {
         rate_limits: Some(RateLimitSettings {
             per_second: slow,
             burst,
-            auth_per_minute: slow,
-            auth_burst: burst,
+            codes_per_minute: slow,
+            codes_burst: burst,
+            ..RateLimitSettings::default()
         }),
         ..HttpSettings::default()
     }
@@ -1493,7 +1494,7 @@ async fn a_customer_is_limited_across_sessions_and_keys() {
 }
 
 #[tokio::test]
-async fn auth_attempts_for_one_phone_are_limited() {
+async fn codes_sent_to_one_phone_are_limited() {
     let app = spawn_app_with(Backend::Sqlite, tight_limits(2))
         .await
         .unwrap();

@@ -31,6 +31,7 @@ use poem_openapi::{OpenApiService, OperationId};
 
 pub use header_limit::MAX_URI_BYTES;
 pub use problem::{PROBLEM_JSON, Problem};
+pub use rate_limit::{RedisBudgets, RedisError};
 pub use request_context::{REQUEST_ID_HEADER, RequestId};
 pub use server::{ServeError, ServerConfig, run, serve, shutdown_signal, spawn};
 pub use settings::{
@@ -133,11 +134,10 @@ fn with_middleware<E>(
 where
     E: Endpoint + 'static,
 {
-    let limiter = settings.rate_limits.as_ref().map(|limits| {
-        let verify: rate_limit::TokenVerifier =
-            Arc::new(move |token| service.access_token_customer(token));
-        Arc::new(RateLimiter::new(limits, verify))
-    });
+    let limiter = settings
+        .rate_limits
+        .as_ref()
+        .map(|limits| Arc::new(RateLimiter::new(limits, service)));
     let max_body_bytes = settings.max_body_bytes;
     let max_header_bytes = settings.max_header_bytes;
     routes
@@ -153,11 +153,8 @@ async fn enforce_rate_limits<E: Endpoint>(
     inner: Arc<E>,
     req: Request,
 ) -> poem::Result<Response> {
-    if let Some(limited) = limiter
-        .as_ref()
-        .and_then(|limiter| limiter.check(&req).err())
-    {
-        return Ok(limited.into_response());
+    match limiter {
+        Some(limiter) => limiter.enforce(inner.as_ref(), req).await,
+        None => inner.call(req).await.map(IntoResponse::into_response),
     }
-    inner.call(req).await.map(IntoResponse::into_response)
 }

@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod channel;
 pub mod channel_member;
 pub mod customer;
+pub mod login_failure;
 pub mod message;
 pub mod message_reaction;
 pub mod otp_code;

@@ -10,6 +10,7 @@ mod config;
 mod cursor;
 pub mod entity;
 mod error;
+mod login_failures;
 mod messages;
 mod migration;
 mod reactions;
@@ -18,10 +19,12 @@ mod subscribers;
 mod threads;
 mod wire;
 
+pub use auth::ApiKeyParts;
 pub use config::{
     OtpChannel, OtpDelivery, OtpMessage, OtpOutbox, ServiceConfig, SmtpConfigError, SmtpSender,
 };
 pub use error::{ServiceError, StartupError};
+pub use login_failures::LoginAttempt;
 pub use stores::{CreatedStore, KeyInfo, RotatedKey};
 
 use std::sync::Arc;

@@ -14,6 +14,7 @@ mod m20261121_000011_create_channels;
 mod m20261121_000012_add_message_channel_fields;
 mod m20261121_000013_create_message_reactions;
 mod m20261121_000014_reindex_customer_threads;
+mod m20261129_000140_create_login_failures;
 
 use sea_orm::DatabaseConnection;
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000012_add_message_channel_fields::Migration),
             Box::new(m20261121_000013_create_message_reactions::Migration),
             Box::new(m20261121_000014_reindex_customer_threads::Migration),
+            Box::new(m20261129_000140_create_login_failures::Migration),
         ]
     }
 }
