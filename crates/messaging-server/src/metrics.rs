@@ -6,6 +6,7 @@
 //!   when scraped.
 //! - `messaging_messages_published_total`: scheduled messages the publisher moved into their
 //!   channels (recorded by the service).
+//! - `rate_limit_redis_errors_total`: rate-limit calls to Redis that failed and fell back.
 //!
 //! `operation` is the spec's operationId, the name the server gives its other routes
 //! (`/healthz`, `/docs`, …), `unmatched` for a path or method no route has (404, 405), or `none`
@@ -55,6 +56,10 @@ fn handle() -> &'static PrometheusHandle {
         metrics::describe_counter!(
             "messaging_messages_published_total",
             "Scheduled messages published to their channels."
+        );
+        metrics::describe_counter!(
+            crate::rate_limit::REDIS_ERRORS,
+            "Rate-limit calls to Redis that failed and fell back to per-process budgets."
         );
         let upkeep = handle.clone();
         std::thread::Builder::new()
