@@ -404,3 +404,123 @@ async fn without_redis_failed_logins_are_rows_that_successes_remove() {
         .unwrap();
     assert_eq!(rows, 3, "three failures kept, the success forgotten");
 }
+
+/// A private `redis-server` on a free port, stopped when dropped.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl PrivateRedis {
+    /// `None` (printed as SKIPPED) when `redis-server` is not installed and this is not CI.
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let started = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn();
+        match started {
+            Ok(child) => Some(Self {
+                child,
+                url: format!("redis://127.0.0.1:{port}"),
+            }),
+            Err(err) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("redis-server is required under CI=true: {err}")
+            }
+            Err(err) => {
+                eprintln!("SKIPPED (cannot run redis-server): {err}");
+                None
+            }
+        }
+    }
+
+    async fn budgets(&self) -> RedisBudgets {
+        for _ in 0..100 {
+            if let Ok(budgets) = RedisBudgets::connect(&self.url, "messaging-tests").await {
+                return budgets;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("the private redis-server at {} did not answer", self.url)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn counter_value(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+}
+
+#[tokio::test]
+async fn when_redis_stops_answering_budgets_fall_back_to_the_process() {
+    let Some(mut redis) = PrivateRedis::start() else {
+        return;
+    };
+    let settings = with_limits(RateLimitSettings {
+        redis: Some(redis.budgets().await),
+        ..limits(1, 5)
+    });
+    let app = spawn_app_with(Backend::Sqlite, settings).await.unwrap();
+    let store = app.create_store("Acme").await;
+    let jane = register(&app, &store.secret_key_test, "jane@example.com").await;
+    for _ in 0..3 {
+        assert_eq!(
+            list_as(&app, &store.publishable_key_test, &jane).await,
+            StatusCode::OK
+        );
+    }
+    redis.stop();
+    // Never a 500: the process counts on its own (a fresh budget of 5), and says so.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(list_as(&app, &store.publishable_key_test, &jane).await);
+    }
+    assert_eq!(statuses[..5], [StatusCode::OK; 5], "{statuses:?}");
+    assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
+    // Logins go on too, their failures counted in the database.
+    assert_eq!(
+        login(
+            &app.base_url,
+            &store.secret_key_test,
+            "jane@example.com",
+            "wrong"
+        )
+        .await
+        .0,
+        401
+    );
+    let rows = login_failure::Entity::find()
+        .count(app.service.database())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+    let scrape = app
+        .http()
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        counter_value(&scrape, "rate_limit_redis_errors_total") >= 7.0,
+        "{scrape}"
+    );
+}
