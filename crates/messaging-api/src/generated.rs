@@ -616,11 +616,13 @@ impl poem_openapi::types::Example for Subscriber {
             .expect("the example of Subscriber in the spec must be valid")
     }
 }
-/// A thread's subscribers.
+/// A page of a thread's subscribers.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct SubscriberList {
     #[oai(rename = "subscribers")]
     pub subscribers: Vec<Subscriber>,
+    #[oai(rename = "pagination", skip_serializing_if_is_none)]
+    pub pagination: Option<Pagination>,
 }
 /// A subscriber.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -2097,6 +2099,10 @@ pub struct ListSubscribersParams {
     /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
     /// predictable id).
     pub id: String,
+    /// Page size, 1 to 100.
+    pub limit: i32,
+    /// Opaque cursor from `pagination.next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 /// Responses of `listSubscribers`.
 #[derive(ApiResponse, Debug)]
@@ -2167,6 +2173,9 @@ impl From<Problem> for ListSubscribersResponse {
             }
         }
     }
+}
+fn default_list_subscribers_limit() -> i32 {
+    100
 }
 /// Parameters of `addSubscriber`.
 #[derive(Debug, Clone)]
@@ -2376,6 +2385,9 @@ pub enum AddReactionResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2414,6 +2426,7 @@ impl From<Problem> for AddReactionResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            409u16 => Self::Conflict(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
@@ -3218,7 +3231,8 @@ pub trait MessagingApi: Send + Sync + 'static {
     /// List a thread's subscribers
     ///
     /// Users (store staff), the organization (the store) and contacts (customers), including
-    /// removed ones (`is_archived`), whose details stay cached. Gated by gateByThreadId.
+    /// removed ones (`is_archived`), whose details stay cached, in the order they joined. Gated
+    /// by gateByThreadId. Pages of `limit`; follow `pagination.next_cursor`.
     fn list_subscribers(
         &self,
         api_key: String,
@@ -3229,7 +3243,9 @@ pub trait MessagingApi: Send + Sync + 'static {
     /// The store adds a user, an organization or a contact to a thread (a customer gets 403).
     /// A contact must be a customer of the store; its details default to the customer's.
     /// Adding an archived subscriber again restores it. The thread moves to the channel of its
-    /// new subscriber set.
+    /// new subscriber set (made when the thread's next message is sent, if it does not exist).
+    /// A thread has at most 100 subscribers, removed ones included: adding another is 409
+    /// `too_many_subscribers`.
     fn add_subscriber(
         &self,
         api_key: String,
@@ -3247,7 +3263,9 @@ pub trait MessagingApi: Send + Sync + 'static {
     ) -> impl ::std::future::Future<Output = RemoveSubscriberResponse> + Send;
     /// React to a message
     ///
-    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the thread may react.
+    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the
+    /// thread may react. One caller has at most 20 different emoji on a message: another is 409
+    /// `too_many_reactions`.
     fn add_reaction(
         &self,
         api_key: String,
@@ -3740,7 +3758,8 @@ impl<T: MessagingApi> Api<T> {
     /// List a thread's subscribers
     ///
     /// Users (store staff), the organization (the store) and contacts (customers), including
-    /// removed ones (`is_archived`), whose details stay cached. Gated by gateByThreadId.
+    /// removed ones (`is_archived`), whose details stay cached, in the order they joined. Gated
+    /// by gateByThreadId. Pages of `limit`; follow `pagination.next_cursor`.
     #[oai(
         path = "/v1/messaging/threads/:id/subscribers",
         method = "get",
@@ -3762,6 +3781,16 @@ impl<T: MessagingApi> Api<T> {
         /// predictable id).
         #[oai(name = "id")]
         id: Path<String>,
+        /// Page size, 1 to 100.
+        #[oai(
+            name = "limit",
+            validator(minimum(value = "1"), maximum(value = "100")),
+            default = "default_list_subscribers_limit"
+        )]
+        limit: Query<i32>,
+        /// Opaque cursor from `pagination.next_cursor` of the previous page.
+        #[oai(name = "cursor", validator(max_length = 512))]
+        cursor: Query<Option<String>>,
     ) -> ListSubscribersResponse {
         self.0
             .list_subscribers(
@@ -3770,6 +3799,8 @@ impl<T: MessagingApi> Api<T> {
                     x_auth_token: x_auth_token.0,
                     x_acting_user: x_acting_user.0,
                     id: id.0,
+                    limit: limit.0,
+                    cursor: cursor.0,
                 },
             )
             .await
@@ -3779,7 +3810,9 @@ impl<T: MessagingApi> Api<T> {
     /// The store adds a user, an organization or a contact to a thread (a customer gets 403).
     /// A contact must be a customer of the store; its details default to the customer's.
     /// Adding an archived subscriber again restores it. The thread moves to the channel of its
-    /// new subscriber set.
+    /// new subscriber set (made when the thread's next message is sent, if it does not exist).
+    /// A thread has at most 100 subscribers, removed ones included: adding another is 409
+    /// `too_many_subscribers`.
     #[oai(
         path = "/v1/messaging/threads/:id/subscribers",
         method = "post",
@@ -3858,7 +3891,9 @@ impl<T: MessagingApi> Api<T> {
     }
     /// React to a message
     ///
-    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the thread may react.
+    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the
+    /// thread may react. One caller has at most 20 different emoji on a message: another is 409
+    /// `too_many_reactions`.
     #[oai(
         path = "/v1/messaging/messages/:id/reactions/:emoji",
         method = "put",

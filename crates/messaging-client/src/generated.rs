@@ -1815,6 +1815,60 @@ publishes its messages here.
                 })
         }
     }
+    ///`ListSubscribersCursor`
+    #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+    #[serde(transparent)]
+    pub struct ListSubscribersCursor(::std::string::String);
+    impl ::std::ops::Deref for ListSubscribersCursor {
+        type Target = ::std::string::String;
+        fn deref(&self) -> &::std::string::String {
+            &self.0
+        }
+    }
+    impl ::std::convert::From<ListSubscribersCursor> for ::std::string::String {
+        fn from(value: ListSubscribersCursor) -> Self {
+            value.0
+        }
+    }
+    impl ::std::str::FromStr for ListSubscribersCursor {
+        type Err = self::error::ConversionError;
+        fn from_str(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            if value.chars().count() > 512usize {
+                return Err("longer than 512 characters".into());
+            }
+            Ok(Self(value.to_string()))
+        }
+    }
+    impl ::std::convert::TryFrom<&str> for ListSubscribersCursor {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: &str,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl ::std::convert::TryFrom<::std::string::String> for ListSubscribersCursor {
+        type Error = self::error::ConversionError;
+        fn try_from(
+            value: ::std::string::String,
+        ) -> ::std::result::Result<Self, self::error::ConversionError> {
+            value.parse()
+        }
+    }
+    impl<'de> ::serde::Deserialize<'de> for ListSubscribersCursor {
+        fn deserialize<D>(deserializer: D) -> ::std::result::Result<Self, D::Error>
+        where
+            D: ::serde::Deserializer<'de>,
+        {
+            ::std::string::String::deserialize(deserializer)?
+                .parse()
+                .map_err(|e: self::error::ConversionError| {
+                    <D::Error as ::serde::de::Error>::custom(e.to_string())
+                })
+        }
+    }
     ///`ListSubscribersXActingUser`
     #[derive(::serde::Serialize, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
     #[serde(transparent)]
@@ -3470,9 +3524,11 @@ publishes its messages here.
             Default::default()
         }
     }
-    ///A thread's subscribers.
+    ///A page of a thread's subscribers.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct SubscriberList {
+        #[serde(skip_serializing_if = "::std::option::Option::is_none")]
+        pub pagination: ::std::option::Option<Pagination>,
         pub subscribers: ::std::vec::Vec<Subscriber>,
     }
     impl SubscriberList {
@@ -6841,6 +6897,10 @@ listed fields (and `id`) are present.
         }
         #[derive(Clone, Debug)]
         pub struct SubscriberList {
+            pagination: ::std::result::Result<
+                ::std::option::Option<super::Pagination>,
+                ::std::string::String,
+            >,
             subscribers: ::std::result::Result<
                 ::std::vec::Vec<super::Subscriber>,
                 ::std::string::String,
@@ -6849,11 +6909,24 @@ listed fields (and `id`) are present.
         impl ::std::default::Default for SubscriberList {
             fn default() -> Self {
                 Self {
+                    pagination: Ok(Default::default()),
                     subscribers: Err("no value supplied for subscribers".to_string()),
                 }
             }
         }
         impl SubscriberList {
+            pub fn pagination<T>(mut self, value: T) -> Self
+            where
+                T: ::std::convert::TryInto<::std::option::Option<super::Pagination>>,
+                T::Error: ::std::fmt::Display,
+            {
+                self.pagination = value
+                    .try_into()
+                    .map_err(|e| {
+                        format!("error converting supplied value for pagination: {e}")
+                    });
+                self
+            }
             pub fn subscribers<T>(mut self, value: T) -> Self
             where
                 T: ::std::convert::TryInto<::std::vec::Vec<super::Subscriber>>,
@@ -6873,6 +6946,7 @@ listed fields (and `id`) are present.
                 value: SubscriberList,
             ) -> ::std::result::Result<Self, super::error::ConversionError> {
                 Ok(Self {
+                    pagination: value.pagination?,
                     subscribers: value.subscribers?,
                 })
             }
@@ -6880,6 +6954,7 @@ listed fields (and `id`) are present.
         impl ::std::convert::From<super::SubscriberList> for SubscriberList {
             fn from(value: super::SubscriberList) -> Self {
                 Self {
+                    pagination: Ok(value.pagination),
                     subscribers: Ok(value.subscribers),
                 }
             }
@@ -8197,7 +8272,10 @@ let response = client.edit_message()
     }
     /**React to a message
 
-Adds the caller's reaction; adding it again changes nothing. Anyone who may read the thread may react.
+Adds the caller's reaction; adding it again changes nothing. Anyone who may read the
+thread may react. One caller has at most 20 different emoji on a message: another is 409
+`too_many_reactions`.
+
 
 Sends a `PUT` request to `/v1/messaging/messages/{id}/reactions/{emoji}`
 
@@ -8492,7 +8570,8 @@ let response = client.mark_thread_read()
     /**List a thread's subscribers
 
 Users (store staff), the organization (the store) and contacts (customers), including
-removed ones (`is_archived`), whose details stay cached. Gated by gateByThreadId.
+removed ones (`is_archived`), whose details stay cached, in the order they joined. Gated
+by gateByThreadId. Pages of `limit`; follow `pagination.next_cursor`.
 
 
 Sends a `GET` request to `/v1/messaging/threads/{id}/subscribers`
@@ -8501,6 +8580,8 @@ Arguments:
 - `id`: Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
 predictable id).
 
+- `cursor`: Opaque cursor from `pagination.next_cursor` of the previous page.
+- `limit`: Page size, 1 to 100.
 - `x_acting_user`: With a secret key and no customer token: the id of the store staff member (a `user`
 subscriber of the thread) who acts. They are then the sender and the reader.
 
@@ -8510,6 +8591,8 @@ ownership gates apply; without it a secret key acts as the store.
 ```ignore
 let response = client.list_subscribers()
     .id(id)
+    .cursor(cursor)
+    .limit(limit)
     .x_acting_user(x_acting_user)
     .x_auth_token(x_auth_token)
     .send()
@@ -8523,7 +8606,9 @@ let response = client.list_subscribers()
 The store adds a user, an organization or a contact to a thread (a customer gets 403).
 A contact must be a customer of the store; its details default to the customer's.
 Adding an archived subscriber again restores it. The thread moves to the channel of its
-new subscriber set.
+new subscriber set (made when the thread's next message is sent, if it does not exist).
+A thread has at most 100 subscribers, removed ones included: adding another is 409
+`too_many_subscribers`.
 
 
 Sends a `POST` request to `/v1/messaging/threads/{id}/subscribers`
@@ -10187,6 +10272,13 @@ pub mod builder {
                         ),
                     )
                 }
+                409u16 => {
+                    Err(
+                        Error::ErrorResponse(
+                            ResponseValue::from_response(response).await?,
+                        ),
+                    )
+                }
                 429u16 => {
                     Err(
                         Error::ErrorResponse(
@@ -11735,6 +11827,8 @@ pub mod builder {
     pub struct ListSubscribers<'a> {
         client: &'a super::Client,
         id: Result<::std::string::String, String>,
+        cursor: Result<Option<types::ListSubscribersCursor>, String>,
+        limit: Result<Option<::std::num::NonZeroU32>, String>,
         x_acting_user: Result<Option<types::ListSubscribersXActingUser>, String>,
         x_auth_token: Result<Option<::std::string::String>, String>,
     }
@@ -11743,6 +11837,8 @@ pub mod builder {
             Self {
                 client: client,
                 id: Err("id was not initialized".to_string()),
+                cursor: Ok(None),
+                limit: Ok(None),
                 x_acting_user: Ok(None),
                 x_auth_token: Ok(None),
             }
@@ -11755,6 +11851,31 @@ pub mod builder {
                 .try_into()
                 .map_err(|_| {
                     "conversion to `:: std :: string :: String` for id failed"
+                        .to_string()
+                });
+            self
+        }
+        pub fn cursor<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<types::ListSubscribersCursor>,
+        {
+            self.cursor = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `ListSubscribersCursor` for cursor failed".to_string()
+                });
+            self
+        }
+        pub fn limit<V>(mut self, value: V) -> Self
+        where
+            V: std::convert::TryInto<::std::num::NonZeroU32>,
+        {
+            self.limit = value
+                .try_into()
+                .map(Some)
+                .map_err(|_| {
+                    "conversion to `:: std :: num :: NonZeroU32` for limit failed"
                         .to_string()
                 });
             self
@@ -11789,8 +11910,10 @@ pub mod builder {
         pub async fn send(
             self,
         ) -> Result<ResponseValue<types::SubscriberList>, Error<types::Problem>> {
-            let Self { client, id, x_acting_user, x_auth_token } = self;
+            let Self { client, id, cursor, limit, x_acting_user, x_auth_token } = self;
             let id = id.map_err(Error::InvalidRequest)?;
+            let cursor = cursor.map_err(Error::InvalidRequest)?;
+            let limit = limit.map_err(Error::InvalidRequest)?;
             let x_acting_user = x_acting_user.map_err(Error::InvalidRequest)?;
             let x_auth_token = x_auth_token.map_err(Error::InvalidRequest)?;
             let url = format!(
@@ -11819,6 +11942,8 @@ pub mod builder {
                     ::reqwest::header::ACCEPT,
                     ::reqwest::header::HeaderValue::from_static("application/json"),
                 )
+                .query(&progenitor_client::QueryParam::new("cursor", &cursor))
+                .query(&progenitor_client::QueryParam::new("limit", &limit))
                 .headers(header_map)
                 .build()?;
             let info = OperationInfo {

@@ -10,6 +10,7 @@ mod config;
 mod cursor;
 pub mod entity;
 mod error;
+pub mod limits;
 mod login_failures;
 mod messages;
 mod migration;

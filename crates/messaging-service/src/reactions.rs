@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use messaging_api::{Message, Reaction};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder,
 };
 use uuid::Uuid;
 
@@ -13,6 +14,7 @@ use crate::{
     auth::Caller,
     entity::{message, message_reaction},
     error::ServiceError,
+    limits::MAX_REACTIONS_PER_SUBSCRIBER,
     now,
     subscribers::Participant,
     threads::ThreadRef,
@@ -109,19 +111,7 @@ impl MessagingService {
         crate::subscribers::require_member(self.db(), message.thread_id, participant).await?;
         let subscriber_id = participant.subscriber_id();
         if add {
-            message_reaction::Entity::insert(message_reaction::ActiveModel {
-                message_id: Set(message.id),
-                emoji: Set(emoji.to_owned()),
-                subscriber_id: Set(subscriber_id),
-                created_at: Set(now()),
-            })
-            .on_conflict_do_nothing_on([
-                message_reaction::Column::MessageId,
-                message_reaction::Column::Emoji,
-                message_reaction::Column::SubscriberId,
-            ])
-            .exec(self.db())
-            .await?;
+            self.add_reaction(&message, emoji, subscriber_id).await?;
         } else {
             message_reaction::Entity::delete_many()
                 .filter(message_reaction::Column::MessageId.eq(message.id))
@@ -134,6 +124,51 @@ impl MessagingService {
         messages
             .pop()
             .ok_or_else(|| ServiceError::not_found("message_not_found", "No message with that id."))
+    }
+}
+
+impl MessagingService {
+    /// Adds one reaction (again is a no-op), unless the subscriber already has
+    /// [`MAX_REACTIONS_PER_SUBSCRIBER`] other emoji on the message.
+    async fn add_reaction(
+        &self,
+        message: &message::Model,
+        emoji: &str,
+        subscriber_id: String,
+    ) -> Result<(), ServiceError> {
+        let txn = self.begin_write().await?;
+        let mine = message_reaction::Entity::find()
+            .filter(message_reaction::Column::MessageId.eq(message.id))
+            .filter(message_reaction::Column::SubscriberId.eq(subscriber_id.as_str()));
+        let already = mine
+            .clone()
+            .filter(message_reaction::Column::Emoji.eq(emoji))
+            .count(&txn)
+            .await?
+            > 0;
+        if !already && mine.count(&txn).await? >= MAX_REACTIONS_PER_SUBSCRIBER {
+            return Err(ServiceError::conflict(
+                "too_many_reactions",
+                format!(
+                    "One subscriber has at most {MAX_REACTIONS_PER_SUBSCRIBER} different reactions on a message."
+                ),
+            ));
+        }
+        message_reaction::Entity::insert(message_reaction::ActiveModel {
+            message_id: Set(message.id),
+            emoji: Set(emoji.to_owned()),
+            subscriber_id: Set(subscriber_id),
+            created_at: Set(now()),
+        })
+        .on_conflict_do_nothing_on([
+            message_reaction::Column::MessageId,
+            message_reaction::Column::Emoji,
+            message_reaction::Column::SubscriberId,
+        ])
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(())
     }
 }
 
