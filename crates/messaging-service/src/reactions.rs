@@ -137,6 +137,8 @@ impl MessagingService {
         subscriber_id: String,
     ) -> Result<(), ServiceError> {
         let txn = self.begin_write().await?;
+        // Concurrent reactions to one message wait here, so the count below cannot go stale.
+        self.lock_row::<message::Entity>(&txn, message.id).await?;
         let mine = message_reaction::Entity::find()
             .filter(message_reaction::Column::MessageId.eq(message.id))
             .filter(message_reaction::Column::SubscriberId.eq(subscriber_id.as_str()));

@@ -497,6 +497,8 @@ impl MessagingService {
                 row.update(&txn).await?
             }
             None => {
+                // Concurrent adds to one thread wait here, so the count below cannot go stale.
+                self.lock_row::<thread::Entity>(&txn, thread.id).await?;
                 let rows = thread_subscriber::Entity::find()
                     .filter(thread_subscriber::Column::ThreadId.eq(thread.id))
                     .count(&txn)
