@@ -175,6 +175,38 @@ async fn unknown_routes_and_methods_are_problems() {
         problem_of(send(&app, Method::PUT, "/v1/messaging/threads", Some(SOME_KEY)).await).await;
     assert_eq!(problem.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(problem.body["code"], "method_not_allowed");
+    assert_eq!(problem.headers["allow"], "GET, HEAD, POST");
+}
+
+#[tokio::test]
+async fn every_405_says_which_methods_are_allowed() {
+    let app = spawn_app().await;
+    let thread = format!("/v1/messaging/threads/{}", uuid::Uuid::now_v7());
+    for (method, path, allow) in [
+        (Method::POST, thread.clone(), "GET, HEAD, PATCH"),
+        (Method::GET, format!("{thread}/read"), "POST"),
+        (
+            Method::PATCH,
+            format!("{thread}/subscribers/staff-1"),
+            "DELETE",
+        ),
+        (Method::GET, "/v1/auth/login".to_owned(), "POST"),
+        (
+            Method::PATCH,
+            "/v1/messaging/messages/x/reactions/y".to_owned(),
+            "PUT, DELETE",
+        ),
+        (Method::POST, "/healthz".to_owned(), "GET, HEAD"),
+        (Method::DELETE, "/openapi.yaml".to_owned(), "GET, HEAD"),
+    ] {
+        let problem = problem_of(send(&app, method.clone(), &path, Some(SOME_KEY)).await).await;
+        assert_eq!(
+            problem.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(problem.headers["allow"], allow, "{method} {path}");
+    }
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod body_limit;
 mod docs;
 mod header_limit;
 mod health;
+mod method_not_allowed;
 mod metrics;
 mod problem;
 mod rate_limit;
@@ -40,7 +41,9 @@ pub use settings::{
 pub use spec::SPEC_YAML;
 pub use telemetry::{LogFormat, init_tracing};
 
-use crate::{docs::SwaggerUi, rate_limit::RateLimiter, spec::SPEC};
+use crate::{
+    docs::SwaggerUi, method_not_allowed::AllowedMethods, rate_limit::RateLimiter, spec::SPEC,
+};
 
 /// The whole HTTP app: API, documents, Swagger UI and health, behind the middleware.
 pub fn app(
@@ -48,7 +51,7 @@ pub fn app(
     settings: &HttpSettings,
 ) -> impl Endpoint<Output = Response> + 'static {
     metrics::install();
-    with_middleware(routes(service.clone()), service, settings)
+    with_middleware(with_allow(routes(service.clone())), service, settings)
 }
 
 /// The poem-openapi service for the generated API, titled and described as the spec is.
@@ -102,6 +105,19 @@ fn routes(service: MessagingService) -> Route {
         .at("/docs/", named("/docs", get(Arc::clone(&swagger_ui))))
         .at("/docs/*path", named("/docs", get(swagger_ui)))
         .nest("/", api)
+}
+
+/// The routes, with `Allow` on every 405.
+fn with_allow(routes: Route) -> impl Endpoint<Output = Response> {
+    let allowed = Arc::new(AllowedMethods::of::<Api<MessagingService>>());
+    routes.around(move |inner, req| {
+        let allowed = allowed.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let result = inner.call(req).await;
+            allowed.answer(result, &path)
+        }
+    })
 }
 
 /// Names a route outside the API for metrics and logs, as poem-openapi names each operation of
