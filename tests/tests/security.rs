@@ -884,7 +884,7 @@ fn rows(f: &Fixture, operation: &Operation, case: &Case) -> Vec<Row> {
                     "a malformed x-acting-user",
                     Some(&acme.secret_key_test),
                     None,
-                    Expect::Problem(400, "invalid_subscriber_id"),
+                    Expect::Problem(400, "invalid_parameter"),
                 )
             },
             row("the owner", pk, jane, case.owner),

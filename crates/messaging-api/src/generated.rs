@@ -664,7 +664,7 @@ pub struct AddSubscriberRequest {
         rename = "phone",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 16)
+        validator(max_length = 16, pattern = "^\\+[1-9][0-9]{1,14}$")
     )]
     pub phone: Option<String>,
 }
@@ -814,18 +814,18 @@ pub struct CreateConversationRequest {
         validator(max_length = 320)
     )]
     pub customer_email: Option<String>,
-    /// Thread title.
+    /// Thread title (not blank).
     #[oai(
         rename = "subject",
         deserialize_with = "strict_string",
-        validator(max_length = 300, min_length = 1)
+        validator(max_length = 300, min_length = 1, pattern = "\\S")
     )]
     pub subject: String,
-    /// The first message.
+    /// The first message (not blank).
     #[oai(
         rename = "message",
         deserialize_with = "strict_string",
-        validator(max_length = 10000, min_length = 1)
+        validator(max_length = 10000, min_length = 1, pattern = "\\S")
     )]
     pub message: String,
     #[oai(rename = "priority", skip_serializing_if_is_none)]
@@ -933,11 +933,11 @@ impl poem_openapi::types::Example for UpdateThreadRequest {
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
 pub struct SendMessageRequest {
-    /// The text of the message.
+    /// The text of the message (not blank).
     #[oai(
         rename = "message",
         deserialize_with = "strict_string",
-        validator(max_length = 10000, min_length = 1)
+        validator(max_length = 10000, min_length = 1, pattern = "\\S")
     )]
     pub message: String,
     #[oai(rename = "type", skip_serializing_if_is_none)]
@@ -976,11 +976,11 @@ impl poem_openapi::types::Example for SendMessageRequest {
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
 pub struct EditMessageRequest {
-    /// The new text.
+    /// The new text (not blank).
     #[oai(
         rename = "message_content",
         deserialize_with = "strict_string",
-        validator(max_length = 10000, min_length = 1)
+        validator(max_length = 10000, min_length = 1, pattern = "\\S")
     )]
     pub message_content: String,
 }
@@ -1095,7 +1095,11 @@ pub struct RegisterRequest {
     #[oai(
         rename = "email",
         deserialize_with = "strict_string",
-        validator(max_length = 320, min_length = 3)
+        validator(
+            max_length = 320,
+            min_length = 3,
+            pattern = "^\\s*[^@\\s]+@[^@\\s]+\\s*$"
+        )
     )]
     pub email: String,
     /// At least 8 characters.
@@ -1105,11 +1109,11 @@ pub struct RegisterRequest {
         validator(max_length = 256, min_length = 8)
     )]
     pub password: String,
-    /// Display name.
+    /// Display name (not blank).
     #[oai(
         rename = "name",
         deserialize_with = "strict_string",
-        validator(max_length = 200, min_length = 1)
+        validator(max_length = 200, min_length = 1, pattern = "\\S")
     )]
     pub name: String,
     /// Phone number in E.164 form, e.g. `+14155550123`.
@@ -1117,7 +1121,7 @@ pub struct RegisterRequest {
         rename = "phone",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 16)
+        validator(max_length = 16, pattern = "^\\+[1-9][0-9]{1,14}$")
     )]
     pub phone: Option<String>,
 }
@@ -1177,7 +1181,7 @@ pub struct OtpRequest {
         rename = "phone",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 16)
+        validator(max_length = 16, pattern = "^\\+[1-9][0-9]{1,14}$")
     )]
     pub phone: Option<String>,
 }
@@ -1215,7 +1219,7 @@ pub struct VerifyOtpRequest {
         rename = "phone",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 16)
+        validator(max_length = 16, pattern = "^\\+[1-9][0-9]{1,14}$")
     )]
     pub phone: Option<String>,
     /// The six-digit code.
@@ -1337,6 +1341,12 @@ pub enum ListThreadsResponse {
     /// An ownership gate failed, or a publishable key was used on a secret-only operation.
     #[oai(status = 403, content_type = "application/problem+json")]
     Forbidden(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1363,6 +1373,9 @@ pub enum ListThreadsResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1374,7 +1387,10 @@ impl From<Problem> for ListThreadsResponse {
             400u16 => Self::BadRequest(Json(problem)),
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -1425,6 +1441,12 @@ pub enum CreateConversationResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1451,6 +1473,9 @@ pub enum CreateConversationResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1465,7 +1490,10 @@ impl From<Problem> for CreateConversationResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -1514,6 +1542,12 @@ pub enum GetThreadResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1540,6 +1574,9 @@ pub enum GetThreadResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1552,7 +1589,10 @@ impl From<Problem> for GetThreadResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -1600,6 +1640,12 @@ pub enum UpdateThreadResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1626,6 +1672,9 @@ pub enum UpdateThreadResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1639,7 +1688,10 @@ impl From<Problem> for UpdateThreadResponse {
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -1684,6 +1736,12 @@ pub enum MarkThreadReadResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1710,6 +1768,9 @@ pub enum MarkThreadReadResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1722,7 +1783,10 @@ impl From<Problem> for MarkThreadReadResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -1773,6 +1837,12 @@ pub enum GetThreadMessagesResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1799,6 +1869,9 @@ pub enum GetThreadMessagesResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1811,7 +1884,10 @@ impl From<Problem> for GetThreadMessagesResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -1865,6 +1941,12 @@ pub enum SendMessageResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1891,6 +1973,9 @@ pub enum SendMessageResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1905,7 +1990,10 @@ impl From<Problem> for SendMessageResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -1949,6 +2037,12 @@ pub enum DeleteMessageResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1975,6 +2069,9 @@ pub enum DeleteMessageResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1987,7 +2084,10 @@ impl From<Problem> for DeleteMessageResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2034,6 +2134,12 @@ pub enum EditMessageResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2060,6 +2166,9 @@ pub enum EditMessageResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2073,7 +2182,10 @@ impl From<Problem> for EditMessageResponse {
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2122,6 +2234,12 @@ pub enum ListSubscribersResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2148,6 +2266,9 @@ pub enum ListSubscribersResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2160,7 +2281,10 @@ impl From<Problem> for ListSubscribersResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2214,6 +2338,12 @@ pub enum AddSubscriberResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2240,6 +2370,9 @@ pub enum AddSubscriberResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2254,7 +2387,10 @@ impl From<Problem> for AddSubscriberResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2301,6 +2437,12 @@ pub enum RemoveSubscriberResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2327,6 +2469,9 @@ pub enum RemoveSubscriberResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2339,7 +2484,10 @@ impl From<Problem> for RemoveSubscriberResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2364,7 +2512,7 @@ pub struct AddReactionParams {
     pub x_acting_user: Option<String>,
     /// Message id.
     pub id: uuid::Uuid,
-    /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+    /// The reaction, e.g. `👍` (URL-encoded), 1 to 64 characters, no spaces or control characters.
     pub emoji: String,
 }
 /// Responses of `addReaction`.
@@ -2388,6 +2536,12 @@ pub enum AddReactionResponse {
     /// The request conflicts with the current state.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2414,6 +2568,9 @@ pub enum AddReactionResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2427,7 +2584,10 @@ impl From<Problem> for AddReactionResponse {
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2452,7 +2612,7 @@ pub struct RemoveReactionParams {
     pub x_acting_user: Option<String>,
     /// Message id.
     pub id: uuid::Uuid,
-    /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+    /// The reaction, e.g. `👍` (URL-encoded), 1 to 64 characters, no spaces or control characters.
     pub emoji: String,
 }
 /// Responses of `removeReaction`.
@@ -2473,6 +2633,12 @@ pub enum RemoveReactionResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2499,6 +2665,9 @@ pub enum RemoveReactionResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2511,7 +2680,10 @@ impl From<Problem> for RemoveReactionResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2554,6 +2726,12 @@ pub enum ListChannelsResponse {
     /// An ownership gate failed, or a publishable key was used on a secret-only operation.
     #[oai(status = 403, content_type = "application/problem+json")]
     Forbidden(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2580,6 +2758,9 @@ pub enum ListChannelsResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2591,7 +2772,10 @@ impl From<Problem> for ListChannelsResponse {
             400u16 => Self::BadRequest(Json(problem)),
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2638,6 +2822,12 @@ pub enum GetChannelResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2664,6 +2854,9 @@ pub enum GetChannelResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2676,7 +2869,10 @@ impl From<Problem> for GetChannelResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2726,6 +2922,12 @@ pub enum GetChannelMessagesResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2752,6 +2954,9 @@ pub enum GetChannelMessagesResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2764,7 +2969,10 @@ impl From<Problem> for GetChannelMessagesResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2802,6 +3010,12 @@ pub enum RegisterResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2828,6 +3042,9 @@ pub enum RegisterResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2841,7 +3058,10 @@ impl From<Problem> for RegisterResponse {
             403u16 => Self::Forbidden(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2873,6 +3093,12 @@ pub enum LoginResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2899,6 +3125,9 @@ pub enum LoginResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2911,7 +3140,10 @@ impl From<Problem> for LoginResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2943,6 +3175,12 @@ pub enum RequestOtpResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2969,6 +3207,9 @@ pub enum RequestOtpResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2981,7 +3222,10 @@ impl From<Problem> for RequestOtpResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3013,6 +3257,12 @@ pub enum VerifyOtpResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3039,6 +3289,9 @@ pub enum VerifyOtpResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3051,7 +3304,10 @@ impl From<Problem> for VerifyOtpResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3083,6 +3339,12 @@ pub enum RefreshSessionResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3109,6 +3371,9 @@ pub enum RefreshSessionResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3121,7 +3386,10 @@ impl From<Problem> for RefreshSessionResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3371,7 +3639,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Customer whose threads to list. Must match the token's customer.
         #[oai(name = "customer_id")]
@@ -3451,7 +3722,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         body: Json<CreateConversationRequest>,
     ) -> CreateConversationResponse {
@@ -3484,11 +3758,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         /// Comma-separated fields to return, as for `listThreads`; `id` is always returned.
         #[oai(name = "fields", validator(max_length = 1024))]
@@ -3529,11 +3811,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         body: Json<UpdateThreadRequest>,
     ) -> UpdateThreadResponse {
@@ -3568,11 +3858,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
     ) -> MarkThreadReadResponse {
         self.0
@@ -3605,11 +3903,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         /// Page size, 1 to 200.
         #[oai(
@@ -3660,11 +3966,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         body: Json<SendMessageRequest>,
     ) -> SendMessageResponse {
@@ -3699,7 +4013,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
@@ -3736,7 +4053,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
@@ -3775,11 +4095,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         /// Page size, 1 to 100.
         #[oai(
@@ -3828,11 +4156,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         body: Json<AddSubscriberRequest>,
     ) -> AddSubscriberResponse {
@@ -3867,11 +4203,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         /// The subscriber's id.
         #[oai(name = "subscriber_id", validator(max_length = 100))]
@@ -3909,13 +4253,23 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
         id: Path<uuid::Uuid>,
-        /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
-        #[oai(name = "emoji", validator(max_length = 64))]
+        /// The reaction, e.g. `👍` (URL-encoded), 1 to 64 characters, no spaces or control characters.
+        #[oai(
+            name = "emoji",
+            validator(
+                max_length = 64,
+                min_length = 1,
+                pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+            )
+        )]
         emoji: Path<String>,
     ) -> AddReactionResponse {
         self.0
@@ -3948,13 +4302,23 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
         id: Path<uuid::Uuid>,
-        /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
-        #[oai(name = "emoji", validator(max_length = 64))]
+        /// The reaction, e.g. `👍` (URL-encoded), 1 to 64 characters, no spaces or control characters.
+        #[oai(
+            name = "emoji",
+            validator(
+                max_length = 64,
+                min_length = 1,
+                pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+            )
+        )]
         emoji: Path<String>,
     ) -> RemoveReactionResponse {
         self.0
@@ -3988,7 +4352,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Page size, 1 to 200.
         #[oai(
@@ -4032,7 +4399,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Channel id.
         #[oai(name = "id")]
@@ -4067,7 +4437,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Channel id.
         #[oai(name = "id")]

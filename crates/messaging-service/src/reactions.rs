@@ -20,17 +20,18 @@ use crate::{
     threads::ThreadRef,
 };
 
-/// An emoji is 1 to 64 bytes with no whitespace or control characters.
+/// An emoji is 1 to 64 characters with no whitespace or control characters (as the spec's
+/// pattern says).
 fn valid_emoji(emoji: &str) -> Result<&str, ServiceError> {
     let ok = !emoji.is_empty()
-        && emoji.len() <= 64
+        && emoji.chars().count() <= 64
         && !emoji.chars().any(|c| c.is_whitespace() || c.is_control());
     if ok {
         Ok(emoji)
     } else {
         Err(ServiceError::bad_request(
             "invalid_emoji",
-            "emoji must be 1 to 64 bytes without spaces.",
+            "emoji must be 1 to 64 characters without spaces or control characters.",
         ))
     }
 }
