@@ -955,7 +955,11 @@ pub struct SendMessageRequest {
         rename = "media_urls",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 2048, max_items = 10)
+        validator(
+            max_length = 2048,
+            pattern = "^https://[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]{1,4})?([/?#]\\S*)?$",
+            max_items = 10
+        )
     )]
     pub media_urls: Option<Vec<String>>,
     /// Publish to the channel at this time instead of at once; the message is in its thread at once.
