@@ -12,7 +12,7 @@ pub mod webhook_receiver;
 
 use std::net::SocketAddr;
 
-use messaging_server::HttpSettings;
+use messaging_server::{HttpSettings, RedisBudgets};
 use messaging_service::{CreatedStore, MessagingService, OtpDelivery, OtpOutbox, ServiceConfig};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use tokio::task::JoinHandle;
@@ -104,6 +104,32 @@ pub async fn spawn_app_with_config(
         server,
         database,
     })
+}
+
+/// The Redis of the shared-budget tests: `TEST_REDIS_URL`, default `redis://127.0.0.1:6379`.
+pub fn test_redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A key prefix no other test uses, so parallel tests never share a budget.
+pub fn test_redis_prefix() -> String {
+    format!("messaging-tests:{}", uuid::Uuid::new_v4())
+}
+
+/// Budgets in the test Redis under a fresh prefix. `None` when Redis is unreachable and this is
+/// not CI (printed as `SKIPPED`); under `CI=true` that panics instead.
+pub async fn test_redis() -> Option<RedisBudgets> {
+    let url = test_redis_url();
+    match RedisBudgets::connect(&url, &test_redis_prefix()).await {
+        Ok(budgets) => Some(budgets),
+        Err(err) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("Redis is required under CI=true ({url}): {err}")
+        }
+        Err(err) => {
+            eprintln!("SKIPPED (no Redis at {url}): {err}");
+            None
+        }
+    }
 }
 
 pub(crate) fn test_service_config() -> ServiceConfig {

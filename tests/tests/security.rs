@@ -973,7 +973,7 @@ fn rows(f: &Fixture, operation: &Operation, case: &Case) -> Vec<Row> {
                     "a malformed x-acting-user",
                     Some(&acme.secret_key_test),
                     None,
-                    Expect::Problem(400, "invalid_subscriber_id"),
+                    Expect::Problem(400, "invalid_parameter"),
                 )
             },
             row("the owner", pk, jane, case.owner),
@@ -1547,8 +1547,9 @@ fn tight_limits(burst: u32) -> HttpSettings {
         rate_limits: Some(RateLimitSettings {
             per_second: slow,
             burst,
-            auth_per_minute: slow,
-            auth_burst: burst,
+            codes_per_minute: slow,
+            codes_burst: burst,
+            ..RateLimitSettings::default()
         }),
         ..HttpSettings::default()
     }
@@ -1611,7 +1612,7 @@ async fn a_customer_is_limited_across_sessions_and_keys() {
 }
 
 #[tokio::test]
-async fn auth_attempts_for_one_phone_are_limited() {
+async fn codes_sent_to_one_phone_are_limited() {
     let app = spawn_app_with(Backend::Sqlite, tight_limits(2))
         .await
         .unwrap();

@@ -620,11 +620,13 @@ impl poem_openapi::types::Example for Subscriber {
             .expect("the example of Subscriber in the spec must be valid")
     }
 }
-/// A thread's subscribers.
+/// A page of a thread's subscribers.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct SubscriberList {
     #[oai(rename = "subscribers")]
     pub subscribers: Vec<Subscriber>,
+    #[oai(rename = "pagination", skip_serializing_if_is_none)]
+    pub pagination: Option<Pagination>,
 }
 /// A subscriber.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -666,7 +668,7 @@ pub struct AddSubscriberRequest {
         rename = "phone",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 16)
+        validator(max_length = 16, pattern = "^\\+[1-9][0-9]{1,14}$")
     )]
     pub phone: Option<String>,
 }
@@ -816,18 +818,18 @@ pub struct CreateConversationRequest {
         validator(max_length = 320)
     )]
     pub customer_email: Option<String>,
-    /// Thread title.
+    /// Thread title (not blank).
     #[oai(
         rename = "subject",
         deserialize_with = "strict_string",
-        validator(max_length = 300, min_length = 1)
+        validator(max_length = 300, min_length = 1, pattern = "\\S")
     )]
     pub subject: String,
-    /// The first message.
+    /// The first message (not blank).
     #[oai(
         rename = "message",
         deserialize_with = "strict_string",
-        validator(max_length = 10000, min_length = 1)
+        validator(max_length = 10000, min_length = 1, pattern = "\\S")
     )]
     pub message: String,
     #[oai(rename = "priority", skip_serializing_if_is_none)]
@@ -935,11 +937,11 @@ impl poem_openapi::types::Example for UpdateThreadRequest {
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
 pub struct SendMessageRequest {
-    /// The text of the message.
+    /// The text of the message (not blank).
     #[oai(
         rename = "message",
         deserialize_with = "strict_string",
-        validator(max_length = 10000, min_length = 1)
+        validator(max_length = 10000, min_length = 1, pattern = "\\S")
     )]
     pub message: String,
     #[oai(rename = "type", skip_serializing_if_is_none)]
@@ -957,7 +959,11 @@ pub struct SendMessageRequest {
         rename = "media_urls",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 2048, max_items = 10)
+        validator(
+            max_length = 2048,
+            pattern = "^https://[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]{1,4})?([/?#]\\S*)?$",
+            max_items = 10
+        )
     )]
     pub media_urls: Option<Vec<String>>,
     /// Publish to the channel at this time instead of at once; the message is in its thread at once.
@@ -978,11 +984,11 @@ impl poem_openapi::types::Example for SendMessageRequest {
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
 pub struct EditMessageRequest {
-    /// The new text.
+    /// The new text (not blank).
     #[oai(
         rename = "message_content",
         deserialize_with = "strict_string",
-        validator(max_length = 10000, min_length = 1)
+        validator(max_length = 10000, min_length = 1, pattern = "\\S")
     )]
     pub message_content: String,
 }
@@ -1097,7 +1103,11 @@ pub struct RegisterRequest {
     #[oai(
         rename = "email",
         deserialize_with = "strict_string",
-        validator(max_length = 320, min_length = 3)
+        validator(
+            max_length = 320,
+            min_length = 3,
+            pattern = "^\\s*[^@\\s]+@[^@\\s]+\\s*$"
+        )
     )]
     pub email: String,
     /// At least 8 characters.
@@ -1107,11 +1117,11 @@ pub struct RegisterRequest {
         validator(max_length = 256, min_length = 8)
     )]
     pub password: String,
-    /// Display name.
+    /// Display name (not blank).
     #[oai(
         rename = "name",
         deserialize_with = "strict_string",
-        validator(max_length = 200, min_length = 1)
+        validator(max_length = 200, min_length = 1, pattern = "\\S")
     )]
     pub name: String,
     /// Phone number in E.164 form, e.g. `+14155550123`.
@@ -1119,7 +1129,7 @@ pub struct RegisterRequest {
         rename = "phone",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 16)
+        validator(max_length = 16, pattern = "^\\+[1-9][0-9]{1,14}$")
     )]
     pub phone: Option<String>,
 }
@@ -1179,7 +1189,7 @@ pub struct OtpRequest {
         rename = "phone",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 16)
+        validator(max_length = 16, pattern = "^\\+[1-9][0-9]{1,14}$")
     )]
     pub phone: Option<String>,
 }
@@ -1217,7 +1227,7 @@ pub struct VerifyOtpRequest {
         rename = "phone",
         deserialize_with = "strict_string",
         skip_serializing_if_is_none,
-        validator(max_length = 16)
+        validator(max_length = 16, pattern = "^\\+[1-9][0-9]{1,14}$")
     )]
     pub phone: Option<String>,
     /// The six-digit code.
@@ -1709,6 +1719,12 @@ pub enum ListThreadsResponse {
     /// An ownership gate failed, or a publishable key was used on a secret-only operation.
     #[oai(status = 403, content_type = "application/problem+json")]
     Forbidden(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1735,6 +1751,9 @@ pub enum ListThreadsResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1746,7 +1765,10 @@ impl From<Problem> for ListThreadsResponse {
             400u16 => Self::BadRequest(Json(problem)),
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -1813,6 +1835,12 @@ pub enum CreateConversationResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
     #[oai(status = 422, content_type = "application/problem+json")]
     UnprocessableEntity(Json<Problem>),
@@ -1842,6 +1870,9 @@ pub enum CreateConversationResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1856,8 +1887,11 @@ impl From<Problem> for CreateConversationResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -1906,6 +1940,12 @@ pub enum GetThreadResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -1932,6 +1972,9 @@ pub enum GetThreadResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -1944,7 +1987,10 @@ impl From<Problem> for GetThreadResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2011,6 +2057,12 @@ pub enum UpdateThreadResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
     #[oai(status = 422, content_type = "application/problem+json")]
     UnprocessableEntity(Json<Problem>),
@@ -2040,6 +2092,9 @@ pub enum UpdateThreadResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2054,8 +2109,11 @@ impl From<Problem> for UpdateThreadResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2119,6 +2177,12 @@ pub enum MarkThreadReadResponse {
     /// The request conflicts with the current state.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
     #[oai(status = 422, content_type = "application/problem+json")]
     UnprocessableEntity(Json<Problem>),
@@ -2148,6 +2212,9 @@ pub enum MarkThreadReadResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2161,8 +2228,11 @@ impl From<Problem> for MarkThreadReadResponse {
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2213,6 +2283,12 @@ pub enum GetThreadMessagesResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2239,6 +2315,9 @@ pub enum GetThreadMessagesResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2251,7 +2330,10 @@ impl From<Problem> for GetThreadMessagesResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2321,6 +2403,12 @@ pub enum SendMessageResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
     #[oai(status = 422, content_type = "application/problem+json")]
     UnprocessableEntity(Json<Problem>),
@@ -2350,6 +2438,9 @@ pub enum SendMessageResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2364,8 +2455,11 @@ impl From<Problem> for SendMessageResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2409,6 +2503,12 @@ pub enum DeleteMessageResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2435,6 +2535,9 @@ pub enum DeleteMessageResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2447,7 +2550,10 @@ impl From<Problem> for DeleteMessageResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2513,6 +2619,12 @@ pub enum EditMessageResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
     #[oai(status = 422, content_type = "application/problem+json")]
     UnprocessableEntity(Json<Problem>),
@@ -2542,6 +2654,9 @@ pub enum EditMessageResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2556,8 +2671,11 @@ impl From<Problem> for EditMessageResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2583,6 +2701,10 @@ pub struct ListSubscribersParams {
     /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
     /// predictable id).
     pub id: String,
+    /// Page size, 1 to 100.
+    pub limit: i32,
+    /// Opaque cursor from `pagination.next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 /// Responses of `listSubscribers`.
 #[derive(ApiResponse, Debug)]
@@ -2602,6 +2724,12 @@ pub enum ListSubscribersResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2628,6 +2756,9 @@ pub enum ListSubscribersResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2640,7 +2771,10 @@ impl From<Problem> for ListSubscribersResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2653,6 +2787,9 @@ impl From<Problem> for ListSubscribersResponse {
             }
         }
     }
+}
+fn default_list_subscribers_limit() -> i32 {
+    100
 }
 /// Parameters of `addSubscriber`.
 #[derive(Debug, Clone)]
@@ -2707,6 +2844,12 @@ pub enum AddSubscriberResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
     #[oai(status = 422, content_type = "application/problem+json")]
     UnprocessableEntity(Json<Problem>),
@@ -2736,6 +2879,9 @@ pub enum AddSubscriberResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2750,8 +2896,11 @@ impl From<Problem> for AddSubscriberResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2798,6 +2947,12 @@ pub enum RemoveSubscriberResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2824,6 +2979,9 @@ pub enum RemoveSubscriberResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2836,7 +2994,10 @@ impl From<Problem> for RemoveSubscriberResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2861,7 +3022,7 @@ pub struct AddReactionParams {
     pub x_acting_user: Option<String>,
     /// Message id.
     pub id: uuid::Uuid,
-    /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+    /// The reaction, e.g. `👍` (URL-encoded), 1 to 64 characters, no spaces or control characters.
     pub emoji: String,
 }
 /// Responses of `addReaction`.
@@ -2882,6 +3043,15 @@ pub enum AddReactionResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request conflicts with the current state.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2908,6 +3078,9 @@ pub enum AddReactionResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -2920,7 +3093,11 @@ impl From<Problem> for AddReactionResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            409u16 => Self::Conflict(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -2945,7 +3122,7 @@ pub struct RemoveReactionParams {
     pub x_acting_user: Option<String>,
     /// Message id.
     pub id: uuid::Uuid,
-    /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
+    /// The reaction, e.g. `👍` (URL-encoded), 1 to 64 characters, no spaces or control characters.
     pub emoji: String,
 }
 /// Responses of `removeReaction`.
@@ -2966,6 +3143,12 @@ pub enum RemoveReactionResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -2992,6 +3175,9 @@ pub enum RemoveReactionResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3004,7 +3190,10 @@ impl From<Problem> for RemoveReactionResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3047,6 +3236,12 @@ pub enum ListChannelsResponse {
     /// An ownership gate failed, or a publishable key was used on a secret-only operation.
     #[oai(status = 403, content_type = "application/problem+json")]
     Forbidden(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3073,6 +3268,9 @@ pub enum ListChannelsResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3084,7 +3282,10 @@ impl From<Problem> for ListChannelsResponse {
             400u16 => Self::BadRequest(Json(problem)),
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3131,6 +3332,12 @@ pub enum GetChannelResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3157,6 +3364,9 @@ pub enum GetChannelResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3169,7 +3379,10 @@ impl From<Problem> for GetChannelResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3219,6 +3432,12 @@ pub enum GetChannelMessagesResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3245,6 +3464,9 @@ pub enum GetChannelMessagesResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3257,7 +3479,10 @@ impl From<Problem> for GetChannelMessagesResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3304,6 +3529,12 @@ pub enum ListMessageEditsResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3330,6 +3561,9 @@ pub enum ListMessageEditsResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3342,7 +3576,10 @@ impl From<Problem> for ListMessageEditsResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3377,6 +3614,12 @@ pub enum RegisterResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3403,6 +3646,9 @@ pub enum RegisterResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3416,7 +3662,10 @@ impl From<Problem> for RegisterResponse {
             403u16 => Self::Forbidden(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3448,6 +3697,12 @@ pub enum LoginResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3474,6 +3729,9 @@ pub enum LoginResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3486,7 +3744,10 @@ impl From<Problem> for LoginResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3518,6 +3779,12 @@ pub enum RequestOtpResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3544,6 +3811,9 @@ pub enum RequestOtpResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3556,7 +3826,10 @@ impl From<Problem> for RequestOtpResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3588,6 +3861,12 @@ pub enum VerifyOtpResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3614,6 +3893,9 @@ pub enum VerifyOtpResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3626,7 +3908,10 @@ impl From<Problem> for VerifyOtpResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3658,6 +3943,12 @@ pub enum RefreshSessionResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3684,6 +3975,9 @@ pub enum RefreshSessionResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3696,7 +3990,10 @@ impl From<Problem> for RefreshSessionResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3741,6 +4038,12 @@ pub enum ListEventsResponse {
     /// The position is older than the retained window (`events_expired`); fetch the state again and start over.
     #[oai(status = 410, content_type = "application/problem+json")]
     Gone(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3767,6 +4070,9 @@ pub enum ListEventsResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3778,7 +4084,10 @@ impl From<Problem> for ListEventsResponse {
             400u16 => Self::BadRequest(Json(problem)),
             401u16 => Self::Unauthorized(Json(problem)),
             410u16 => Self::Gone(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3827,6 +4136,12 @@ pub enum StreamEventsResponse {
     /// The position is older than the retained window (`events_expired`); fetch the state again and start over.
     #[oai(status = 410, content_type = "application/problem+json")]
     Gone(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3853,6 +4168,9 @@ pub enum StreamEventsResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3869,7 +4187,10 @@ impl From<Problem> for StreamEventsResponse {
             400u16 => Self::BadRequest(Json(problem)),
             401u16 => Self::Unauthorized(Json(problem)),
             410u16 => Self::Gone(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3889,12 +4210,21 @@ pub enum ListWebhookEndpointsResponse {
     /// The endpoints.
     #[oai(status = 200)]
     Ok(Json<WebhookEndpointList>),
+    /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
     /// Missing or invalid API key or customer token.
     #[oai(status = 401, content_type = "application/problem+json")]
     Unauthorized(Json<Problem>),
     /// An ownership gate failed, or a publishable key was used on a secret-only operation.
     #[oai(status = 403, content_type = "application/problem+json")]
     Forbidden(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -3921,6 +4251,9 @@ pub enum ListWebhookEndpointsResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -3929,9 +4262,13 @@ impl From<Problem> for ListWebhookEndpointsResponse {
     /// Picks the variant for `problem.status`; a status `listWebhookEndpoints` does not declare becomes a 500.
     fn from(mut problem: Problem) -> Self {
         match problem.status as u16 {
+            400u16 => Self::BadRequest(Json(problem)),
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -3986,6 +4323,12 @@ pub enum CreateWebhookEndpointResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
     #[oai(status = 422, content_type = "application/problem+json")]
     UnprocessableEntity(Json<Problem>),
@@ -4015,6 +4358,9 @@ pub enum CreateWebhookEndpointResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -4028,8 +4374,11 @@ impl From<Problem> for CreateWebhookEndpointResponse {
             403u16 => Self::Forbidden(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -4067,6 +4416,12 @@ pub enum GetWebhookEndpointResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -4093,6 +4448,9 @@ pub enum GetWebhookEndpointResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -4105,7 +4463,10 @@ impl From<Problem> for GetWebhookEndpointResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -4143,6 +4504,12 @@ pub enum DeleteWebhookEndpointResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -4169,6 +4536,9 @@ pub enum DeleteWebhookEndpointResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -4181,7 +4551,10 @@ impl From<Problem> for DeleteWebhookEndpointResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -4241,6 +4614,12 @@ pub enum UpdateWebhookEndpointResponse {
     /// The request body is larger than the server accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
+    /// The request body is not `application/json` (or has no `Content-Type`).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Json<Problem>),
     /// The `Idempotency-Key` was already used with a different request (`idempotency_key_reused`).
     #[oai(status = 422, content_type = "application/problem+json")]
     UnprocessableEntity(Json<Problem>),
@@ -4270,6 +4649,9 @@ pub enum UpdateWebhookEndpointResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -4284,8 +4666,11 @@ impl From<Problem> for UpdateWebhookEndpointResponse {
             404u16 => Self::NotFound(Json(problem)),
             409u16 => Self::Conflict(Json(problem)),
             413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
+            415u16 => Self::UnsupportedMediaType(Json(problem)),
             422u16 => Self::UnprocessableEntity(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -4329,6 +4714,12 @@ pub enum ListWebhookDeliveriesResponse {
     /// Not found, or owned by another store or mode.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
+    /// The request body is larger than the server accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// The request URI is longer than the server accepts (8 KiB).
+    #[oai(status = 414, content_type = "application/problem+json")]
+    UriTooLong(Json<Problem>),
     /// Rate limited. Retry after `Retry-After` seconds.
     #[oai(
         status = 429,
@@ -4355,6 +4746,9 @@ pub enum ListWebhookDeliveriesResponse {
         )
     )]
     TooManyRequests(Json<Problem>),
+    /// The request headers are larger than the server accepts.
+    #[oai(status = 431, content_type = "application/problem+json")]
+    RequestHeaderFieldsTooLarge(Json<Problem>),
     /// Internal server error. Safe to retry idempotent reads.
     #[oai(status = 500, content_type = "application/problem+json")]
     InternalServerError(Json<Problem>),
@@ -4367,7 +4761,10 @@ impl From<Problem> for ListWebhookDeliveriesResponse {
             401u16 => Self::Unauthorized(Json(problem)),
             403u16 => Self::Forbidden(Json(problem)),
             404u16 => Self::NotFound(Json(problem)),
+            413u16 => Self::PayloadTooLarge(Json(problem)),
+            414u16 => Self::UriTooLong(Json(problem)),
             429u16 => Self::TooManyRequests(Json(problem)),
+            431u16 => Self::RequestHeaderFieldsTooLarge(Json(problem)),
             500u16 => Self::InternalServerError(Json(problem)),
             undeclared => {
                 debug_assert!(
@@ -4480,7 +4877,8 @@ pub trait MessagingApi: Send + Sync + 'static {
     /// List a thread's subscribers
     ///
     /// Users (store staff), the organization (the store) and contacts (customers), including
-    /// removed ones (`is_archived`), whose details stay cached. Gated by gateByThreadId.
+    /// removed ones (`is_archived`), whose details stay cached, in the order they joined. Gated
+    /// by gateByThreadId. Pages of `limit`; follow `pagination.next_cursor`.
     fn list_subscribers(
         &self,
         api_key: String,
@@ -4491,7 +4889,9 @@ pub trait MessagingApi: Send + Sync + 'static {
     /// The store adds a user, an organization or a contact to a thread (a customer gets 403).
     /// A contact must be a customer of the store; its details default to the customer's.
     /// Adding an archived subscriber again restores it. The thread moves to the channel of its
-    /// new subscriber set.
+    /// new subscriber set (made when the thread's next message is sent, if it does not exist).
+    /// A thread has at most 100 subscribers, removed ones included: adding another is 409
+    /// `too_many_subscribers`.
     fn add_subscriber(
         &self,
         api_key: String,
@@ -4509,7 +4909,9 @@ pub trait MessagingApi: Send + Sync + 'static {
     ) -> impl ::std::future::Future<Output = RemoveSubscriberResponse> + Send;
     /// React to a message
     ///
-    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the thread may react.
+    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the
+    /// thread may react. One caller has at most 20 different emoji on a message: another is 409
+    /// `too_many_reactions`.
     fn add_reaction(
         &self,
         api_key: String,
@@ -4714,7 +5116,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Customer whose threads to list. Must match the token's customer.
         #[oai(name = "customer_id")]
@@ -4794,7 +5199,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
@@ -4841,11 +5249,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         /// Comma-separated fields to return, as for `listThreads`; `id` is always returned.
         #[oai(name = "fields", validator(max_length = 1024))]
@@ -4886,7 +5302,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
@@ -4903,7 +5322,12 @@ impl<T: MessagingApi> Api<T> {
         idempotency_key: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         body: Json<UpdateThreadRequest>,
     ) -> UpdateThreadResponse {
@@ -4939,7 +5363,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
@@ -4956,7 +5383,12 @@ impl<T: MessagingApi> Api<T> {
         idempotency_key: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
     ) -> MarkThreadReadResponse {
         self.0
@@ -4990,11 +5422,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         /// Page size, 1 to 200.
         #[oai(
@@ -5045,7 +5485,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
@@ -5062,7 +5505,12 @@ impl<T: MessagingApi> Api<T> {
         idempotency_key: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         body: Json<SendMessageRequest>,
     ) -> SendMessageResponse {
@@ -5098,7 +5546,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
@@ -5135,7 +5586,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
@@ -5171,7 +5625,8 @@ impl<T: MessagingApi> Api<T> {
     /// List a thread's subscribers
     ///
     /// Users (store staff), the organization (the store) and contacts (customers), including
-    /// removed ones (`is_archived`), whose details stay cached. Gated by gateByThreadId.
+    /// removed ones (`is_archived`), whose details stay cached, in the order they joined. Gated
+    /// by gateByThreadId. Pages of `limit`; follow `pagination.next_cursor`.
     #[oai(
         path = "/v1/messaging/threads/:id/subscribers",
         method = "get",
@@ -5187,12 +5642,30 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
+        /// Page size, 1 to 100.
+        #[oai(
+            name = "limit",
+            validator(minimum(value = "1"), maximum(value = "100")),
+            default = "default_list_subscribers_limit"
+        )]
+        limit: Query<i32>,
+        /// Opaque cursor from `pagination.next_cursor` of the previous page.
+        #[oai(name = "cursor", validator(max_length = 512))]
+        cursor: Query<Option<String>>,
     ) -> ListSubscribersResponse {
         self.0
             .list_subscribers(
@@ -5201,6 +5674,8 @@ impl<T: MessagingApi> Api<T> {
                     x_auth_token: x_auth_token.0,
                     x_acting_user: x_acting_user.0,
                     id: id.0,
+                    limit: limit.0,
+                    cursor: cursor.0,
                 },
             )
             .await
@@ -5210,7 +5685,9 @@ impl<T: MessagingApi> Api<T> {
     /// The store adds a user, an organization or a contact to a thread (a customer gets 403).
     /// A contact must be a customer of the store; its details default to the customer's.
     /// Adding an archived subscriber again restores it. The thread moves to the channel of its
-    /// new subscriber set.
+    /// new subscriber set (made when the thread's next message is sent, if it does not exist).
+    /// A thread has at most 100 subscribers, removed ones included: adding another is 409
+    /// `too_many_subscribers`.
     #[oai(
         path = "/v1/messaging/threads/:id/subscribers",
         method = "post",
@@ -5226,7 +5703,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Makes a write safe to retry. Generate one key per logical operation (a UUID, say) and
         /// send the same key with every retry of it. For 24 hours, a retry with the same key from
@@ -5243,7 +5723,12 @@ impl<T: MessagingApi> Api<T> {
         idempotency_key: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         body: Json<AddSubscriberRequest>,
     ) -> AddSubscriberResponse {
@@ -5279,11 +5764,19 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Thread id: its UUID, or `thrd_<resource_id>` for the thread of a resource (seed 004's
         /// predictable id).
-        #[oai(name = "id")]
+        #[oai(
+            name = "id",
+            validator(
+                pattern = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}|thrd_.+)$"
+            )
+        )]
         id: Path<String>,
         /// The subscriber's id.
         #[oai(name = "subscriber_id", validator(max_length = 100))]
@@ -5303,7 +5796,9 @@ impl<T: MessagingApi> Api<T> {
     }
     /// React to a message
     ///
-    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the thread may react.
+    /// Adds the caller's reaction; adding it again changes nothing. Anyone who may read the
+    /// thread may react. One caller has at most 20 different emoji on a message: another is 409
+    /// `too_many_reactions`.
     #[oai(
         path = "/v1/messaging/messages/:id/reactions/:emoji",
         method = "put",
@@ -5319,13 +5814,23 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
         id: Path<uuid::Uuid>,
-        /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
-        #[oai(name = "emoji", validator(max_length = 64))]
+        /// The reaction, e.g. `👍` (URL-encoded), 1 to 64 characters, no spaces or control characters.
+        #[oai(
+            name = "emoji",
+            validator(
+                max_length = 64,
+                min_length = 1,
+                pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+            )
+        )]
         emoji: Path<String>,
     ) -> AddReactionResponse {
         self.0
@@ -5358,13 +5863,23 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
         id: Path<uuid::Uuid>,
-        /// The reaction, e.g. `👍` (URL-encoded), at most 64 bytes, no spaces.
-        #[oai(name = "emoji", validator(max_length = 64))]
+        /// The reaction, e.g. `👍` (URL-encoded), 1 to 64 characters, no spaces or control characters.
+        #[oai(
+            name = "emoji",
+            validator(
+                max_length = 64,
+                min_length = 1,
+                pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+            )
+        )]
         emoji: Path<String>,
     ) -> RemoveReactionResponse {
         self.0
@@ -5398,7 +5913,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Page size, 1 to 200.
         #[oai(
@@ -5442,7 +5960,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Channel id.
         #[oai(name = "id")]
@@ -5477,7 +5998,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Channel id.
         #[oai(name = "id")]
@@ -5530,7 +6054,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// Message id.
         #[oai(name = "id")]
@@ -5651,7 +6178,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// An event `id` or a `next_after`; the answer starts strictly after it.
         #[oai(name = "after", validator(max_length = 64))]
@@ -5707,7 +6237,10 @@ impl<T: MessagingApi> Api<T> {
         x_auth_token: Header<Option<String>>,
         /// With a secret key and no customer token: the id of the store staff member (a `user`
         /// subscriber of the thread) who acts. They are then the sender and the reader.
-        #[oai(name = "x-acting-user", validator(max_length = 100))]
+        #[oai(
+            name = "x-acting-user",
+            validator(max_length = 100, min_length = 1, pattern = "^[A-Za-z0-9._:-]+$")
+        )]
         x_acting_user: Header<Option<String>>,
         /// The `id` of the last event received; the stream resumes after it.
         #[oai(name = "Last-Event-ID", validator(max_length = 64))]

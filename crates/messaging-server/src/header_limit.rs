@@ -1,6 +1,8 @@
 //! Limits on the request head, checked before anything reads it: a URI longer than
 //! [`MAX_URI_BYTES`] is 414 and headers larger in total than the configured size are 431, both
-//! as problem+json. (hyper itself refuses a head past about 400 KiB with a bare 431.)
+//! as problem+json. (hyper itself refuses a head past about 400 KiB with a bare 431.) A
+//! credential or identity header that is not visible ASCII is 400 `invalid_header`: read as text
+//! it would look absent, and the request would run as a different caller.
 
 use poem::{Request, http::StatusCode};
 
@@ -9,7 +11,10 @@ use crate::problem::Problem;
 /// Longest request URI (path and query) accepted.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
-/// Refuses `req` when its URI or its headers are too large.
+/// Headers that say who calls; their values are ids, keys and tokens (visible ASCII).
+const CALLER_HEADERS: [&str; 3] = ["authorization", "x-auth-token", "x-acting-user"];
+
+/// Refuses `req` when its URI or its headers are too large, or a caller header is not text.
 pub fn limit_head(req: Request, max_header_bytes: usize) -> poem::Result<Request> {
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > MAX_URI_BYTES {
@@ -31,6 +36,20 @@ pub fn limit_head(req: Request, max_header_bytes: usize) -> poem::Result<Request
             "headers_too_large",
             format!("The request headers are larger than {max_header_bytes} bytes."),
         ));
+    }
+    for name in CALLER_HEADERS {
+        if req
+            .headers()
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_err())
+        {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                format!("{name} must be visible ASCII."),
+            ));
+        }
     }
     Ok(req)
 }
@@ -64,6 +83,21 @@ mod tests {
         assert_eq!(
             limit_head(long_uri, 4096).unwrap_err().status(),
             StatusCode::URI_TOO_LONG
+        );
+    }
+
+    #[test]
+    fn caller_headers_that_are_not_text_are_refused() {
+        let latin1 = Request::builder()
+            .uri_str("/v1/messaging/threads")
+            .header(
+                "x-acting-user",
+                poem::http::HeaderValue::from_bytes(b"\xd7\xf8").unwrap(),
+            )
+            .finish();
+        assert_eq!(
+            limit_head(latin1, 4096).unwrap_err().status(),
+            StatusCode::BAD_REQUEST
         );
     }
 }

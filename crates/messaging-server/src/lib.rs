@@ -10,6 +10,7 @@ mod docs;
 mod header_limit;
 mod health;
 mod idempotency;
+mod method_not_allowed;
 mod metrics;
 mod problem;
 mod rate_limit;
@@ -34,6 +35,7 @@ use poem_openapi::{OpenApiService, OperationId};
 pub use header_limit::MAX_URI_BYTES;
 pub use idempotency::{IDEMPOTENCY_KEY_HEADER, REPLAYED_HEADER};
 pub use problem::{PROBLEM_JSON, Problem};
+pub use rate_limit::{RedisBudgets, RedisError};
 pub use request_context::{REQUEST_ID_HEADER, RequestId};
 pub use server::{ServeError, ServerConfig, run, serve, shutdown_signal, spawn};
 pub use settings::{
@@ -42,7 +44,9 @@ pub use settings::{
 pub use spec::SPEC_YAML;
 pub use telemetry::{LogFormat, init_tracing};
 
-use crate::{docs::SwaggerUi, rate_limit::RateLimiter, spec::SPEC};
+use crate::{
+    docs::SwaggerUi, method_not_allowed::AllowedMethods, rate_limit::RateLimiter, spec::SPEC,
+};
 
 /// The whole HTTP app: API, documents, Swagger UI and health, behind the middleware.
 pub fn app(
@@ -50,7 +54,7 @@ pub fn app(
     settings: &HttpSettings,
 ) -> impl Endpoint<Output = Response> + 'static {
     metrics::install();
-    with_middleware(routes(service.clone()), service, settings)
+    with_middleware(with_allow(routes(service.clone())), service, settings)
 }
 
 /// The poem-openapi service for the generated API, titled and described as the spec is.
@@ -106,6 +110,19 @@ fn routes(service: MessagingService) -> Route {
         .nest("/", api)
 }
 
+/// The routes, with `Allow` on every 405.
+fn with_allow(routes: Route) -> impl Endpoint<Output = Response> {
+    let allowed = Arc::new(AllowedMethods::of::<Api<MessagingService>>());
+    routes.around(move |inner, req| {
+        let allowed = allowed.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let result = inner.call(req).await;
+            allowed.answer(result, &path)
+        }
+    })
+}
+
 /// Names a route outside the API for metrics and logs, as poem-openapi names each operation of
 /// the API with its operationId.
 fn named(
@@ -136,12 +153,10 @@ fn with_middleware<E>(
 where
     E: Endpoint + 'static,
 {
-    let limiter = settings.rate_limits.as_ref().map(|limits| {
-        let service = service.clone();
-        let verify: rate_limit::TokenVerifier =
-            Arc::new(move |token| service.access_token_customer(token));
-        Arc::new(RateLimiter::new(limits, verify))
-    });
+    let limiter = settings
+        .rate_limits
+        .as_ref()
+        .map(|limits| Arc::new(RateLimiter::new(limits, service.clone())));
     let max_body_bytes = settings.max_body_bytes;
     let max_header_bytes = settings.max_header_bytes;
     routes
@@ -161,11 +176,8 @@ async fn enforce_rate_limits<E: Endpoint>(
     inner: Arc<E>,
     req: Request,
 ) -> poem::Result<Response> {
-    if let Some(limited) = limiter
-        .as_ref()
-        .and_then(|limiter| limiter.check(&req).err())
-    {
-        return Ok(limited.into_response());
+    match limiter {
+        Some(limiter) => limiter.enforce(inner.as_ref(), req).await,
+        None => inner.call(req).await.map(IntoResponse::into_response),
     }
-    inner.call(req).await.map(IntoResponse::into_response)
 }

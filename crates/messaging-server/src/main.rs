@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use messaging_server::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, HttpSettings, LogFormat, RateLimitSettings,
-    ServerConfig, init_tracing, run,
+    RedisBudgets, ServerConfig, init_tracing, run,
 };
 use messaging_service::{
     EventFeedSettings, MessagingService, OtpDelivery, ServiceConfig, SmtpSender,
@@ -41,6 +41,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the HTTP server (the default).
+    #[command(after_help = RATE_LIMIT_HELP)]
     Serve(ServeArgs),
     /// Administer stores.
     #[command(subcommand)]
@@ -267,28 +268,75 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// What `serve --help` says about rate limits (the README's rate-limit section says the same).
+const RATE_LIMIT_HELP: &str = "\
+Rate limits (429 with Retry-After and RateLimit-Limit, -Remaining, -Reset):
+  - A customer (a request whose x-auth-token verifies) has its own budget, whatever key it
+    comes with: customers sharing a publishable key never share a budget.
+  - A request without a token counts against its API key: a secret key alone is the store's
+    backend, and its budget alone holds /v1/auth/* (no per-address budget there).
+  - A request whose token does not verify counts against its key and the client address; one
+    without a well-formed key, against the client address.
+  Each budget refills --rate-limit-per-second (50) and holds --rate-limit-burst (100).
+  - POST /v1/auth/otp also counts against the email or phone it sends a code to:
+    --code-rate-limit-per-minute (5), --code-rate-limit-burst (5).
+  - Guessing: at most --failed-login-limit (10) failed logins (password or one-time code) per
+    email or phone and key in --failed-login-window-secs (900); then 429 for that account
+    only. A one-time code allows 5 tries.
+Replicas: with --redis-url every budget and failed-login count is kept in that Redis and
+shared by all replicas using it (and --redis-key-prefix). Without it each process keeps its own
+budgets and failed logins are counted in the database (shared by replicas of one PostgreSQL).
+An unreachable Redis at start stops the server; at runtime a failing Redis makes each process
+fall back to its own budgets (failed logins to the database), logged at error level and
+counted in rate_limit_redis_errors_total on /metrics.";
+
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Rate limits")]
 struct RateLimitArgs {
-    /// Requests per second allowed per API key and per customer (every session of one customer
-    /// shares one budget).
+    /// Requests per second refilled into each budget (a customer, an API key, a client address).
     #[arg(long, env = "MESSAGING_RATE_LIMIT_PER_SECOND", default_value = "50")]
     rate_limit_per_second: NonZeroU32,
 
-    /// Requests allowed at once per API key and per customer.
+    /// Requests each budget holds at once.
     #[arg(long, env = "MESSAGING_RATE_LIMIT_BURST", default_value = "100")]
     rate_limit_burst: NonZeroU32,
 
-    /// Requests per minute to /v1/auth/* allowed per client IP, per email and per phone.
+    /// One-time codes per minute refilled into the budget of one email or phone.
     #[arg(
         long,
-        env = "MESSAGING_AUTH_RATE_LIMIT_PER_MINUTE",
-        default_value = "10"
+        env = "MESSAGING_CODE_RATE_LIMIT_PER_MINUTE",
+        default_value = "5"
     )]
-    auth_rate_limit_per_minute: NonZeroU32,
+    code_rate_limit_per_minute: NonZeroU32,
 
-    /// Requests to /v1/auth/* allowed at once per client IP, per email and per phone.
-    #[arg(long, env = "MESSAGING_AUTH_RATE_LIMIT_BURST", default_value = "10")]
-    auth_rate_limit_burst: NonZeroU32,
+    /// One-time codes one email or phone may be sent at once.
+    #[arg(long, env = "MESSAGING_CODE_RATE_LIMIT_BURST", default_value = "5")]
+    code_rate_limit_burst: NonZeroU32,
+
+    /// Failed logins allowed per target account (API key and email or phone) in the window.
+    #[arg(long, env = "MESSAGING_FAILED_LOGIN_LIMIT", default_value = "10")]
+    failed_login_limit: NonZeroU32,
+
+    /// The sliding window of --failed-login-limit, in seconds.
+    #[arg(
+        long,
+        env = "MESSAGING_FAILED_LOGIN_WINDOW_SECS",
+        default_value = "900"
+    )]
+    failed_login_window_secs: NonZeroU32,
+
+    /// Redis shared by all replicas for budgets and failed logins: `redis://host:6379/0`
+    /// (`rediss://` for TLS). Must answer at start.
+    #[arg(long, env = "MESSAGING_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<Secret>,
+
+    /// Prefix of every Redis key this server writes (replicas of one deployment share it).
+    #[arg(
+        long,
+        env = "MESSAGING_REDIS_KEY_PREFIX",
+        default_value = "messaging:ratelimit"
+    )]
+    redis_key_prefix: String,
 
     /// Turn rate limiting off (benchmarks, trusted networks).
     #[arg(long, env = "MESSAGING_DISABLE_RATE_LIMITS")]
@@ -325,7 +373,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http: HttpSettings {
             max_body_bytes: args.max_body_bytes,
             max_header_bytes: args.max_header_bytes,
-            rate_limits: args.rate_limits.settings(),
+            rate_limits: args.rate_limits.settings().await?,
         },
     };
     run(config).await.context("messaging-server failed")
@@ -388,13 +436,31 @@ fn service_config(secret: Option<Secret>) -> ServiceConfig {
 }
 
 impl RateLimitArgs {
-    fn settings(&self) -> Option<RateLimitSettings> {
-        (!self.disable_rate_limits).then_some(RateLimitSettings {
+    /// The settings, connected to Redis when one is configured: a Redis that does not answer
+    /// stops the server here rather than leaving each replica with budgets of its own.
+    async fn settings(&self) -> anyhow::Result<Option<RateLimitSettings>> {
+        if self.disable_rate_limits {
+            return Ok(None);
+        }
+        let redis = match &self.redis_url {
+            Some(url) => Some(
+                RedisBudgets::connect(&url.0, &self.redis_key_prefix)
+                    .await
+                    .context("cannot reach Redis at --redis-url (MESSAGING_REDIS_URL)")?,
+            ),
+            None => None,
+        };
+        Ok(Some(RateLimitSettings {
             per_second: self.rate_limit_per_second,
             burst: self.rate_limit_burst,
-            auth_per_minute: self.auth_rate_limit_per_minute,
-            auth_burst: self.auth_rate_limit_burst,
-        })
+            codes_per_minute: self.code_rate_limit_per_minute,
+            codes_burst: self.code_rate_limit_burst,
+            failed_logins: self.failed_login_limit,
+            failed_login_window: Duration::from_secs(u64::from(
+                self.failed_login_window_secs.get(),
+            )),
+            redis,
+        }))
     }
 }
 

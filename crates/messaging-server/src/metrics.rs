@@ -20,6 +20,7 @@
 //!
 //! Every series but the `http_*` ones is in the first scrape (the publication counter at 0);
 //! an `http_*` series appears with the first request of its label set.
+//! - `rate_limit_redis_errors_total`: rate-limit calls to Redis that failed and fell back.
 //!
 //! `operation` is the spec's operationId, the name the server gives its other routes
 //! (`/healthz`, `/docs`, …), `unmatched` for a path or method no route has (404, 405), or `none`
@@ -82,6 +83,10 @@ fn handle() -> &'static PrometheusHandle {
             "Scheduled messages published to their channels."
         );
         metrics::describe_counter!(
+            crate::rate_limit::REDIS_ERRORS,
+            "Rate-limit calls to Redis that failed and fell back to per-process budgets."
+        );
+        metrics::describe_counter!(
             "messaging_events_written_total",
             "Events committed by this process."
         );
@@ -126,6 +131,7 @@ fn handle() -> &'static PrometheusHandle {
             "messaging_events_written_total",
             "messaging_events_delivered_total",
             webhook_metrics::CREATED_METRIC,
+            crate::rate_limit::REDIS_ERRORS,
         ] {
             metrics::counter!(counter).increment(0);
         }

@@ -229,3 +229,23 @@ fn smtp_delivery_needs_its_settings_and_never_prints_the_url() {
     );
     assert!(!bad.stderr.contains("hunter2"), "{}", bad.stderr);
 }
+
+#[test]
+fn the_readme_says_what_serve_help_says_about_rate_limits() {
+    let output = Command::new(env!("CARGO_BIN_EXE_messaging-server"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("run messaging-server serve --help");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    let start = help
+        .find("Rate limits (429")
+        .expect("serve --help explains the rate limits");
+    let explained = help[start..].trim_end();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("the README");
+    assert!(
+        readme.contains(explained),
+        "README.md's rate-limit section must quote `serve --help`:\n{explained}"
+    );
+}

@@ -225,11 +225,15 @@ impl MessagingApi for MessagingService {
             // Like a malformed UUID, a malformed thread id is 400 before anything else.
             let thread = ThreadRef::parse(&params.id)?;
             let (caller, _) = participant!(self, api_key, params).await?;
-            self.list_subscribers(&caller, &thread).await
+            self.list_subscribers(
+                &caller,
+                &thread,
+                page_size(params.limit),
+                params.cursor.as_deref(),
+            )
+            .await
         };
-        respond(result.await, |subscribers| {
-            ListSubscribersResponse::Ok(Json(SubscriberList { subscribers }))
-        })
+        respond(result.await, |list| ListSubscribersResponse::Ok(Json(list)))
     }
 
     async fn add_subscriber(

@@ -1,6 +1,13 @@
 //! Channels (seed 004): one per set of active subscribers in a store and mode, made
 //! automatically; every thread with that set publishes its messages into it.
 //!
+//! A channel is made only when a message is sent into it: a thread whose subscriber set changes
+//! follows the channel of its new set if one exists, and otherwise has none until its next
+//! message. So sets a thread passes through without a message (a store adding staff one at a
+//! time) leave no channels and no copies of their members behind: channels grow with messages,
+//! and each holds its own members once (at most
+//! [`crate::limits::MAX_SUBSCRIBERS_PER_THREAD`]).
+//!
 //! A message is published into the channel its thread had when it was sent: at once, or, with a
 //! future `publish_to_channel_at`, by the publisher once due. Publishing is one conditional
 //! update of `published_at` (`WHERE published_at IS NULL`), so a message is published exactly
@@ -65,83 +72,32 @@ fn member_order(kind: &str) -> u8 {
 }
 
 impl MessagingService {
-    /// Moves `thread` to the channel of its active subscribers, making the channel if needed.
+    /// Moves `thread` to the channel of its active subscribers, making the channel if needed:
+    /// for a message about to be sent into it.
     pub(crate) async fn assign_channel<C: ConnectionTrait>(
         &self,
         conn: &C,
         thread: &thread::Model,
     ) -> Result<Uuid, ServiceError> {
-        let mut members = thread_subscriber::Entity::find()
-            .filter(thread_subscriber::Column::ThreadId.eq(thread.id))
-            .filter(thread_subscriber::Column::IsArchived.eq(false))
-            .all(conn)
-            .await?;
-        members.sort_by(|a, b| {
-            (member_order(&a.kind), &a.name).cmp(&(member_order(&b.kind), &b.name))
-        });
-        let keys: Vec<(String, String)> = members
-            .iter()
-            .map(|m| (m.kind.clone(), m.subscriber_id.clone()))
-            .collect();
-        let hash = subscriber_hash(&keys);
-        let find = || {
-            channel::Entity::find()
-                .filter(channel::Column::StoreId.eq(thread.store_id))
-                .filter(channel::Column::Mode.eq(thread.mode.as_str()))
-                .filter(channel::Column::SubscriberHash.eq(hash.as_str()))
+        let members = active_members(conn, thread.id).await?;
+        let channel_id = match find_channel(conn, thread, &members).await? {
+            Some(channel) => channel,
+            None => make_channel(conn, thread, &members).await?,
         };
-        let channel_id = match find().one(conn).await? {
-            Some(channel) => channel.id,
-            None => {
-                let at = now();
-                let id = Uuid::now_v7();
-                let name = members
-                    .iter()
-                    .map(|m| m.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                // Two threads may make the same channel at once: the loser keeps the winner's.
-                channel::Entity::insert(channel::ActiveModel {
-                    id: Set(id),
-                    store_id: Set(thread.store_id),
-                    mode: Set(thread.mode.clone()),
-                    subscriber_hash: Set(hash.clone()),
-                    name: Set(name),
-                    created_at: Set(at),
-                    updated_at: Set(at),
-                })
-                .on_conflict_do_nothing_on([
-                    channel::Column::StoreId,
-                    channel::Column::Mode,
-                    channel::Column::SubscriberHash,
-                ])
-                .exec(conn)
-                .await?;
-                let channel = find().one(conn).await?.ok_or_else(channel_not_found)?;
-                if channel.id == id && !members.is_empty() {
-                    channel_member::Entity::insert_many(members.iter().map(|m| {
-                        channel_member::ActiveModel {
-                            channel_id: Set(id),
-                            subscriber_id: Set(m.subscriber_id.clone()),
-                            kind: Set(m.kind.clone()),
-                            name: Set(m.name.clone()),
-                            email: Set(m.email.clone()),
-                            phone: Set(m.phone.clone()),
-                        }
-                    }))
-                    .exec(conn)
-                    .await?;
-                }
-                channel.id
-            }
-        };
-        if thread.channel_id != Some(channel_id) {
-            thread::Entity::update_many()
-                .col_expr(thread::Column::ChannelId, Expr::value(channel_id))
-                .filter(thread::Column::Id.eq(thread.id))
-                .exec(conn)
-                .await?;
-        }
+        set_thread_channel(conn, thread, Some(channel_id)).await?;
+        Ok(channel_id)
+    }
+
+    /// Moves `thread` to the channel of its active subscribers if that channel exists, else
+    /// leaves it without one (its next message makes it): after its subscriber set changed.
+    pub(crate) async fn follow_channel<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        thread: &thread::Model,
+    ) -> Result<Option<Uuid>, ServiceError> {
+        let members = active_members(conn, thread.id).await?;
+        let channel_id = find_channel(conn, thread, &members).await?;
+        set_thread_channel(conn, thread, channel_id).await?;
         Ok(channel_id)
     }
 
@@ -516,6 +472,108 @@ pub(crate) async fn wire_messages_in<C: ConnectionTrait>(
             crate::wire::message(row, reactions)
         })
         .collect()
+}
+
+/// A thread's active subscribers, in channel order (organization, users, contacts; by name).
+async fn active_members<C: ConnectionTrait>(
+    conn: &C,
+    thread_id: Uuid,
+) -> Result<Vec<thread_subscriber::Model>, ServiceError> {
+    let mut members = thread_subscriber::Entity::find()
+        .filter(thread_subscriber::Column::ThreadId.eq(thread_id))
+        .filter(thread_subscriber::Column::IsArchived.eq(false))
+        .all(conn)
+        .await?;
+    members.sort_by(|a, b| (member_order(&a.kind), &a.name).cmp(&(member_order(&b.kind), &b.name)));
+    Ok(members)
+}
+
+fn hash_of(members: &[thread_subscriber::Model]) -> String {
+    let keys: Vec<(String, String)> = members
+        .iter()
+        .map(|m| (m.kind.clone(), m.subscriber_id.clone()))
+        .collect();
+    subscriber_hash(&keys)
+}
+
+/// The channel of this subscriber set in the thread's store and mode, if it exists.
+async fn find_channel<C: ConnectionTrait>(
+    conn: &C,
+    thread: &thread::Model,
+    members: &[thread_subscriber::Model],
+) -> Result<Option<Uuid>, ServiceError> {
+    Ok(channel::Entity::find()
+        .select_only()
+        .column(channel::Column::Id)
+        .filter(channel::Column::StoreId.eq(thread.store_id))
+        .filter(channel::Column::Mode.eq(thread.mode.as_str()))
+        .filter(channel::Column::SubscriberHash.eq(hash_of(members)))
+        .into_tuple()
+        .one(conn)
+        .await?)
+}
+
+/// Makes the channel of this subscriber set with its members. Two threads may make the same
+/// channel at once: the loser keeps the winner's.
+async fn make_channel<C: ConnectionTrait>(
+    conn: &C,
+    thread: &thread::Model,
+    members: &[thread_subscriber::Model],
+) -> Result<Uuid, ServiceError> {
+    let at = now();
+    let id = Uuid::now_v7();
+    let name = members
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    channel::Entity::insert(channel::ActiveModel {
+        id: Set(id),
+        store_id: Set(thread.store_id),
+        mode: Set(thread.mode.clone()),
+        subscriber_hash: Set(hash_of(members)),
+        name: Set(name),
+        created_at: Set(at),
+        updated_at: Set(at),
+    })
+    .on_conflict_do_nothing_on([
+        channel::Column::StoreId,
+        channel::Column::Mode,
+        channel::Column::SubscriberHash,
+    ])
+    .exec_without_returning(conn)
+    .await?;
+    let channel = find_channel(conn, thread, members)
+        .await?
+        .ok_or_else(channel_not_found)?;
+    if channel == id && !members.is_empty() {
+        channel_member::Entity::insert_many(members.iter().map(|m| channel_member::ActiveModel {
+            channel_id: Set(id),
+            subscriber_id: Set(m.subscriber_id.clone()),
+            kind: Set(m.kind.clone()),
+            name: Set(m.name.clone()),
+            email: Set(m.email.clone()),
+            phone: Set(m.phone.clone()),
+        }))
+        .exec(conn)
+        .await?;
+    }
+    Ok(channel)
+}
+
+async fn set_thread_channel<C: ConnectionTrait>(
+    conn: &C,
+    thread: &thread::Model,
+    channel_id: Option<Uuid>,
+) -> Result<(), ServiceError> {
+    if thread.channel_id != channel_id {
+        thread::Entity::update_many()
+            .col_expr(thread::Column::ChannelId, Expr::value(channel_id))
+            .filter(thread::Column::Id.eq(thread.id))
+            .exec(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// channels → channel_members, to filter channels by member.

@@ -27,12 +27,21 @@ pub struct Position {
     pub id: Uuid,
 }
 
+/// The position after an item whose id is a string (a subscriber id): its timestamp and id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPosition {
+    #[serde(rename = "t")]
+    pub micros: i64,
+    #[serde(rename = "k")]
+    pub key: String,
+}
+
 #[derive(Serialize, Deserialize)]
-struct Payload {
+struct Payload<P> {
     /// Short hash of the scope the cursor was issued for.
     s: String,
     #[serde(flatten)]
-    position: Position,
+    position: P,
 }
 
 fn scope_hash(keys: &ServerKeys, scope: &str) -> String {
@@ -42,6 +51,29 @@ fn scope_hash(keys: &ServerKeys, scope: &str) -> String {
 
 /// Encodes a cursor for `scope`.
 pub fn encode(keys: &ServerKeys, scope: &str, position: Position) -> String {
+    encode_any(keys, scope, position)
+}
+
+/// Decodes a cursor issued for `scope`; anything else is a 400 `invalid_cursor`.
+pub fn decode(keys: &ServerKeys, scope: &str, cursor: &str) -> Result<Position, ServiceError> {
+    decode_any(keys, scope, cursor)
+}
+
+/// Encodes a cursor for `scope` after an item with a string id.
+pub fn encode_key(keys: &ServerKeys, scope: &str, position: KeyPosition) -> String {
+    encode_any(keys, scope, position)
+}
+
+/// Decodes a cursor of [`encode_key`] issued for `scope`; anything else is 400 `invalid_cursor`.
+pub fn decode_key(
+    keys: &ServerKeys,
+    scope: &str,
+    cursor: &str,
+) -> Result<KeyPosition, ServiceError> {
+    decode_any(keys, scope, cursor)
+}
+
+fn encode_any<P: Serialize>(keys: &ServerKeys, scope: &str, position: P) -> String {
     let payload = serde_json::to_vec(&Payload {
         s: scope_hash(keys, scope),
         position,
@@ -53,8 +85,11 @@ pub fn encode(keys: &ServerKeys, scope: &str, position: Position) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// Decodes a cursor issued for `scope`; anything else is a 400 `invalid_cursor`.
-pub fn decode(keys: &ServerKeys, scope: &str, cursor: &str) -> Result<Position, ServiceError> {
+fn decode_any<P: serde::de::DeserializeOwned>(
+    keys: &ServerKeys,
+    scope: &str,
+    cursor: &str,
+) -> Result<P, ServiceError> {
     let invalid = || {
         ServiceError::bad_request(
             "invalid_cursor",
@@ -72,7 +107,7 @@ pub fn decode(keys: &ServerKeys, scope: &str, cursor: &str) -> Result<Position, 
     if !bool::from(expected[..TAG_LEN].ct_eq(tag)) {
         return Err(invalid());
     }
-    let payload: Payload = serde_json::from_slice(payload).map_err(|_| invalid())?;
+    let payload: Payload<P> = serde_json::from_slice(payload).map_err(|_| invalid())?;
     if payload.s != scope_hash(keys, scope) {
         return Err(invalid());
     }

@@ -7,6 +7,7 @@ pub mod customer;
 pub mod event;
 pub mod event_prune_mark;
 pub mod idempotency_key;
+pub mod login_failure;
 pub mod message;
 pub mod message_edit;
 pub mod message_reaction;

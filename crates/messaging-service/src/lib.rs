@@ -12,6 +12,8 @@ pub mod entity;
 mod error;
 mod events;
 pub mod idempotency;
+pub mod limits;
+mod login_failures;
 mod messages;
 mod migration;
 mod missing_database;
@@ -22,6 +24,7 @@ mod threads;
 mod webhooks;
 mod wire;
 
+pub use auth::ApiKeyParts;
 pub use channels::PUBLISHED_MESSAGES_METRIC;
 pub use config::{
     OtpChannel, OtpDelivery, OtpMessage, OtpOutbox, ServiceConfig, SmtpConfigError, SmtpSender,
@@ -29,6 +32,7 @@ pub use config::{
 };
 pub use error::{ServiceError, StartupError};
 pub use events::EventFeedSettings;
+pub use login_failures::LoginAttempt;
 pub use stores::{CreatedStore, KeyInfo, RotatedKey};
 pub use webhooks::metrics as webhook_metrics;
 
@@ -138,6 +142,21 @@ impl MessagingService {
             })
             .await?;
         Ok(events::WriteTxn::new(txn, self.inner.events.clone()))
+    }
+
+    /// Locks one row of `entity` until the transaction ends, so counts taken under it hold
+    /// until the write that depends on them commits. On PostgreSQL `SELECT … FOR UPDATE`; on
+    /// SQLite the write transaction (`begin_write`) already holds the only write lock.
+    async fn lock_row<E>(&self, txn: &events::WriteTxn, id: uuid::Uuid) -> Result<(), DbErr>
+    where
+        E: sea_orm::EntityTrait,
+        <E::PrimaryKey as sea_orm::PrimaryKeyTrait>::ValueType: From<uuid::Uuid>,
+    {
+        use sea_orm::QuerySelect;
+        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
+            E::find_by_id(id).lock_exclusive().one(txn).await?;
+        }
+        Ok(())
     }
 }
 

@@ -17,6 +17,7 @@ mod m20261121_000014_reindex_customer_threads;
 mod m20261129_000100_create_events;
 mod m20261129_000120_create_idempotency_keys;
 mod m20261129_000121_create_message_edits;
+mod m20261129_000140_create_login_failures;
 mod m20261129_000160_create_webhook_endpoints;
 mod m20261129_000161_create_webhook_deliveries;
 mod m20261129_000162_create_webhook_attempts;
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000100_create_events::Migration),
             Box::new(m20261129_000120_create_idempotency_keys::Migration),
             Box::new(m20261129_000121_create_message_edits::Migration),
+            Box::new(m20261129_000140_create_login_failures::Migration),
             Box::new(m20261129_000160_create_webhook_endpoints::Migration),
             Box::new(m20261129_000161_create_webhook_deliveries::Migration),
             Box::new(m20261129_000162_create_webhook_attempts::Migration),

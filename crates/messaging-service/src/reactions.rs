@@ -4,7 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use messaging_api::{Message, Reaction};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder,
 };
 use uuid::Uuid;
 
@@ -13,23 +14,25 @@ use crate::{
     auth::Caller,
     entity::{message, message_reaction, thread},
     error::ServiceError,
-    events::{self, EventData, EventScope},
+    events::{self, EventData, EventScope, WriteTxn},
+    limits::MAX_REACTIONS_PER_SUBSCRIBER,
     now,
     subscribers::Participant,
     threads::ThreadRef,
 };
 
-/// An emoji is 1 to 64 bytes with no whitespace or control characters.
+/// An emoji is 1 to 64 characters with no whitespace or control characters (as the spec's
+/// pattern says).
 fn valid_emoji(emoji: &str) -> Result<&str, ServiceError> {
     let ok = !emoji.is_empty()
-        && emoji.len() <= 64
+        && emoji.chars().count() <= 64
         && !emoji.chars().any(|c| c.is_whitespace() || c.is_control());
     if ok {
         Ok(emoji)
     } else {
         Err(ServiceError::bad_request(
             "invalid_emoji",
-            "emoji must be 1 to 64 bytes without spaces.",
+            "emoji must be 1 to 64 characters without spaces or control characters.",
         ))
     }
 }
@@ -119,20 +122,7 @@ impl MessagingService {
         crate::subscribers::require_member(&txn, message.thread_id, participant).await?;
         let subscriber_id = participant.subscriber_id();
         let changed = if add {
-            let inserted = message_reaction::Entity::insert(message_reaction::ActiveModel {
-                message_id: Set(message.id),
-                emoji: Set(emoji.to_owned()),
-                subscriber_id: Set(subscriber_id),
-                created_at: Set(now()),
-            })
-            .on_conflict_do_nothing_on([
-                message_reaction::Column::MessageId,
-                message_reaction::Column::Emoji,
-                message_reaction::Column::SubscriberId,
-            ])
-            .exec_without_returning(&txn)
-            .await?;
-            matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0)
+            add_reaction(&txn, &message, emoji, subscriber_id).await?
         } else {
             message_reaction::Entity::delete_many()
                 .filter(message_reaction::Column::MessageId.eq(message.id))
@@ -161,6 +151,51 @@ impl MessagingService {
         self.commit(txn).await?;
         Ok(message)
     }
+}
+
+/// Adds one reaction (again is a no-op: `false`), unless the subscriber already has
+/// [`MAX_REACTIONS_PER_SUBSCRIBER`] other emoji on the message. The caller holds the thread's
+/// lock (`WriteTxn::lock_threads`), so the count cannot go stale before the insert commits.
+async fn add_reaction(
+    txn: &WriteTxn,
+    message: &message::Model,
+    emoji: &str,
+    subscriber_id: String,
+) -> Result<bool, ServiceError> {
+    let mine = message_reaction::Entity::find()
+        .filter(message_reaction::Column::MessageId.eq(message.id))
+        .filter(message_reaction::Column::SubscriberId.eq(subscriber_id.as_str()));
+    let already = mine
+        .clone()
+        .filter(message_reaction::Column::Emoji.eq(emoji))
+        .count(txn)
+        .await?
+        > 0;
+    if already {
+        return Ok(false);
+    }
+    if mine.count(txn).await? >= MAX_REACTIONS_PER_SUBSCRIBER {
+        return Err(ServiceError::conflict(
+            "too_many_reactions",
+            format!(
+                "One subscriber has at most {MAX_REACTIONS_PER_SUBSCRIBER} different reactions on a message."
+            ),
+        ));
+    }
+    let inserted = message_reaction::Entity::insert(message_reaction::ActiveModel {
+        message_id: Set(message.id),
+        emoji: Set(emoji.to_owned()),
+        subscriber_id: Set(subscriber_id),
+        created_at: Set(now()),
+    })
+    .on_conflict_do_nothing_on([
+        message_reaction::Column::MessageId,
+        message_reaction::Column::Emoji,
+        message_reaction::Column::SubscriberId,
+    ])
+    .exec_without_returning(txn)
+    .await?;
+    Ok(matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0))
 }
 
 #[cfg(test)]

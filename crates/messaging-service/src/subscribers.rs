@@ -7,12 +7,12 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use messaging_api::{AddSubscriberRequest, Subscriber, SubscriberType};
+use messaging_api::{AddSubscriberRequest, Pagination, Subscriber, SubscriberList, SubscriberType};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QueryResult, QuerySelect, Select, SelectModel, Selector,
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, PaginatorTrait,
+    QueryFilter, QueryOrder, QueryResult, QuerySelect, Select, SelectModel, Selector,
     sea_query::{Expr, ExprTrait},
 };
 use serde::Deserialize;
@@ -21,11 +21,13 @@ use uuid::Uuid;
 use crate::{
     MessagingService,
     auth::{Actor, Caller},
+    cursor,
     entity::{customer, thread, thread_subscriber},
     error::ServiceError,
     events::{self, EventData, EventScope},
+    limits::MAX_SUBSCRIBERS_PER_THREAD,
     now,
-    threads::ThreadRef,
+    threads::{ThreadRef, from_micros, micros},
 };
 
 /// Who acts in a request, as a thread subscriber.
@@ -357,14 +359,60 @@ fn store_only() -> ServiceError {
 }
 
 impl MessagingService {
+    /// A page of a thread's subscribers, in the order they joined (then by id).
     pub(crate) async fn list_subscribers(
         &self,
         caller: &Caller,
         thread_ref: &ThreadRef,
-    ) -> Result<Vec<Subscriber>, ServiceError> {
+        limit: u64,
+        cursor_text: Option<&str>,
+    ) -> Result<SubscriberList, ServiceError> {
         let thread = self.load_thread(self.db(), caller, thread_ref).await?;
-        let subscribers = subscribers_of(self.db(), thread.id).await?;
-        Ok(subscribers.iter().map(wire_subscriber).collect())
+        let scope = format!("subscribers|{}", thread.id);
+        let position = cursor_text
+            .map(|c| cursor::decode_key(&self.inner.keys, &scope, c))
+            .transpose()?;
+        let mut select = thread_subscriber::Entity::find()
+            .filter(thread_subscriber::Column::ThreadId.eq(thread.id));
+        if let Some(position) = position {
+            select = select.filter(
+                Expr::tuple([
+                    Expr::col(thread_subscriber::Column::CreatedAt),
+                    Expr::col(thread_subscriber::Column::SubscriberId),
+                ])
+                .gt(Expr::tuple([
+                    Expr::val(from_micros(position.micros)?),
+                    Expr::val(position.key),
+                ])),
+            );
+        }
+        let mut rows = select
+            .order_by_asc(thread_subscriber::Column::CreatedAt)
+            .order_by_asc(thread_subscriber::Column::SubscriberId)
+            .limit(limit + 1)
+            .all(self.db())
+            .await?;
+        let has_more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = match rows.last() {
+            Some(last) if has_more => Some(cursor::encode_key(
+                &self.inner.keys,
+                &scope,
+                cursor::KeyPosition {
+                    micros: micros(last.created_at),
+                    key: last.subscriber_id.clone(),
+                },
+            )),
+            _ => None,
+        };
+        Ok(SubscriberList {
+            subscribers: rows.iter().map(wire_subscriber).collect(),
+            pagination: Some(Pagination {
+                limit: limit as i32,
+                next_cursor,
+                has_more,
+            }),
+        })
     }
 
     pub(crate) async fn add_subscriber(
@@ -450,6 +498,20 @@ impl MessagingService {
                 row.update(&txn).await?
             }
             None => {
+                // Concurrent adds to one thread wait here, so the count below cannot go stale.
+                self.lock_row::<thread::Entity>(&txn, thread.id).await?;
+                let rows = thread_subscriber::Entity::find()
+                    .filter(thread_subscriber::Column::ThreadId.eq(thread.id))
+                    .count(&txn)
+                    .await?;
+                if rows >= MAX_SUBSCRIBERS_PER_THREAD {
+                    return Err(ServiceError::conflict(
+                        "too_many_subscribers",
+                        format!(
+                            "A thread has at most {MAX_SUBSCRIBERS_PER_THREAD} subscribers, removed ones included."
+                        ),
+                    ));
+                }
                 thread_subscriber::ActiveModel {
                     thread_id: Set(thread.id),
                     subscriber_id: Set(id),
@@ -467,7 +529,7 @@ impl MessagingService {
                 .await?
             }
         };
-        self.assign_channel(&txn, &thread).await?;
+        self.follow_channel(&txn, &thread).await?;
         let subscriber = wire_subscriber(&row);
         events::record(
             &txn,
@@ -505,7 +567,7 @@ impl MessagingService {
         row.unread_count = Set(0);
         row.updated_at = Set(now());
         let row = row.update(&txn).await?;
-        self.assign_channel(&txn, &thread).await?;
+        self.follow_channel(&txn, &thread).await?;
         let subscriber = wire_subscriber(&row);
         events::record(
             &txn,

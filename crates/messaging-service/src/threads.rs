@@ -442,7 +442,7 @@ impl MessagingService {
             ));
         }
         if matches!(author, Participant::User(_)) {
-            return Err(ServiceError::bad_request(
+            return Err(ServiceError::forbidden(
                 "acting_user_not_subscribed",
                 "A new thread has no staff subscribers yet: start it as the store, then add users.",
             ));

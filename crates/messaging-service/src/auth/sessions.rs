@@ -205,7 +205,20 @@ impl MessagingService {
             .one(self.db())
             .await?
             .ok_or_else(invalid_code)?;
-        if latest.attempts >= self.inner.config.otp_max_attempts {
+        // Count the try before checking it, with one conditional update: however many guesses
+        // arrive at once, at most `otp_max_attempts` of them are ever compared.
+        let counted = otp_code::Entity::update_many()
+            .col_expr(
+                otp_code::Column::Attempts,
+                Expr::col(otp_code::Column::Attempts).add(1),
+            )
+            .filter(otp_code::Column::Id.eq(latest.id))
+            .filter(otp_code::Column::ConsumedAt.is_null())
+            .filter(otp_code::Column::Attempts.lt(self.inner.config.otp_max_attempts))
+            .exec(self.db())
+            .await?
+            .rows_affected;
+        if counted != 1 {
             return Err(invalid_code());
         }
         let presented =
@@ -216,21 +229,18 @@ impl MessagingService {
             .as_bytes()
             .ct_eq(latest.code_hash.as_bytes())
             .into();
-        // Count the attempt or consume the code with one conditional update, so two concurrent
-        // guesses cannot both pass.
-        let update = otp_code::Entity::update_many().filter(otp_code::Column::Id.eq(latest.id));
-        let update = if matches {
-            update
-                .col_expr(otp_code::Column::ConsumedAt, Expr::value(now))
-                .filter(otp_code::Column::ConsumedAt.is_null())
-        } else {
-            update.col_expr(
-                otp_code::Column::Attempts,
-                Expr::col(otp_code::Column::Attempts).add(1),
-            )
-        };
-        let affected = update.exec(self.db()).await?.rows_affected;
-        if !matches || affected != 1 {
+        if !matches {
+            return Err(invalid_code());
+        }
+        // Single use: only the request that sets `consumed_at` gets a session.
+        let consumed = otp_code::Entity::update_many()
+            .col_expr(otp_code::Column::ConsumedAt, Expr::value(now))
+            .filter(otp_code::Column::Id.eq(latest.id))
+            .filter(otp_code::Column::ConsumedAt.is_null())
+            .exec(self.db())
+            .await?
+            .rows_affected;
+        if consumed != 1 {
             return Err(invalid_code());
         }
         self.open_session(&caller, customer).await
