@@ -7,142 +7,22 @@
 //! `message.updated` event carries the message's reactions as its transaction left them, so
 //! in commit order the counts on one message go 1, 2, 3, … without a step back.
 
+mod processes;
+
 use std::{
     collections::{BTreeMap, HashSet},
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use messaging_client::{Client, types};
-use sea_orm::{ConnectionTrait, Database};
+use processes::{DropDatabase, Server, create_store, fresh_postgres};
 use serde_json::{Value, json};
-use uuid::Uuid;
-
-const BIN: &str = env!("CARGO_BIN_EXE_messaging-server");
 
 /// Writers per process, and what each does.
 const WRITERS: usize = 4;
-const REACTIONS_PER_WRITER: usize = 6;
+// 8 writers × 4 over two messages: 16 emoji per message, within the 20 one subscriber may add.
+const REACTIONS_PER_WRITER: usize = 4;
 const SENDS_PER_WRITER: usize = 6;
-
-/// A running server process.
-struct Server {
-    child: Child,
-    base_url: String,
-}
-
-impl Server {
-    fn start(database_url: &str) -> Self {
-        let mut child = Command::new(BIN)
-            .args([
-                "--log-format",
-                "json",
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--disable-rate-limits",
-            ])
-            .env("DATABASE_URL", database_url)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start messaging-server");
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().expect("piped stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["fields"]["message"] == "messaging-server listening" {
-                    let address = entry["fields"]["address"].as_str().unwrap_or_default();
-                    let _ = address_tx.send(address.to_owned());
-                }
-            }
-        });
-        let address = address_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server logs its address");
-        Self {
-            child,
-            base_url: format!("http://{address}"),
-        }
-    }
-
-    fn client(&self, key: &str) -> Client {
-        messaging_client::with_api_key(&self.base_url, key).unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Drops the test's PostgreSQL database at the end, whatever the outcome.
-struct DropDatabase(String);
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let (admin, name) = self.0.rsplit_once('/').expect("a database URL");
-        let (admin, name) = (format!("{admin}/postgres"), name.to_owned());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .expect("runtime")
-                .block_on(async move {
-                    if let Ok(connection) = Database::connect(admin).await {
-                        let _ = connection
-                            .execute_unprepared(&format!(
-                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                            ))
-                            .await;
-                    }
-                })
-        })
-        .join();
-    }
-}
-
-/// A fresh PostgreSQL database, or `None` (skipping) when none is reachable outside CI.
-async fn fresh_postgres() -> Option<String> {
-    let admin = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-    let connection = match Database::connect(format!("{admin}/postgres")).await {
-        Ok(connection) => connection,
-        Err(err) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL is required under CI=true: {err}")
-        }
-        Err(err) => {
-            eprintln!("SKIPPED (no PostgreSQL): {err}");
-            return None;
-        }
-    };
-    let name = format!("events_{}", Uuid::now_v7().simple());
-    connection
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    Some(format!("{admin}/{name}"))
-}
-
-/// `messaging-server stores create`, as a deployer runs it.
-fn create_store(database_url: &str) -> Value {
-    let output = Command::new(BIN)
-        .args(["stores", "create", "--name", "Acme"])
-        .env("DATABASE_URL", database_url)
-        .output()
-        .expect("run stores create");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("one JSON object on stdout")
-}
 
 /// Every event of a server-sent event stream, in order, sent into `events`.
 async fn read_stream(url: String, key: String, events: tokio::sync::mpsc::UnboundedSender<Value>) {

@@ -3,11 +3,11 @@
 //! PostgreSQL database never both make the same attempt. Plus the delivery burst measurement
 //! (ignored by default: `cargo test -p messaging-server --test webhooks -- --ignored`).
 
+mod processes;
+
 use std::{
     collections::{HashMap, HashSet},
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -19,92 +19,23 @@ use poem::{
     http::StatusCode,
     listener::{Acceptor, Listener, TcpListener},
 };
+use processes::{DropDatabase, Server, create_store, fresh_postgres, sqlite_dir};
 use sea_orm::{ConnectionTrait, Database};
-use serde_json::{Value, json};
+use serde_json::json;
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_messaging-server");
-
-/// A running server process and everything it has logged.
-struct Server {
-    child: Child,
-    base_url: String,
-    log: Arc<Mutex<Vec<Value>>>,
+/// `messaging-server serve` retrying webhooks on `retry_schedule`.
+fn start(database_url: &str, retry_schedule: &str) -> Server {
+    Server::start_with(
+        database_url,
+        &["--disable-rate-limits"],
+        &[("MESSAGING_WEBHOOK_RETRY_SCHEDULE", retry_schedule)],
+    )
 }
 
-impl Server {
-    fn start(database_url: &str, retry_schedule: &str) -> Self {
-        let mut child = Command::new(BIN)
-            .args([
-                "--log-format",
-                "json",
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--disable-rate-limits",
-            ])
-            .env("DATABASE_URL", database_url)
-            .env("MESSAGING_WEBHOOK_RETRY_SCHEDULE", retry_schedule)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start messaging-server");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (address_tx, address_rx) = std::sync::mpsc::channel();
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if entry["fields"]["message"] == "messaging-server listening" {
-                    let _ = address_tx.send(
-                        entry["fields"]["address"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
-                    );
-                }
-                sink.lock().unwrap().push(entry);
-            }
-        });
-        let address = address_rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server logs its address");
-        Self {
-            child,
-            base_url: format!("http://{address}"),
-            log,
-        }
-    }
-
-    /// Attempts this process recorded, from its log.
-    fn attempts(&self) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e["fields"]["message"] == "webhook attempt")
-            .count()
-    }
-
-    fn client(&self, key: &str) -> Client {
-        messaging_client::with_api_key(&self.base_url, key).unwrap()
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Attempts `server` recorded, from its log.
+fn attempts(server: &Server) -> usize {
+    server.logged("webhook attempt")
 }
 
 /// A receiver that answers 500 to the first request of each `webhook-id` on each path and 200
@@ -192,66 +123,12 @@ impl Drop for Receiver {
     }
 }
 
-/// Drops the test's PostgreSQL database at the end, whatever the outcome.
-struct DropDatabase(String);
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        let (admin, name) = self.0.rsplit_once('/').expect("a database URL");
-        let (admin, name) = (format!("{admin}/postgres"), name.to_owned());
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .expect("runtime")
-                .block_on(async move {
-                    if let Ok(connection) = Database::connect(admin).await {
-                        let _ = connection
-                            .execute_unprepared(&format!(
-                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                            ))
-                            .await;
-                    }
-                })
-        })
-        .join();
-    }
-}
-
-/// A fresh PostgreSQL database, or `None` (skipping) when none is reachable outside CI.
-async fn fresh_postgres() -> Option<String> {
-    let admin = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
-    let connection = match Database::connect(format!("{admin}/postgres")).await {
-        Ok(connection) => connection,
-        Err(err) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("PostgreSQL is required under CI=true: {err}")
-        }
-        Err(err) => {
-            eprintln!("SKIPPED (no PostgreSQL): {err}");
-            return None;
-        }
-    };
-    let name = format!("webhooks_{}", Uuid::now_v7().simple());
-    connection
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    Some(format!("{admin}/{name}"))
-}
-
-/// `messaging-server stores create`: the store's test secret key.
-fn create_store(database_url: &str) -> String {
-    let output = Command::new(BIN)
-        .args(["stores", "create", "--name", "Acme"])
-        .env("DATABASE_URL", database_url)
-        .output()
-        .expect("run stores create");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let keys: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
-    keys["secret_key_test"].as_str().unwrap().to_owned()
+/// The store's test secret key.
+fn store_key(database_url: &str) -> String {
+    create_store(database_url)["secret_key_test"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 async fn create_endpoint(store: &Client, url: String) -> Uuid {
@@ -329,9 +206,9 @@ async fn deliveries(store: &Client, endpoint: Uuid) -> Vec<types::WebhookDeliver
 }
 
 async fn retry_survives_a_restart(database_url: String) {
-    let key = create_store(&database_url);
+    let key = store_key(&database_url);
     let receiver = Receiver::start(true).await;
-    let first = Server::start(&database_url, "3s");
+    let first = start(&database_url, "3s");
     let store = first.client(&key);
     let endpoint = create_endpoint(&store, receiver.url("orders")).await;
     let thread = open_thread(&store).await;
@@ -340,7 +217,7 @@ async fn retry_survives_a_restart(database_url: String) {
     // dies before the retry is due.
     receiver.wait_for(1, Duration::from_secs(15)).await;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while first.attempts() < 1 {
+    while attempts(&first) < 1 {
         assert!(
             Instant::now() < deadline,
             "the first attempt was not recorded"
@@ -358,7 +235,7 @@ async fn retry_survives_a_restart(database_url: String) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(receiver.count(), 1, "nobody retried while no process ran");
 
-    let second = Server::start(&database_url, "3s");
+    let second = start(&database_url, "3s");
     receiver.wait_for(2, Duration::from_secs(20)).await;
     let store = second.client(&key);
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -380,7 +257,7 @@ async fn retry_survives_a_restart(database_url: String) {
     let per_id = receiver.per_id();
     assert_eq!(per_id.len(), 1, "one webhook-id: {per_id:?}");
     assert_eq!(per_id.values().copied().collect::<Vec<_>>(), [2]);
-    assert_eq!(second.attempts(), 1);
+    assert_eq!(attempts(&second), 1);
 }
 
 #[tokio::test]
@@ -394,7 +271,7 @@ async fn a_pending_retry_is_made_after_a_restart_on_postgres() {
 
 #[tokio::test]
 async fn a_pending_retry_is_made_after_a_restart_on_sqlite() {
-    let dir = std::env::temp_dir().join(format!("webhooks-{}", Uuid::now_v7().simple()));
+    let dir = sqlite_dir();
     retry_survives_a_restart(format!("sqlite://{}/messaging.db", dir.display())).await;
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -415,12 +292,9 @@ async fn two_processes_on_one_postgres_never_make_the_same_attempt() {
         return;
     };
     let _cleanup = DropDatabase(database_url.clone());
-    let key = create_store(&database_url);
+    let key = store_key(&database_url);
     let receiver = Receiver::start(true).await;
-    let (a, b) = (
-        Server::start(&database_url, "1s"),
-        Server::start(&database_url, "1s"),
-    );
+    let (a, b) = (start(&database_url, "1s"), start(&database_url, "1s"));
     let clients = [a.client(&key), b.client(&key)];
     let mut endpoints = Vec::new();
     for path in ["e0", "e1", "e2"] {
@@ -447,11 +321,11 @@ async fn two_processes_on_one_postgres_never_make_the_same_attempt() {
         "attempts made twice or missing: {doubled:?}"
     );
     assert_eq!(receiver.count(), EVENTS * 3 * 2);
-    assert_eq!(a.attempts() + b.attempts(), EVENTS * 3 * 2);
+    assert_eq!(attempts(&a) + attempts(&b), EVENTS * 3 * 2);
     eprintln!(
         "attempts recorded: process a {}, process b {}",
-        a.attempts(),
-        b.attempts()
+        attempts(&a),
+        attempts(&b)
     );
     for endpoint in endpoints {
         let list = deliveries(&clients[1], endpoint).await;
@@ -472,9 +346,9 @@ async fn burst_of_1000_events_to_3_endpoints() {
         return;
     };
     let _cleanup = DropDatabase(database_url.clone());
-    let key = create_store(&database_url);
+    let key = store_key(&database_url);
     let receiver = Receiver::start(false).await;
-    let server = Server::start(&database_url, "5s,5m,30m,2h,5h,10h,10h");
+    let server = start(&database_url, "5s,5m,30m,2h,5h,10h,10h");
     let store = server.client(&key);
     for path in ["e0", "e1", "e2"] {
         create_endpoint(&store, receiver.url(path)).await;
@@ -500,11 +374,11 @@ async fn burst_of_1000_events_to_3_endpoints() {
         receiver.count(),
         per_id.len(),
         ids.len(),
-        server.attempts()
+        attempts(&server)
     );
     assert_eq!(per_id.len(), EVENTS * 3, "none lost");
     assert!(per_id.values().all(|n| *n == 1), "none doubled");
-    assert_eq!(server.attempts(), EVENTS * 3);
+    assert_eq!(attempts(&server), EVENTS * 3);
     // Where the time went: event to queued delivery (the dispatcher), queued to first attempt
     // (the worker), in seconds: median and maximum.
     let db = Database::connect(&database_url).await.unwrap();

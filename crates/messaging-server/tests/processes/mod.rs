@@ -73,6 +73,16 @@ impl Server {
         }
     }
 
+    /// How many lines with this message this process logged.
+    pub fn logged(&self, message: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["fields"]["message"] == message)
+            .count()
+    }
+
     /// Messages this process published, from its log.
     pub fn published(&self) -> u64 {
         self.log
