@@ -2,7 +2,8 @@
 //! the spec documents, Swagger UI, health) with its middleware, and the functions that run it.
 //!
 //! Layers, outermost first: request context (request id, span, access log, every error to
-//! problem+json), panics to 500, URI and header limits, body limit, rate limits, then the routes.
+//! problem+json), panics to 500, URI and header limits, body limit, rate limits, then the routes
+//! (whose 405s carry `Allow`).
 
 mod body_limit;
 mod docs;
