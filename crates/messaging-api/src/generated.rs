@@ -961,7 +961,7 @@ pub struct SendMessageRequest {
         skip_serializing_if_is_none,
         validator(
             max_length = 2048,
-            pattern = "^https://[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]{1,4})?([/?#]\\S*)?$",
+            pattern = "^https://([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(:[0-9]{1,4})?([/?#][^\\s\\x00-\\x1f\\x7f]*)?$",
             max_items = 10
         )
     )]

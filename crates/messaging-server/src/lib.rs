@@ -3,7 +3,7 @@
 //!
 //! Layers, outermost first: request context (request id, span, access log, every error to
 //! problem+json), panics to 500, URI and header limits, body limit, rate limits, safe retries
-//! (`Idempotency-Key`), then the routes.
+//! (`Idempotency-Key`), then the routes (whose 405s carry `Allow`).
 
 mod body_limit;
 mod docs;
