@@ -102,10 +102,19 @@ fn announce_skip(reason: &str) {
     use std::io::Write as _;
     static ANNOUNCED: std::sync::Once = std::sync::Once::new();
     ANNOUNCED.call_once(|| {
-        let binary = std::env::args().next().unwrap_or_default();
-        let binary = Path::new(&binary)
+        // `target/debug/deps/auth-<16 hex digits>` is the `auth` suite.
+        let path = std::env::args().next().unwrap_or_default();
+        let stem = Path::new(&path)
             .file_stem()
             .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let binary = match stem.rsplit_once('-') {
+            Some((name, hash))
+                if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                name.to_owned()
+            }
+            _ => stem,
+        };
         let _ = writeln!(
             std::io::stderr().lock(),
             "SKIPPED (no PostgreSQL): {reason}; every PostgreSQL test in {binary} passes without \
