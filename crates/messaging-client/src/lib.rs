@@ -27,7 +27,7 @@
 //! }
 //!
 //! // Errors are typed: `Problem` with a stable `code`.
-//! let missing = client.get_thread().x_auth_token(token).id(uuid::Uuid::nil()).send().await;
+//! let missing = client.get_thread().x_auth_token(token).id(uuid::Uuid::nil().to_string()).send().await;
 //! if let Err(messaging_client::Error::ErrorResponse(problem)) = missing {
 //!     assert_eq!((problem.status, problem.code.as_str()), (404, "thread_not_found"));
 //! }
