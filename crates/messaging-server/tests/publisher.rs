@@ -141,6 +141,12 @@ async fn two_processes_on_one_postgres_publish_each_message_once() {
             "message {id} published once"
         );
     }
+    // Each process logs what it published; on a busy machine its line may reach the test's log
+    // reader a little after the channel shows the messages: wait for the 60 to be counted.
+    let counted = Instant::now() + Duration::from_secs(15);
+    while a.published() + b.published() < 60 && Instant::now() < counted {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Let both publishers tick a few more times: nothing is published again.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(
@@ -172,6 +178,10 @@ async fn survives_a_restart(database_url: String) {
             1,
             "message {id} published once"
         );
+    }
+    let counted = Instant::now() + Duration::from_secs(15);
+    while second.published() < 10 && Instant::now() < counted {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(second.published(), 10);
 }
