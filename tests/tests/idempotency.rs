@@ -259,6 +259,71 @@ both_backends!(
     }
 );
 
+both_backends!(a_replay_records_no_second_event, |app| async move {
+    let w = world(app).await;
+    let thread = w.jane_thread().await;
+    let start = w
+        .store
+        .list_events()
+        .send()
+        .await
+        .expect("the feed's position")
+        .into_inner()
+        .next_after;
+
+    // One send and two retries of it.
+    let body = r#"{"message":"Sent once, retried twice"}"#;
+    for _ in 0..3 {
+        let answer = w
+            .as_jane(
+                reqwest::Method::POST,
+                &messages_path(thread),
+                "send-once",
+                body,
+            )
+            .await;
+        assert_eq!(answer.status, 201);
+    }
+    // A later change without a key marks the end of what the retries could have recorded.
+    w.store
+        .mark_thread_read()
+        .id(thread.to_string())
+        .send()
+        .await
+        .expect("read");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut after = start;
+    let mut seen = Vec::new();
+    while !seen.contains(&types::EventType::ThreadRead) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed never showed the read: {seen:?}"
+        );
+        let page = w
+            .store
+            .list_events()
+            .after(after.as_str())
+            .wait(2)
+            .send()
+            .await
+            .expect("listEvents")
+            .into_inner();
+        seen.extend(page.events.iter().map(|event| event.type_));
+        after = page.next_after;
+    }
+    // The send's own events (the message, and the message reaching its channel), once each.
+    assert_eq!(
+        seen,
+        [
+            types::EventType::MessageCreated,
+            types::EventType::ChannelMessagePublished,
+            types::EventType::ThreadRead
+        ],
+        "one send's events once, however often it was retried"
+    );
+});
+
 both_backends!(a_key_with_another_request_is_422, |app| async move {
     let w = world(app).await;
     let thread = w.jane_thread().await;
