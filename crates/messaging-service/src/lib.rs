@@ -143,21 +143,6 @@ impl MessagingService {
             .await?;
         Ok(events::WriteTxn::new(txn, self.inner.events.clone()))
     }
-
-    /// Locks one row of `entity` until the transaction ends, so counts taken under it hold
-    /// until the write that depends on them commits. On PostgreSQL `SELECT … FOR UPDATE`; on
-    /// SQLite the write transaction (`begin_write`) already holds the only write lock.
-    async fn lock_row<E>(&self, txn: &events::WriteTxn, id: uuid::Uuid) -> Result<(), DbErr>
-    where
-        E: sea_orm::EntityTrait,
-        <E::PrimaryKey as sea_orm::PrimaryKeyTrait>::ValueType: From<uuid::Uuid>,
-    {
-        use sea_orm::QuerySelect;
-        if txn.get_database_backend() == sea_orm::DbBackend::Postgres {
-            E::find_by_id(id).lock_exclusive().one(txn).await?;
-        }
-        Ok(())
-    }
 }
 
 /// Opens a pool. A SQLite file URL creates the file (and its directory) on first start; a

@@ -498,8 +498,8 @@ impl MessagingService {
                 row.update(&txn).await?
             }
             None => {
-                // Concurrent adds to one thread wait here, so the count below cannot go stale.
-                self.lock_row::<thread::Entity>(&txn, thread.id).await?;
+                // Concurrent adds to one thread wait for the thread's lock, taken by
+                // `load_thread_for_write`, so the count below cannot go stale before commit.
                 let rows = thread_subscriber::Entity::find()
                     .filter(thread_subscriber::Column::ThreadId.eq(thread.id))
                     .count(&txn)
