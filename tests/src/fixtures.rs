@@ -62,6 +62,17 @@ pub struct Shop {
 }
 
 impl Shop {
+    /// A thread as the store reads it.
+    pub async fn thread_as_store(&self, thread: Uuid) -> types::Thread {
+        self.store
+            .get_thread()
+            .id(thread.to_string())
+            .send()
+            .await
+            .expect("get thread")
+            .into_inner()
+    }
+
     pub async fn open(app: crate::TestApp) -> Self {
         let keys = app.create_store("Acme").await;
         let store = app.client(&keys.secret_key_test);

@@ -117,16 +117,6 @@ impl World {
             .messages
     }
 
-    async fn thread_as_store(&self, thread: Uuid) -> types::Thread {
-        self.store
-            .get_thread()
-            .id(thread.to_string())
-            .send()
-            .await
-            .expect("get thread")
-            .into_inner()
-    }
-
     async fn key_rows(&self) -> u64 {
         idempotency_key::Entity::find()
             .count(self.app.service.database())

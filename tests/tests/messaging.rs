@@ -79,16 +79,6 @@ impl World {
             .message
     }
 
-    async fn thread_as_store(&self, thread: Uuid) -> types::Thread {
-        self.store
-            .get_thread()
-            .id(thread.to_string())
-            .send()
-            .await
-            .expect("get thread")
-            .into_inner()
-    }
-
     async fn set_status(&self, thread: Uuid, status: ThreadStatus) {
         self.store
             .update_thread()
