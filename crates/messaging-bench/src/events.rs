@@ -224,8 +224,8 @@ pub async fn hold_streams(base: &str, count: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// This process's resident memory (Linux).
-fn resident_bytes() -> anyhow::Result<u64> {
+/// This process's resident memory (Linux): the server's, and the benchmark's small client.
+pub fn resident_bytes() -> anyhow::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kib: u64 = status
         .lines()
