@@ -116,7 +116,10 @@ impl MessagingService {
                 .join(JoinType::InnerJoin, channel_member_relation())
                 .filter(channel_member::Column::SubscriberId.eq(customer.to_string()));
         }
-        select.one(self.db()).await?.ok_or_else(channel_not_found)
+        select
+            .one(self.reader())
+            .await?
+            .ok_or_else(channel_not_found)
     }
 
     pub(crate) async fn list_channels(
@@ -158,7 +161,7 @@ impl MessagingService {
             .order_by_desc(channel::Column::UpdatedAt)
             .order_by_desc(channel::Column::Id)
             .limit(limit + 1)
-            .all(self.db())
+            .all(self.reader())
             .await?;
         let has_more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);
@@ -218,7 +221,7 @@ impl MessagingService {
             .order_by_desc(message::Column::PublishedAt)
             .order_by_desc(message::Column::Id)
             .limit(RECENT_MESSAGES + 1)
-            .all(self.db())
+            .all(self.reader())
             .await?;
         let has_more = recent.len() as u64 > RECENT_MESSAGES;
         recent.truncate(RECENT_MESSAGES as usize);
@@ -231,7 +234,7 @@ impl MessagingService {
                 .filter(message::Column::IsDeleted.eq(false))
                 .order_by_asc(message::Column::PublishToChannelAt)
                 .order_by_asc(message::Column::Id)
-                .all(self.db())
+                .all(self.reader())
                 .await?
         } else {
             Vec::new()
@@ -283,7 +286,7 @@ impl MessagingService {
             .order_by_asc(message::Column::PublishToChannelAt)
             .limit(1_000)
             .into_tuple()
-            .all(self.db())
+            .all(self.reader())
             .await?;
         if due.is_empty() {
             return Ok(0);
@@ -406,7 +409,7 @@ impl MessagingService {
         }
         let rows = channel_member::Entity::find()
             .filter(channel_member::Column::ChannelId.is_in(channel_ids.iter().copied()))
-            .all(self.db())
+            .all(self.reader())
             .await?;
         for row in rows {
             grouped.entry(row.channel_id).or_default().push(row);
@@ -436,7 +439,7 @@ impl MessagingService {
             .filter(thread::Column::ChannelId.is_in(channel_ids.iter().copied()))
             .order_by_asc(thread::Column::Id)
             .into_tuple()
-            .all(self.db())
+            .all(self.reader())
             .await?;
         for (thread_id, channel_id, resource_id) in rows {
             if let Some(channel_id) = channel_id {
@@ -454,7 +457,7 @@ impl MessagingService {
         &self,
         rows: Vec<message::Model>,
     ) -> Result<Vec<Message>, ServiceError> {
-        wire_messages_in(self.db(), rows).await
+        wire_messages_in(self.reader(), rows).await
     }
 }
 

@@ -478,12 +478,17 @@ mod tests {
         let txn = service.begin_write().await.unwrap();
         record(&txn, &scope, deleted()).await.unwrap();
         drop(txn);
-        assert!(read_after(service.db(), None, 10).await.unwrap().is_empty());
+        assert!(
+            read_after(service.writer(), None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         let txn = service.begin_write().await.unwrap();
         record(&txn, &scope, deleted()).await.unwrap();
         txn.commit().await.unwrap();
-        let events = read_after(service.db(), None, 10).await.unwrap();
+        let events = read_after(service.writer(), None, 10).await.unwrap();
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event_type, "message.deleted");
         assert_eq!(

@@ -200,7 +200,7 @@ impl Claim {
                 txn.commit().await.map_err(FinishError::Database)?;
                 true
             }
-            None => store_answer(self.service.db(), self.id, self.token, answer, &sealed)
+            None => store_answer(self.service.writer(), self.id, self.token, answer, &sealed)
                 .await
                 .map_err(FinishError::Database)?,
         };
@@ -233,7 +233,7 @@ async fn release(service: &MessagingService, id: Uuid, token: Uuid) {
     let released = idempotency_key::Entity::delete_many()
         .filter(Column::Id.eq(id))
         .filter(Column::LockToken.eq(token))
-        .exec(service.db())
+        .exec(service.writer())
         .await;
     if let Err(err) = released {
         tracing::error!(error = %err, "could not release an idempotency key; its lease will expire");
@@ -359,7 +359,7 @@ impl MessagingService {
                 Column::Principal,
                 Column::IdempotencyKey,
             ])
-            .exec_without_returning(self.db())
+            .exec_without_returning(self.writer())
             .await?;
         if matches!(inserted, sea_orm::TryInsertResult::Inserted(1)) {
             return Ok(Begin::Run(self.claim(id, token)));
@@ -369,7 +369,7 @@ impl MessagingService {
             .filter(Column::Mode.eq(scope.mode.as_str()))
             .filter(Column::Principal.eq(scope.principal.as_str()))
             .filter(Column::IdempotencyKey.eq(key))
-            .one(self.db())
+            .one(self.writer())
             .await?;
         let Some(existing) = existing else {
             // Released or pruned between the two statements: the retry's retry will claim it.
@@ -451,7 +451,7 @@ impl MessagingService {
                 .filter(Column::ExpiresAt.lte(now())),
             (None, None) => return Ok(Begin::InUse),
         };
-        let updated = update.exec(self.db()).await?.rows_affected;
+        let updated = update.exec(self.writer()).await?.rows_affected;
         Ok(if updated == 1 {
             Begin::Run(self.claim(id, token))
         } else {
@@ -479,7 +479,7 @@ impl MessagingService {
                 .filter(Column::ExpiresAt.lte(now()))
                 .limit(PRUNE_BATCH)
                 .into_tuple()
-                .all(self.db())
+                .all(self.writer())
                 .await?;
             if expired.is_empty() {
                 return Ok(pruned);
@@ -488,7 +488,7 @@ impl MessagingService {
             pruned += idempotency_key::Entity::delete_many()
                 .filter(Column::Id.is_in(expired))
                 .filter(Column::ExpiresAt.lte(now()))
-                .exec(self.db())
+                .exec(self.writer())
                 .await?
                 .rows_affected;
             if batch < PRUNE_BATCH {

@@ -38,7 +38,7 @@ pub use webhooks::metrics as webhook_metrics;
 
 use std::sync::Arc;
 
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 
 /// The service: a database connection pool plus the keys and settings the rules need.
 /// Cheap to clone; every clone shares the same pool.
@@ -48,7 +48,8 @@ pub struct MessagingService {
 }
 
 struct Inner {
-    db: DatabaseConnection,
+    /// Where every write goes (see `Database`).
+    db: Database,
     keys: auth::ServerKeys,
     config: ServiceConfig,
     /// Recently verified API keys, by keyed hash (never the key itself).
@@ -68,9 +69,11 @@ impl MessagingService {
     /// Connects to `database_url` (`sqlite://…`, `sqlite::memory:` or `postgres://…`), runs
     /// pending migrations and loads the server keys.
     pub async fn connect(database_url: &str, config: ServiceConfig) -> Result<Self, StartupError> {
-        let db = connect_database(database_url).await?;
-        migration::run(&db).await.map_err(StartupError::Migrate)?;
-        let keys = auth::ServerKeys::load(&db, config.secret.as_deref()).await?;
+        let db = Database::connect(database_url).await?;
+        migration::run(&db.writer)
+            .await
+            .map_err(StartupError::Migrate)?;
+        let keys = auth::ServerKeys::load(&db.writer, config.secret.as_deref()).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -86,56 +89,72 @@ impl MessagingService {
         })
     }
 
-    /// The connection pool, for administration and tests.
+    /// The connection that writes, for administration and tests.
     pub fn database(&self) -> &DatabaseConnection {
-        &self.inner.db
+        self.writer()
     }
 
-    /// The database pool's connections: idle and in use.
+    /// The database pools' connections: idle and in use.
     pub fn pool_status(&self) -> PoolStatus {
-        let db = &self.inner.db;
-        let (size, idle) = match self.backend() {
-            sea_orm::DbBackend::Postgres => {
-                let pool = db.get_postgres_connection_pool();
-                (pool.size(), pool.num_idle())
-            }
-            _ => {
-                let pool = db.get_sqlite_connection_pool();
-                (pool.size(), pool.num_idle())
-            }
-        };
-        PoolStatus {
-            idle,
-            in_use: (size as usize).saturating_sub(idle),
-        }
+        let Database { writer, reader } = &self.inner.db;
+        std::iter::once(writer)
+            .chain(reader)
+            .map(|db| match db.get_database_backend() {
+                sea_orm::DbBackend::Postgres => {
+                    let pool = db.get_postgres_connection_pool();
+                    (pool.size(), pool.num_idle())
+                }
+                _ => {
+                    let pool = db.get_sqlite_connection_pool();
+                    (pool.size(), pool.num_idle())
+                }
+            })
+            .fold(PoolStatus { idle: 0, in_use: 0 }, |status, (size, idle)| {
+                PoolStatus {
+                    idle: status.idle + idle,
+                    in_use: status.in_use + (size as usize).saturating_sub(idle),
+                }
+            })
     }
 
     /// Whether the database answers.
     pub async fn health(&self) -> Result<(), DbErr> {
-        self.inner
-            .db
+        self.reader()
             .execute_unprepared("SELECT 1")
             .await
             .map(|_| ())
     }
 
-    fn db(&self) -> &DatabaseConnection {
-        &self.inner.db
+    /// The connection every write goes through (transactions, single statements, background
+    /// work). On SQLite it is one connection: writers wait their turn for it in order, in the
+    /// pool's queue, instead of sleeping in SQLite's busy handler.
+    fn writer(&self) -> &DatabaseConnection {
+        &self.inner.db.writer
+    }
+
+    /// Connections for reads that write nothing. On SQLite a pool of read-only connections
+    /// beside the writer (WAL: readers never wait for it); on PostgreSQL the same pool as the
+    /// writer.
+    fn reader(&self) -> &DatabaseConnection {
+        self.inner
+            .db
+            .reader
+            .as_ref()
+            .unwrap_or(&self.inner.db.writer)
     }
 
     fn backend(&self) -> sea_orm::DbBackend {
-        self.inner.db.get_database_backend()
+        self.inner.db.writer.get_database_backend()
     }
 
-    /// Starts a transaction that will write (and may record events). On SQLite it takes the
-    /// write lock up front (`BEGIN IMMEDIATE`): a deferred transaction that reads and then
-    /// writes cannot upgrade its lock while another writer commits, and would fail with
-    /// `SQLITE_BUSY` instead of waiting.
+    /// Starts a transaction that will write (and may record events), on the writer. On SQLite
+    /// it takes the write lock up front (`BEGIN IMMEDIATE`): only another process (the CLI) can
+    /// hold it then, and a deferred transaction that reads and then writes could not upgrade
+    /// its lock while that one commits.
     async fn begin_write(&self) -> Result<events::WriteTxn, DbErr> {
         use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
         let txn = self
-            .inner
-            .db
+            .writer()
             .begin_with_options(TransactionOptions {
                 sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                 ..TransactionOptions::default()
@@ -145,62 +164,123 @@ impl MessagingService {
     }
 }
 
-/// Opens a pool. A SQLite file URL creates the file (and its directory) on first start; a
-/// PostgreSQL database that does not exist yet is created (`missing_database`).
-async fn connect_database(database_url: &str) -> Result<DatabaseConnection, StartupError> {
-    let mut options = sea_orm::ConnectOptions::new(database_url.to_owned());
-    options.sqlx_logging(false);
-    if let Some(path) = sqlite_file_path(database_url)
-        && let Some(dir) = std::path::Path::new(&path)
+/// The connections: one that writes, and on a SQLite file a pool of read-only ones beside it.
+struct Database {
+    writer: DatabaseConnection,
+    reader: Option<DatabaseConnection>,
+}
+
+impl Database {
+    /// Opens the pools. A SQLite file URL creates the file (and its directory) on first start; a
+    /// PostgreSQL database that does not exist yet is created (`missing_database`).
+    ///
+    /// SQLite has one write lock per file. With several pooled connections that write, a writer
+    /// that finds the lock taken sleeps in the busy handler and polls, so a write's latency was
+    /// set by those sleeps (a p99 of hundreds of milliseconds under load), not by its work. Here
+    /// every write goes through one connection: writers queue for it in the pool's fair queue
+    /// and each finds the lock free. Reads run on their own read-only pool and, with WAL, never
+    /// wait for the writer. PostgreSQL locks rows, not the database: one pool does both.
+    async fn connect(database_url: &str) -> Result<Self, StartupError> {
+        let Some(path) = sqlite_file_path(database_url) else {
+            if database_url.starts_with("sqlite:") {
+                // Every connection to `sqlite::memory:` would see its own empty database.
+                return Ok(Self {
+                    writer: open(database_url, Pool::Only).await?,
+                    reader: None,
+                });
+            }
+            return Ok(Self {
+                writer: open(database_url, Pool::Postgres).await?,
+                reader: None,
+            });
+        };
+        if let Some(dir) = std::path::Path::new(&path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir).map_err(|source| StartupError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StartupError::DataDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        // The writer first: it creates the file and switches it to WAL.
+        let writer = open(database_url, Pool::SqliteWriter).await?;
+        let reader = open(database_url, Pool::SqliteReaders).await?;
+        Ok(Self {
+            writer,
+            reader: Some(reader),
+        })
     }
-    if database_url.starts_with("sqlite:") {
-        // The file is created on first start. WAL lets readers run beside the single writer;
-        // NORMAL sync is safe with WAL (a crash of the process loses nothing; a power cut may
-        // lose the last commits); a 64 MiB page cache per connection keeps the hot indexes in
-        // memory, and memory-mapped reads share one copy of the file's pages (the operating
-        // system's) between all connections instead of each reading its own into its cache.
-        options.map_sqlx_sqlite_opts(|opts| {
-            opts.create_if_missing(true)
-                .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
-                .pragma("cache_size", "-65536")
-                .pragma("mmap_size", "1073741824")
-                .busy_timeout(std::time::Duration::from_secs(10))
-        });
-        // Each SQLite connection runs on its own worker thread and writes are serialised anyway;
-        // a few connections per core keep readers parallel without thrashing the scheduler.
-        // Every connection to `sqlite::memory:` would see its own empty database: one only.
-        let connections = if database_url.starts_with("sqlite::memory:") {
-            1
-        } else {
-            2 * std::thread::available_parallelism().map_or(2, usize::from) as u32
-        };
-        options.max_connections(connections).min_connections(1);
-        // An embedded database cannot drop a connection: no ping before each checkout (on
-        // SQLite that ping is a round trip to the connection's worker thread).
-        options.test_before_acquire(false);
-    } else {
+}
+
+/// Which pool `open` makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    /// PostgreSQL: one pool for reads and writes.
+    Postgres,
+    /// `sqlite::memory:`: one connection for everything.
+    Only,
+    /// The one connection that writes to a SQLite file.
+    SqliteWriter,
+    /// Read-only connections to a SQLite file.
+    SqliteReaders,
+}
+
+async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, StartupError> {
+    let mut options = sea_orm::ConnectOptions::new(database_url.to_owned());
+    options.sqlx_logging(false);
+    if pool == Pool::Postgres {
         // A server, a proxy or a firewall may drop a connection that sat idle; a busy one is
         // known alive (sqlx also pings each connection as it returns to the pool). Ping only
         // those idle for a while, not on every checkout.
         options.test_before_acquire_if_idle_for(std::time::Duration::from_secs(10));
+        return match sea_orm::Database::connect(options.clone()).await {
+            Err(err) if missing_database::is_missing_database(&err) => {
+                missing_database::create(database_url).await?;
+                sea_orm::Database::connect(options)
+                    .await
+                    .map_err(StartupError::Connect)
+            }
+            connected => connected.map_err(StartupError::Connect),
+        };
     }
-    match Database::connect(options.clone()).await {
-        Err(err) if missing_database::is_missing_database(&err) => {
-            missing_database::create(database_url).await?;
-            Database::connect(options)
-                .await
-                .map_err(StartupError::Connect)
+    // WAL lets readers run beside the single writer; NORMAL sync is safe with WAL (a crash of
+    // the process loses nothing: each commit is in the log file before it is answered; a power
+    // cut may lose the last commits); a 64 MiB page cache per connection keeps the hot indexes
+    // in memory, and memory-mapped reads share one copy of the file's pages (the operating
+    // system's) between all connections instead of each reading its own into its cache. The
+    // busy timeout only covers other processes (the CLI, a backup): in this one, one
+    // connection writes.
+    options.map_sqlx_sqlite_opts(move |opts| {
+        let opts = opts
+            .create_if_missing(pool != Pool::SqliteReaders)
+            .journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+            .pragma("cache_size", "-65536")
+            .pragma("mmap_size", "1073741824")
+            .busy_timeout(std::time::Duration::from_secs(10));
+        if pool == Pool::SqliteReaders {
+            // A write through a reader is a bug: it fails at once instead of taking the lock.
+            opts.pragma("query_only", "ON")
+        } else {
+            opts
         }
-        connected => connected.map_err(StartupError::Connect),
-    }
+    });
+    // Each SQLite connection runs on its own worker thread; a few readers per core keep reads
+    // parallel without thrashing the scheduler.
+    let connections = match pool {
+        Pool::SqliteReaders => {
+            2 * std::thread::available_parallelism().map_or(2, usize::from) as u32
+        }
+        _ => 1,
+    };
+    options.max_connections(connections).min_connections(1);
+    // An embedded database cannot drop a connection: no ping before each checkout (on SQLite
+    // that ping is a round trip to the connection's worker thread).
+    options.test_before_acquire(false);
+    sea_orm::Database::connect(options)
+        .await
+        .map_err(StartupError::Connect)
 }
 
 fn sqlite_file_path(url: &str) -> Option<String> {
@@ -236,7 +316,10 @@ mod tests {
     /// single-row lookup) on each run; that was a third of getThread's time.
     #[tokio::test]
     async fn bundled_sqlite_is_compiled_with_the_workspace_flags() {
-        let db = super::connect_database("sqlite::memory:").await.unwrap();
+        let db = super::Database::connect("sqlite::memory:")
+            .await
+            .unwrap()
+            .writer;
         let row = db
             .query_one_raw(Statement::from_string(
                 db.get_database_backend(),

@@ -91,7 +91,7 @@ impl MessagingService {
     /// guess), so it does not count against its target.
     pub async fn forget_login_attempt(&self, id: Uuid) -> Result<(), ServiceError> {
         login_failure::Entity::delete_by_id(id)
-            .exec(self.db())
+            .exec(self.writer())
             .await?;
         Ok(())
     }
@@ -101,7 +101,7 @@ impl MessagingService {
     async fn sweep_login_failures(&self, cutoff: chrono::DateTime<Utc>) {
         let swept = login_failure::Entity::delete_many()
             .filter(login_failure::Column::CreatedAt.lte(cutoff))
-            .exec(self.db())
+            .exec(self.writer())
             .await;
         if let Err(err) = swept {
             tracing::warn!(error = %err, "could not sweep expired login failures");

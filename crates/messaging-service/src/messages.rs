@@ -77,7 +77,7 @@ impl MessagingService {
         limit: u64,
         cursor_text: Option<&str>,
     ) -> Result<MessageList, ServiceError> {
-        let thread = self.load_thread(self.db(), caller, thread_id).await?;
+        let thread = self.load_thread(self.reader(), caller, thread_id).await?;
         let live = message::Entity::find()
             .filter(message::Column::ThreadId.eq(thread.id))
             .filter(message::Column::IsDeleted.eq(false));
@@ -124,7 +124,7 @@ impl MessagingService {
                 .order_by_desc(time)
                 .order_by_desc(message::Column::Id),
         };
-        let mut rows = select.limit(limit + 1).all(self.db()).await?;
+        let mut rows = select.limit(limit + 1).all(self.reader()).await?;
         let has_more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);
         let next_cursor = match rows.last() {
@@ -372,12 +372,12 @@ impl MessagingService {
         caller: &Caller,
         id: Uuid,
     ) -> Result<Vec<MessageEdit>, ServiceError> {
-        let (message, _) = self.readable_message(self.db(), caller, id).await?;
+        let (message, _) = self.readable_message(self.reader(), caller, id).await?;
         let edits = message_edit::Entity::find()
             .filter(message_edit::Column::MessageId.eq(message.id))
             .order_by_asc(message_edit::Column::EditedAt)
             .order_by_asc(message_edit::Column::Id)
-            .all(self.db())
+            .all(self.reader())
             .await?;
         Ok(edits
             .into_iter()

@@ -115,14 +115,14 @@ impl MessagingService {
     /// Every key of a store (revoked ones too), newest first. An unknown store is 404.
     pub async fn list_keys(&self, store_id: Uuid) -> Result<Vec<KeyInfo>, ServiceError> {
         store::Entity::find_by_id(store_id)
-            .one(self.db())
+            .one(self.writer())
             .await?
             .ok_or_else(|| ServiceError::not_found("store_not_found", "No store with that id."))?;
         let keys = api_key::Entity::find()
             .filter(api_key::Column::StoreId.eq(store_id))
             .order_by_desc(api_key::Column::CreatedAt)
             .order_by_desc(api_key::Column::Id)
-            .all(self.db())
+            .all(self.writer())
             .await?;
         Ok(keys.into_iter().map(KeyInfo::from).collect())
     }
@@ -135,10 +135,10 @@ impl MessagingService {
             .col_expr(api_key::Column::RevokedAt, Expr::value(Utc::now()))
             .filter(api_key::Column::Id.eq(key_id))
             .filter(api_key::Column::RevokedAt.is_null())
-            .exec(self.db())
+            .exec(self.writer())
             .await?;
         let key = api_key::Entity::find_by_id(key_id)
-            .one(self.db())
+            .one(self.writer())
             .await?
             .ok_or_else(|| ServiceError::not_found("key_not_found", "No key with that id."))?;
         self.inner.key_cache.invalidate_all();

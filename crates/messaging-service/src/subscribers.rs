@@ -367,7 +367,7 @@ impl MessagingService {
         limit: u64,
         cursor_text: Option<&str>,
     ) -> Result<SubscriberList, ServiceError> {
-        let thread = self.load_thread(self.db(), caller, thread_ref).await?;
+        let thread = self.load_thread(self.reader(), caller, thread_ref).await?;
         let scope = format!("subscribers|{}", thread.id);
         let position = cursor_text
             .map(|c| cursor::decode_key(&self.inner.keys, &scope, c))
@@ -390,7 +390,7 @@ impl MessagingService {
             .order_by_asc(thread_subscriber::Column::CreatedAt)
             .order_by_asc(thread_subscriber::Column::SubscriberId)
             .limit(limit + 1)
-            .all(self.db())
+            .all(self.reader())
             .await?;
         let has_more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);

@@ -254,7 +254,7 @@ impl MessagingService {
             .order_by_desc(thread::Column::Id)
             .limit(query.limit + 1);
         let mut rows = ThreadWithSubscribers::select(select, self.backend())
-            .all(self.db())
+            .all(self.reader())
             .await?;
         let has_more = rows.len() as u64 > query.limit;
         rows.truncate(query.limit as usize);
@@ -297,7 +297,7 @@ impl MessagingService {
             thread,
             subscribers,
         } = ThreadWithSubscribers::select(thread_query(caller, id), self.backend())
-            .one(self.db())
+            .one(self.reader())
             .await?
             .ok_or_else(thread_not_found)?;
         gate_by_thread(caller, &thread)?;
@@ -310,7 +310,7 @@ impl MessagingService {
                 .order_by_desc(message::Column::CreatedAt)
                 .order_by_desc(message::Column::Id)
                 .limit(RECENT_MESSAGES + 1)
-                .all(self.db())
+                .all(self.reader())
                 .await?;
             let has_more = recent.len() as u64 > RECENT_MESSAGES;
             recent.truncate(RECENT_MESSAGES as usize);
@@ -450,7 +450,7 @@ impl MessagingService {
         let customer = customer::Entity::find_by_id(customer_id)
             .filter(customer::Column::StoreId.eq(caller.store_id))
             .filter(customer::Column::Mode.eq(caller.mode.as_str()))
-            .one(self.db())
+            .one(self.reader())
             .await?
             .ok_or_else(|| {
                 ServiceError::not_found("customer_not_found", "No customer with that id.")

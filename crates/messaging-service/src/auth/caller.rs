@@ -101,7 +101,7 @@ impl MessagingService {
             .filter(api_key::Column::KeyHash.eq(&hash))
             .filter(api_key::Column::RevokedAt.is_null())
             .find_also_related(store::Entity)
-            .one(self.db())
+            .one(self.reader())
             .await?
             .ok_or_else(invalid)?;
         let store = store.ok_or_else(invalid)?;

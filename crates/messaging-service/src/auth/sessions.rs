@@ -100,7 +100,7 @@ impl MessagingService {
             created_at: Set(now),
             updated_at: Set(now),
         };
-        let customer = match row.insert(self.db()).await {
+        let customer = match row.insert(self.writer()).await {
             Ok(customer) => customer,
             Err(err) if is_unique_violation(&err) => {
                 return Err(ServiceError::conflict(
@@ -168,7 +168,7 @@ impl MessagingService {
                 consumed_at: Set(None),
                 created_at: Set(now),
             }
-            .insert(self.db())
+            .insert(self.writer())
             .await?;
             let to = match channel {
                 OtpChannel::Email => customer.email,
@@ -202,7 +202,7 @@ impl MessagingService {
             .filter(otp_code::Column::ConsumedAt.is_null())
             .filter(otp_code::Column::ExpiresAt.gt(now))
             .order_by_desc(otp_code::Column::CreatedAt)
-            .one(self.db())
+            .one(self.writer())
             .await?
             .ok_or_else(invalid_code)?;
         // Count the try before checking it, with one conditional update: however many guesses
@@ -215,7 +215,7 @@ impl MessagingService {
             .filter(otp_code::Column::Id.eq(latest.id))
             .filter(otp_code::Column::ConsumedAt.is_null())
             .filter(otp_code::Column::Attempts.lt(self.inner.config.otp_max_attempts))
-            .exec(self.db())
+            .exec(self.writer())
             .await?
             .rows_affected;
         if counted != 1 {
@@ -237,7 +237,7 @@ impl MessagingService {
             .col_expr(otp_code::Column::ConsumedAt, Expr::value(now))
             .filter(otp_code::Column::Id.eq(latest.id))
             .filter(otp_code::Column::ConsumedAt.is_null())
-            .exec(self.db())
+            .exec(self.writer())
             .await?
             .rows_affected;
         if consumed != 1 {
@@ -263,7 +263,7 @@ impl MessagingService {
         let (token, customer) = refresh_token::Entity::find()
             .filter(refresh_token::Column::TokenHash.eq(hash))
             .find_also_related(customer::Entity)
-            .one(self.db())
+            .one(self.writer())
             .await?
             .ok_or_else(invalid)?;
         let customer = customer.ok_or_else(invalid)?;
@@ -287,7 +287,7 @@ impl MessagingService {
             .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
             .filter(refresh_token::Column::Id.eq(token.id))
             .filter(refresh_token::Column::UsedAt.is_null())
-            .exec(self.db())
+            .exec(self.writer())
             .await?
             .rows_affected;
         if affected != 1 {
@@ -306,7 +306,7 @@ impl MessagingService {
             .col_expr(refresh_token::Column::UsedAt, Expr::value(now))
             .filter(refresh_token::Column::CustomerId.eq(customer_id))
             .filter(refresh_token::Column::UsedAt.is_null())
-            .exec(self.db())
+            .exec(self.writer())
             .await?;
         Ok(())
     }
@@ -320,7 +320,7 @@ impl MessagingService {
             .filter(customer::Column::StoreId.eq(caller.store_id))
             .filter(customer::Column::Mode.eq(caller.mode.as_str()))
             .filter(customer::Column::Email.eq(email))
-            .one(self.db())
+            .one(self.writer())
             .await?)
     }
 
@@ -339,7 +339,7 @@ impl MessagingService {
                 .filter(customer::Column::StoreId.eq(caller.store_id))
                 .filter(customer::Column::Mode.eq(caller.mode.as_str()))
                 .filter(customer::Column::Phone.eq(validate_phone(phone)?))
-                .one(self.db())
+                .one(self.writer())
                 .await?),
             _ => Err(ServiceError::bad_request(
                 "invalid_otp_target",
@@ -374,7 +374,7 @@ impl MessagingService {
             used_at: Set(None),
             created_at: Set(now),
         }
-        .insert(self.db())
+        .insert(self.writer())
         .await?;
         Ok(AuthSession {
             customer: wire::customer(customer),

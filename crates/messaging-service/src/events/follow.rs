@@ -56,7 +56,7 @@ impl MessagingService {
         match after {
             Some(text) => {
                 let position = Position::decode(text)?;
-                ensure_retained(self.db(), position).await?;
+                ensure_retained(self.reader(), position).await?;
                 Ok(Some(position))
             }
             None => Ok(None),
@@ -73,7 +73,7 @@ impl MessagingService {
     ) -> Result<EventList, ServiceError> {
         let gate = gate_of(caller);
         let Some(after) = self.start_position(after).await? else {
-            let now = super::frontier(self.db()).await?;
+            let now = super::frontier(self.reader()).await?;
             return Ok(EventList {
                 events: Vec::new(),
                 next_after: now.encode(),
@@ -81,7 +81,7 @@ impl MessagingService {
         };
         // Subscribe before reading, so nothing committed in between is missed.
         let mut live = (!wait.is_zero()).then(|| self.inner.events.subscribe());
-        let page = read_page(self.db(), Some(&gate), after, limit).await?;
+        let page = read_page(self.reader(), Some(&gate), after, limit).await?;
         let mut cursor = page.next;
         let mut events = page
             .events
@@ -99,7 +99,7 @@ impl MessagingService {
                 match received {
                     Ok(batch) => events = admitted(&batch, &gate, &mut cursor),
                     Err(RecvError::Lagged(_)) => {
-                        let page = read_page(self.db(), Some(&gate), cursor, limit).await?;
+                        let page = read_page(self.reader(), Some(&gate), cursor, limit).await?;
                         cursor = page.next;
                         events = page
                             .events
@@ -137,7 +137,7 @@ impl MessagingService {
         let live = self.inner.events.subscribe();
         let cursor = match start {
             Some(position) => position,
-            None => super::frontier(self.db()).await?,
+            None => super::frontier(self.reader()).await?,
         };
         // A customer's stream ends when its access token does: it reconnects with a fresh one.
         let ends_at = caller.token_expires_at.map(|exp| {
@@ -200,7 +200,7 @@ impl Follower {
             }
             if self.catching_up {
                 let page = match read_page(
-                    self.service.db(),
+                    self.service.reader(),
                     Some(&self.gate),
                     self.cursor,
                     STREAM_PAGE,

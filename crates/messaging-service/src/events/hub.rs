@@ -129,13 +129,13 @@ impl MessagingService {
         let hub = self.inner.events.clone();
         let _listener = (self.backend() == DbBackend::Postgres).then(|| {
             AbortOnDrop(tokio::spawn(listen(
-                self.db().get_postgres_connection_pool().clone(),
+                self.writer().get_postgres_connection_pool().clone(),
                 hub.clone(),
             )))
         });
         let reread = self.inner.config.events.reread_interval;
         let mut position = loop {
-            match frontier(self.db()).await {
+            match frontier(self.reader()).await {
                 Ok(position) => break position,
                 Err(err) => {
                     tracing::warn!(error = %err, "event feed: cannot read the frontier; retrying");
@@ -169,7 +169,7 @@ impl MessagingService {
     async fn read_tail(&self, position: &mut Position) -> Result<usize, sea_orm::DbErr> {
         let mut total = 0;
         loop {
-            let page = read_page(self.db(), None, *position, TAIL_PAGE).await?;
+            let page = read_page(self.reader(), None, *position, TAIL_PAGE).await?;
             total += page.events.len();
             let batch: Vec<FeedEvent> = page
                 .events

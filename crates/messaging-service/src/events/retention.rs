@@ -43,7 +43,7 @@ impl MessagingService {
                 .order_by_asc(event::Column::Seq)
                 .limit(BATCH)
                 .into_tuple()
-                .all(self.db())
+                .all(self.writer())
                 .await?;
             let Some(&(xid, seq)) = oldest.last() else {
                 return Ok(total);

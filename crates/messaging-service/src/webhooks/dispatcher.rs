@@ -66,7 +66,7 @@ impl MessagingService {
     /// deliveries. Returns how many events it read.
     pub(crate) async fn dispatch_webhooks(&self) -> Result<u64, ServiceError> {
         let from = self.dispatch_position().await?;
-        match events::ensure_retained(self.db(), from).await {
+        match events::ensure_retained(self.writer(), from).await {
             Ok(()) => {}
             // Only when no replica dispatched for longer than the feed's retention.
             Err(err) if err.code() == "events_expired" => tracing::error!(
@@ -76,7 +76,7 @@ impl MessagingService {
             ),
             Err(err) => return Err(err),
         }
-        let batch = events::read_after(self.db(), Some(&from), BATCH).await?;
+        let batch = events::read_after(self.writer(), Some(&from), BATCH).await?;
         let Some(last) = batch.last() else {
             return Ok(0);
         };
@@ -121,7 +121,7 @@ impl MessagingService {
     /// The stored position; on the very first run, the feed's frontier.
     async fn dispatch_position(&self) -> Result<Position, ServiceError> {
         if let Some(row) = webhook_dispatch_position::Entity::find_by_id(POSITION_ID)
-            .one(self.db())
+            .one(self.writer())
             .await?
         {
             return Ok(Position {
@@ -129,7 +129,7 @@ impl MessagingService {
                 seq: row.seq,
             });
         }
-        let start = events::frontier(self.db()).await?;
+        let start = events::frontier(self.writer()).await?;
         // Concurrent first runs agree: one insert wins, everyone reads it back.
         webhook_dispatch_position::Entity::insert(webhook_dispatch_position::ActiveModel {
             id: Set(POSITION_ID),
@@ -138,10 +138,10 @@ impl MessagingService {
             updated_at: Set(now()),
         })
         .on_conflict_do_nothing_on([webhook_dispatch_position::Column::Id])
-        .exec(self.db())
+        .exec(self.writer())
         .await?;
         let row = webhook_dispatch_position::Entity::find_by_id(POSITION_ID)
-            .one(self.db())
+            .one(self.writer())
             .await?
             .ok_or_else(|| {
                 ServiceError::internal(std::io::Error::other("dispatch position vanished"))
@@ -161,7 +161,7 @@ impl MessagingService {
         let endpoints = webhook_endpoint::Entity::find()
             .filter(webhook_endpoint::Column::StoreId.is_in(stores))
             .filter(webhook_endpoint::Column::Enabled.eq(true))
-            .all(self.db())
+            .all(self.writer())
             .await?;
         let at = now();
         let mut rows = Vec::new();

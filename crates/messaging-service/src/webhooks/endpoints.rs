@@ -131,7 +131,7 @@ impl MessagingService {
             .filter(webhook_endpoint::Column::Mode.eq(caller.mode.as_str()))
             .order_by_asc(webhook_endpoint::Column::CreatedAt)
             .order_by_asc(webhook_endpoint::Column::Id)
-            .all(self.db())
+            .all(self.reader())
             .await?
             .into_iter()
             .map(wire::webhook_endpoint)
@@ -143,7 +143,7 @@ impl MessagingService {
         caller: &Caller,
         id: Uuid,
     ) -> Result<WebhookEndpoint, ServiceError> {
-        wire::webhook_endpoint(self.load_endpoint(self.db(), caller, id).await?)
+        wire::webhook_endpoint(self.load_endpoint(self.reader(), caller, id).await?)
     }
 
     pub(crate) async fn update_webhook_endpoint(
@@ -201,7 +201,7 @@ impl MessagingService {
             .filter(webhook_endpoint::Column::Id.eq(id))
             .filter(webhook_endpoint::Column::StoreId.eq(caller.store_id))
             .filter(webhook_endpoint::Column::Mode.eq(caller.mode.as_str()))
-            .exec(self.db())
+            .exec(self.writer())
             .await?
             .rows_affected;
         if deleted == 0 {
@@ -219,7 +219,7 @@ impl MessagingService {
         limit: u64,
         cursor_text: Option<&str>,
     ) -> Result<WebhookDeliveryList, ServiceError> {
-        let endpoint = self.load_endpoint(self.db(), caller, id).await?;
+        let endpoint = self.load_endpoint(self.reader(), caller, id).await?;
         let scope = format!(
             "webhook-deliveries|{}|{}",
             endpoint.id,
@@ -248,7 +248,7 @@ impl MessagingService {
             .order_by_desc(webhook_delivery::Column::CreatedAt)
             .order_by_desc(webhook_delivery::Column::Id)
             .limit(limit + 1)
-            .all(self.db())
+            .all(self.reader())
             .await?;
         let has_more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);

@@ -190,7 +190,7 @@ impl MessagingService {
             p(4)
         );
         let rows = self
-            .db()
+            .writer()
             .query_all_raw(Statement::from_sql_and_values(
                 backend,
                 sql,
@@ -352,7 +352,7 @@ impl MessagingService {
         use sea_orm::PaginatorTrait;
         Ok(webhook_delivery::Entity::find()
             .filter(webhook_delivery::Column::Status.eq("pending"))
-            .count(self.db())
+            .count(self.writer())
             .await?)
     }
 }
