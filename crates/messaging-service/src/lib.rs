@@ -11,6 +11,7 @@ mod cursor;
 pub mod entity;
 mod error;
 mod events;
+mod group_commit;
 pub mod idempotency;
 pub mod limits;
 mod login_failures;
@@ -50,6 +51,8 @@ pub struct MessagingService {
 struct Inner {
     /// Where every write goes (see `Database`).
     db: Database,
+    /// On SQLite, the batches write transactions commit in (`group_commit`).
+    group_commit: Option<group_commit::GroupCommit>,
     keys: auth::ServerKeys,
     config: ServiceConfig,
     /// Recently verified API keys, by keyed hash (never the key itself).
@@ -74,8 +77,11 @@ impl MessagingService {
             .await
             .map_err(StartupError::Migrate)?;
         let keys = auth::ServerKeys::load(&db.writer, config.secret.as_deref()).await?;
+        let group_commit = (db.writer.get_database_backend() == sea_orm::DbBackend::Sqlite)
+            .then(|| group_commit::GroupCommit::start(db.writer.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
+                group_commit,
                 db,
                 keys,
                 config,
@@ -148,19 +154,18 @@ impl MessagingService {
     }
 
     /// Starts a transaction that will write (and may record events), on the writer. On SQLite
-    /// it takes the write lock up front (`BEGIN IMMEDIATE`): only another process (the CLI) can
-    /// hold it then, and a deferred transaction that reads and then writes could not upgrade
-    /// its lock while that one commits.
+    /// it is a savepoint in the open batch of writes (`group_commit`), which holds the write lock
+    /// from its start (`BEGIN IMMEDIATE`).
     async fn begin_write(&self) -> Result<events::WriteTxn, DbErr> {
-        use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
-        let txn = self
-            .writer()
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            })
-            .await?;
-        Ok(events::WriteTxn::new(txn, self.inner.events.clone()))
+        use sea_orm::TransactionTrait;
+        let (txn, seat) = match &self.inner.group_commit {
+            Some(group) => {
+                let (txn, seat) = group.begin().await?;
+                (txn, Some(seat))
+            }
+            None => (self.writer().begin().await?, None),
+        };
+        Ok(events::WriteTxn::new(txn, seat, self.inner.events.clone()))
     }
 }
 

@@ -11,20 +11,25 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::EventHub;
-use crate::entity::event;
+use crate::{entity::event, group_commit::Seat};
 
 /// A database transaction that may record events.
 pub(crate) struct WriteTxn {
+    /// Dropped first: a transaction given up rolls back before its seat lets the next rule in.
     txn: DatabaseTransaction,
+    /// On SQLite, the rule's place in a batch of writes that commit together (`group_commit`);
+    /// `txn` is then a savepoint in the batch's transaction.
+    seat: Option<Seat>,
     hub: Arc<EventHub>,
     /// Events recorded, written in one statement just before the commit.
     events: Mutex<Vec<event::ActiveModel>>,
 }
 
 impl WriteTxn {
-    pub(crate) fn new(txn: DatabaseTransaction, hub: Arc<EventHub>) -> Self {
+    pub(crate) fn new(txn: DatabaseTransaction, seat: Option<Seat>, hub: Arc<EventHub>) -> Self {
         Self {
             txn,
+            seat,
             hub,
             events: Mutex::new(Vec::new()),
         }
@@ -82,8 +87,8 @@ impl WriteTxn {
         }
     }
 
-    /// Writes the recorded events (one statement) and commits; then counts them and wakes this
-    /// process's feed.
+    /// Writes the recorded events (one statement) and commits (on SQLite: releases the savepoint
+    /// and waits for its batch's commit); then counts them and wakes this process's feed.
     pub(crate) async fn commit(self) -> Result<(), DbErr> {
         let events = std::mem::take(
             &mut *self
@@ -98,6 +103,9 @@ impl WriteTxn {
                 .await?;
         }
         self.txn.commit().await?;
+        if let Some(seat) = self.seat {
+            seat.committed().await?;
+        }
         if recorded > 0 {
             metrics::counter!("messaging_events_written_total").increment(recorded);
             self.hub.wake();
