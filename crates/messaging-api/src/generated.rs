@@ -735,7 +735,7 @@ pub struct SubscriberEnvelope {
     #[oai(rename = "subscriber")]
     pub subscriber: Subscriber,
 }
-/// A subscriber to add. Contacts default to the customer's details; a `user` needs a `name`.
+/// A subscriber to add. Contacts default to the customer's details. A `user` needs a `name`; a `contact`'s `id` is its customer id (a UUID); an `organization`'s `id` is the store's id.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
 pub struct AddSubscriberRequest {
@@ -805,14 +805,26 @@ impl poem_openapi::types::Type for AddSubscriberRequestBody {
         schema.one_of = vec![];
         schema.any_of = vec![
             poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
-            { required : vec![], properties : vec![("type",
+            { required : vec!["name"], properties : vec![("type",
             poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
-            { enum_items : vec![serde_json::Value::String("organization".to_string()),
-            serde_json::Value::String("contact".to_string())],
-            ..poem_openapi::registry::MetaSchema::ANY },)))],
+            { enum_items : vec![serde_json::Value::String("user".to_string())], pattern :
+            None, ..poem_openapi::registry::MetaSchema::ANY },)))],
             ..poem_openapi::registry::MetaSchema::ANY })),
             poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
-            { required : vec!["name"], properties : vec![],
+            { required : vec![], properties : vec![("type",
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { enum_items : vec![serde_json::Value::String("organization".to_string())],
+            pattern : None, ..poem_openapi::registry::MetaSchema::ANY },)))],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec![], properties : vec![("id",
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { enum_items : vec![], pattern :
+            Some("^((urn:uuid:)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$"
+            .to_string()), ..poem_openapi::registry::MetaSchema::ANY },))), ("type",
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { enum_items : vec![serde_json::Value::String("contact".to_string())],
+            pattern : None, ..poem_openapi::registry::MetaSchema::ANY },)))],
             ..poem_openapi::registry::MetaSchema::ANY }))
         ];
     }

@@ -274,7 +274,7 @@ pub mod types {
                 })
         }
     }
-    ///A subscriber to add. Contacts default to the customer's details; a `user` needs a `name`.
+    ///A subscriber to add. Contacts default to the customer's details. A `user` needs a `name`; a `contact`'s `id` is its customer id (a UUID); an `organization`'s `id` is the store's id.
     #[derive(::serde::Deserialize, ::serde::Serialize, Clone, Debug, PartialEq)]
     pub struct AddSubscriberRequest {
         ///Email address.

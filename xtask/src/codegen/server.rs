@@ -232,8 +232,8 @@ impl Ctx<'_> {
             .then(|| format_ident!("{}Body", name))
     }
 
-    /// For an object schema with `oneOf`/`anyOf` (each branch `required` names and `enum`s of
-    /// its properties): a `<Name>Body` newtype used as the request body, whose schema is the
+    /// For an object schema with `oneOf`/`anyOf` (each branch `required` names and `enum`s or
+    /// `pattern`s of its properties): a `<Name>Body` newtype used as the request body, whose schema is the
     /// object's with those rules added. poem-openapi's `Object` derive cannot state them; the
     /// service refuses what they refuse, with its own stable codes.
     fn object_rules(&self, name: &str, obj: &openapiv3::ObjectType) -> anyhow::Result<TokenStream> {
@@ -927,7 +927,7 @@ lookup!(openapiv3::RequestBody, request_bodies);
 lookup!(openapiv3::Header, headers);
 
 /// One branch of an object's `oneOf`/`anyOf`: `required` names of the object's properties and
-/// `properties` that narrow a string property to an `enum`; nothing else.
+/// `properties` that narrow a string property to an `enum` or a `pattern`; nothing else.
 fn rule_branch(
     branch: &serde_json::Value,
     obj: &openapiv3::ObjectType,
@@ -961,23 +961,43 @@ fn rule_branch(
                     if !obj.properties.contains_key(prop) {
                         bail!("property {prop} is not a property of the object");
                     }
-                    let values = match schema.as_object() {
-                        Some(s) if s.len() == 1 => s.get("enum").and_then(|e| e.as_array()),
-                        _ => None,
-                    }
-                    .ok_or_else(|| anyhow!("property {prop} in a branch may only carry an enum"))?;
-                    let values = values
-                        .iter()
-                        .map(|v| {
-                            v.as_str()
-                                .map(|v| quote!(serde_json::Value::String(#v.to_string())))
-                                .ok_or_else(|| anyhow!("enum values of {prop} must be strings"))
+                    let schema = schema
+                        .as_object()
+                        .filter(|s| {
+                            !s.is_empty() && s.keys().all(|k| k == "enum" || k == "pattern")
                         })
-                        .collect::<anyhow::Result<Vec<_>>>()?;
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "property {prop} in a branch may only carry an enum or a pattern"
+                            )
+                        })?;
+                    let values = match schema.get("enum") {
+                        None => vec![],
+                        Some(values) => values
+                            .as_array()
+                            .ok_or_else(|| anyhow!("enum of {prop} must be a list"))?
+                            .iter()
+                            .map(|v| {
+                                v.as_str()
+                                    .map(|v| quote!(serde_json::Value::String(#v.to_string())))
+                                    .ok_or_else(|| anyhow!("enum values of {prop} must be strings"))
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()?,
+                    };
+                    let pattern = match schema.get("pattern") {
+                        None => quote!(None),
+                        Some(p) => {
+                            let p = p
+                                .as_str()
+                                .ok_or_else(|| anyhow!("pattern of {prop} must be a string"))?;
+                            quote!(Some(#p.to_string()))
+                        }
+                    };
                     properties.push(quote! {
                         (#prop, poem_openapi::registry::MetaSchemaRef::Inline(Box::new(
                             poem_openapi::registry::MetaSchema {
                                 enum_items: vec![#(#values),*],
+                                pattern: #pattern,
                                 ..poem_openapi::registry::MetaSchema::ANY
                             },
                         )))
