@@ -810,10 +810,13 @@ both_backends!(update_thread_rules, |app| async move {
             .await,
     );
     assert_eq!((empty.status, empty.code.as_str()), (400, "empty_update"));
+    // `null` is not a value of any member (no schema is nullable), not "absent".
     for body in [
         json!({"status": "archived"}),
         json!({"pinned": "yes"}),
         json!([1, 2]),
+        json!({"status": null}),
+        json!({"name": null, "pinned": true}),
     ] {
         let response = w
             .raw(

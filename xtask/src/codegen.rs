@@ -28,10 +28,14 @@ pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
         );
     }
 
+    // The object-level keywords (`oneOf`, `anyOf`) openapiv3 does not keep on a `type: object`.
+    let raw: serde_json::Value =
+        serde_yaml::from_str(&spec_text).with_context(|| format!("parsing {SPEC_PATH}"))?;
+
     let outputs = [
         (
             "crates/messaging-api/src/generated.rs",
-            server::generate(&spec)?,
+            server::generate(&spec, &raw)?,
         ),
         (
             "crates/messaging-client/src/generated.rs",

@@ -27,6 +27,7 @@ pub enum ApiTags {
 pub struct ApiKeyAuth(pub poem_openapi::auth::Bearer);
 /// Reads a JSON string field strictly: poem-openapi alone would accept a number or a
 /// boolean for a `String` and turn it into text, which hides a client's type error.
+/// `null` is refused as for every member the spec does not declare `nullable`.
 fn strict_string<T: poem_openapi::types::ParseFromJSON>(
     value: Option<serde_json::Value>,
 ) -> poem_openapi::types::ParseResult<T> {
@@ -34,6 +35,7 @@ fn strict_string<T: poem_openapi::types::ParseFromJSON>(
         matches!(v, serde_json::Value::Number(_) | serde_json::Value::Bool(_))
     };
     match &value {
+        Some(serde_json::Value::Null) => Err(null_refused()),
         Some(v) if not_text(v) => {
             Err(poem_openapi::types::ParseError::custom("expected a string"))
         }
@@ -42,6 +44,21 @@ fn strict_string<T: poem_openapi::types::ParseFromJSON>(
         }
         _ => T::parse_from_json(value),
     }
+}
+/// Reads an optional member that is not `nullable`: absent is `None`, `null` is refused
+/// (poem-openapi alone reads `null` as absent, which the spec's schema does not allow).
+fn not_null<T: poem_openapi::types::ParseFromJSON>(
+    value: Option<serde_json::Value>,
+) -> poem_openapi::types::ParseResult<T> {
+    match value {
+        Some(serde_json::Value::Null) => Err(null_refused()),
+        value => T::parse_from_json(value),
+    }
+}
+fn null_refused<T: poem_openapi::types::Type>() -> poem_openapi::types::ParseError<T> {
+    poem_openapi::types::ParseError::custom(
+        "null is not allowed here: leave the member out instead",
+    )
 }
 /// Lifecycle state of a thread.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -239,7 +256,11 @@ pub struct Thread {
     #[oai(rename = "id")]
     pub id: uuid::Uuid,
     /// The customer this thread belongs to.
-    #[oai(rename = "customer_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "customer_id",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub customer_id: Option<uuid::Uuid>,
     /// Customer name at the time the thread was created.
     #[oai(
@@ -297,37 +318,81 @@ pub struct Thread {
         skip_serializing_if_is_none
     )]
     pub subject: Option<String>,
-    #[oai(rename = "thread_type", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "thread_type",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub thread_type: Option<ThreadType>,
-    #[oai(rename = "status", skip_serializing_if_is_none)]
+    #[oai(rename = "status", deserialize_with = "not_null", skip_serializing_if_is_none)]
     pub status: Option<ThreadStatus>,
-    #[oai(rename = "priority", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "priority",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub priority: Option<ThreadPriority>,
     /// When the newest message was sent.
-    #[oai(rename = "last_message_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "last_message_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub last_message_at: Option<chrono::DateTime<chrono::Utc>>,
-    #[oai(rename = "last_message_by", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "last_message_by",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub last_message_by: Option<SenderType>,
     /// Messages from the store or system the customer has not read.
-    #[oai(rename = "unread_count_customer", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "unread_count_customer",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub unread_count_customer: Option<i64>,
     /// Messages from the customer awaiting the store.
-    #[oai(rename = "unread_count_store", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "unread_count_store",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub unread_count_store: Option<i64>,
     /// Hidden from the main list.
-    #[oai(rename = "is_archived", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "is_archived",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub is_archived: Option<bool>,
     /// Notifications disabled.
-    #[oai(rename = "is_muted", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "is_muted",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub is_muted: Option<bool>,
     /// Always at the top of the list.
-    #[oai(rename = "is_pinned", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "is_pinned",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub is_pinned: Option<bool>,
     /// When the thread was created.
-    #[oai(rename = "created_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "created_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub created_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When the thread last changed.
-    #[oai(rename = "updated_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "updated_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
     /// The resource (an order, a product) the thread is about; `thrd_<resource_id>` names the thread.
     #[oai(
@@ -351,7 +416,11 @@ pub struct Thread {
     )]
     pub name: Option<String>,
     /// The organization (store) that owns the thread.
-    #[oai(rename = "organization_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "organization_id",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub organization_id: Option<uuid::Uuid>,
     /// Ids of the active subscribers (users, the organization, contacts).
     #[oai(
@@ -361,7 +430,11 @@ pub struct Thread {
     )]
     pub subscriber_ids: Option<Vec<String>>,
     /// Every subscriber, including removed ones (`is_archived`).
-    #[oai(rename = "subscribers", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "subscribers",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub subscribers: Option<Vec<Subscriber>>,
     /// Ids of the users and organizations with unread messages in the thread.
     #[oai(
@@ -371,10 +444,18 @@ pub struct Thread {
     )]
     pub unread_by: Option<Vec<String>>,
     /// With `expand=recent_messages`, the newest 150 messages, oldest first.
-    #[oai(rename = "recent_messages", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "recent_messages",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub recent_messages: Option<Vec<Message>>,
     /// With `expand=recent_messages`, whether the thread has older messages.
-    #[oai(rename = "has_more", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "has_more",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub has_more: Option<bool>,
 }
 impl poem_openapi::types::Example for Thread {
@@ -403,13 +484,21 @@ pub struct Message {
     #[oai(rename = "sender_type")]
     pub sender_type: SenderType,
     /// The customer or store that sent the message; absent for system messages.
-    #[oai(rename = "sender_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "sender_id",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub sender_id: Option<uuid::Uuid>,
     /// Whether the content was changed.
     #[oai(rename = "is_edited")]
     pub is_edited: bool,
     /// When the content was last changed.
-    #[oai(rename = "edited_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "edited_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub edited_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Whether the message is soft-deleted (never true in lists).
     #[oai(rename = "is_deleted")]
@@ -450,7 +539,11 @@ pub struct Message {
     )]
     pub resource_id: Option<String>,
     /// When the message is (or was) due in its channel; absent when published at once.
-    #[oai(rename = "publish_to_channel_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "publish_to_channel_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub publish_to_channel_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 impl poem_openapi::types::Example for Message {
@@ -607,7 +700,11 @@ pub struct Subscriber {
     #[oai(rename = "is_archived")]
     pub is_archived: bool,
     /// When the subscriber last marked the thread read; never set for contacts.
-    #[oai(rename = "viewed_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "viewed_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub viewed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 impl poem_openapi::types::Example for Subscriber {
@@ -625,7 +722,11 @@ impl poem_openapi::types::Example for Subscriber {
 pub struct SubscriberList {
     #[oai(rename = "subscribers")]
     pub subscribers: Vec<Subscriber>,
-    #[oai(rename = "pagination", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "pagination",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub pagination: Option<Pagination>,
 }
 /// A subscriber.
@@ -634,7 +735,7 @@ pub struct SubscriberEnvelope {
     #[oai(rename = "subscriber")]
     pub subscriber: Subscriber,
 }
-/// A subscriber to add. Contacts default to the customer's details.
+/// A subscriber to add. Contacts default to the customer's details. A `user` needs a `name`; a `contact`'s `id` is its customer id (a UUID); an `organization`'s `id` is the store's id.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
 pub struct AddSubscriberRequest {
@@ -682,6 +783,71 @@ impl poem_openapi::types::Example for AddSubscriberRequest {
             .expect("the example of AddSubscriberRequest in the spec must be valid")
     }
 }
+/// `AddSubscriberRequest` as a request body: its schema with the spec's `oneOf`/`anyOf` rules, which poem-openapi's `Object` cannot state (the service refuses what they refuse).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddSubscriberRequestBody(pub AddSubscriberRequest);
+impl poem_openapi::types::Type for AddSubscriberRequestBody {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = AddSubscriberRequest;
+    type RawElementValueType = AddSubscriberRequest;
+    fn name() -> ::std::borrow::Cow<'static, str> {
+        <AddSubscriberRequest as poem_openapi::types::Type>::name()
+    }
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        <AddSubscriberRequest as poem_openapi::types::Type>::schema_ref()
+    }
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        <AddSubscriberRequest as poem_openapi::types::Type>::register(registry);
+        let schema = registry
+            .schemas
+            .get_mut("AddSubscriberRequest")
+            .expect("registered just above");
+        schema.one_of = vec![];
+        schema.any_of = vec![
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["name"], properties : vec![("type",
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { enum_items : vec![serde_json::Value::String("user".to_string())], pattern :
+            None, ..poem_openapi::registry::MetaSchema::ANY },)))],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec![], properties : vec![("type",
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { enum_items : vec![serde_json::Value::String("organization".to_string())],
+            pattern : None, ..poem_openapi::registry::MetaSchema::ANY },)))],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec![], properties : vec![("id",
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { enum_items : vec![], pattern :
+            Some("^((urn:uuid:)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32})$"
+            .to_string()), ..poem_openapi::registry::MetaSchema::ANY },))), ("type",
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { enum_items : vec![serde_json::Value::String("contact".to_string())],
+            pattern : None, ..poem_openapi::registry::MetaSchema::ANY },)))],
+            ..poem_openapi::registry::MetaSchema::ANY }))
+        ];
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(&self.0)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+impl poem_openapi::types::ParseFromJSON for AddSubscriberRequestBody {
+    fn parse_from_json(
+        value: Option<serde_json::Value>,
+    ) -> poem_openapi::types::ParseResult<Self> {
+        <AddSubscriberRequest as poem_openapi::types::ParseFromJSON>::parse_from_json(
+                value,
+            )
+            .map(Self)
+            .map_err(poem_openapi::types::ParseError::propagate)
+    }
+}
 /// The conversation space of one set of active subscribers: every thread with that set
 /// publishes its messages here.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -709,16 +875,32 @@ pub struct Channel {
     #[oai(rename = "publisher_ids", deserialize_with = "strict_string")]
     pub publisher_ids: Vec<String>,
     /// From `getChannel`, the newest 150 published messages, oldest first.
-    #[oai(rename = "recent_messages", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "recent_messages",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub recent_messages: Option<Vec<Message>>,
     /// From `getChannel`, whether the channel has older published messages.
-    #[oai(rename = "has_more", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "has_more",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub has_more: Option<bool>,
     /// From `getChannel`, for the store only, messages waiting for their `publish_to_channel_at`.
-    #[oai(rename = "pending_messages", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "pending_messages",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub pending_messages: Option<Vec<Message>>,
     /// When the earliest pending message is due (store only).
-    #[oai(rename = "scheduled_publish_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "scheduled_publish_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub scheduled_publish_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When a message was last published into the channel or it last changed.
     #[oai(rename = "updated_at")]
@@ -800,7 +982,11 @@ pub struct Conversation {
 #[oai(example)]
 pub struct CreateConversationRequest {
     /// The customer. Optional with a customer token (must match it); required for the store.
-    #[oai(rename = "customer_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "customer_id",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub customer_id: Option<uuid::Uuid>,
     /// Name to show on the thread; defaults to the customer's name.
     #[oai(
@@ -822,19 +1008,35 @@ pub struct CreateConversationRequest {
     #[oai(
         rename = "subject",
         deserialize_with = "strict_string",
-        validator(max_length = 300, min_length = 1, pattern = "\\S")
+        validator(
+            max_length = 300,
+            min_length = 1,
+            pattern = "[^\\x09-\\x0d\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
     )]
     pub subject: String,
     /// The first message (not blank).
     #[oai(
         rename = "message",
         deserialize_with = "strict_string",
-        validator(max_length = 10000, min_length = 1, pattern = "\\S")
+        validator(
+            max_length = 10000,
+            min_length = 1,
+            pattern = "[^\\x09-\\x0d\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
     )]
     pub message: String,
-    #[oai(rename = "priority", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "priority",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub priority: Option<ThreadPriority>,
-    #[oai(rename = "thread_type", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "thread_type",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub thread_type: Option<ThreadType>,
     /// Order the conversation is about.
     #[oai(
@@ -893,18 +1095,26 @@ impl poem_openapi::types::Example for CreateConversationRequest {
 #[derive(Object, Debug, Clone, PartialEq, Default)]
 #[oai(example)]
 pub struct UpdateThreadRequest {
-    #[oai(rename = "status", skip_serializing_if_is_none)]
+    #[oai(rename = "status", deserialize_with = "not_null", skip_serializing_if_is_none)]
     pub status: Option<ThreadStatus>,
-    #[oai(rename = "priority", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "priority",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub priority: Option<ThreadPriority>,
     /// `true` to archive, `false` to unarchive.
-    #[oai(rename = "archived", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "archived",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub archived: Option<bool>,
     /// `true` to mute, `false` to unmute.
-    #[oai(rename = "muted", skip_serializing_if_is_none)]
+    #[oai(rename = "muted", deserialize_with = "not_null", skip_serializing_if_is_none)]
     pub muted: Option<bool>,
     /// `true` to pin, `false` to unpin.
-    #[oai(rename = "pinned", skip_serializing_if_is_none)]
+    #[oai(rename = "pinned", deserialize_with = "not_null", skip_serializing_if_is_none)]
     pub pinned: Option<bool>,
     /// The resource's new location (store only).
     #[oai(
@@ -933,6 +1143,70 @@ impl poem_openapi::types::Example for UpdateThreadRequest {
             .expect("the example of UpdateThreadRequest in the spec must be valid")
     }
 }
+/// `UpdateThreadRequest` as a request body: its schema with the spec's `oneOf`/`anyOf` rules, which poem-openapi's `Object` cannot state (the service refuses what they refuse).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateThreadRequestBody(pub UpdateThreadRequest);
+impl poem_openapi::types::Type for UpdateThreadRequestBody {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = UpdateThreadRequest;
+    type RawElementValueType = UpdateThreadRequest;
+    fn name() -> ::std::borrow::Cow<'static, str> {
+        <UpdateThreadRequest as poem_openapi::types::Type>::name()
+    }
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        <UpdateThreadRequest as poem_openapi::types::Type>::schema_ref()
+    }
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        <UpdateThreadRequest as poem_openapi::types::Type>::register(registry);
+        let schema = registry
+            .schemas
+            .get_mut("UpdateThreadRequest")
+            .expect("registered just above");
+        schema.one_of = vec![];
+        schema.any_of = vec![
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["status"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["priority"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["archived"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["muted"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["pinned"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["location_id"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["name"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY }))
+        ];
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(&self.0)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+impl poem_openapi::types::ParseFromJSON for UpdateThreadRequestBody {
+    fn parse_from_json(
+        value: Option<serde_json::Value>,
+    ) -> poem_openapi::types::ParseResult<Self> {
+        <UpdateThreadRequest as poem_openapi::types::ParseFromJSON>::parse_from_json(
+                value,
+            )
+            .map(Self)
+            .map_err(poem_openapi::types::ParseError::propagate)
+    }
+}
 /// A reply in a thread.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
@@ -941,10 +1215,14 @@ pub struct SendMessageRequest {
     #[oai(
         rename = "message",
         deserialize_with = "strict_string",
-        validator(max_length = 10000, min_length = 1, pattern = "\\S")
+        validator(
+            max_length = 10000,
+            min_length = 1,
+            pattern = "[^\\x09-\\x0d\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
     )]
     pub message: String,
-    #[oai(rename = "type", skip_serializing_if_is_none)]
+    #[oai(rename = "type", deserialize_with = "not_null", skip_serializing_if_is_none)]
     pub r#type: Option<MessageType>,
     /// For system messages, the event that made the message.
     #[oai(
@@ -961,13 +1239,17 @@ pub struct SendMessageRequest {
         skip_serializing_if_is_none,
         validator(
             max_length = 2048,
-            pattern = "^https://([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(:[0-9]{1,4})?([/?#][^\\s\\x00-\\x1f\\x7f]*)?$",
+            pattern = "^https://([A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?\\.)*[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(:[0-9]{1,4})?([/?#][^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*)?$",
             max_items = 10
         )
     )]
     pub media_urls: Option<Vec<String>>,
     /// Publish to the channel at this time instead of at once; the message is in its thread at once.
-    #[oai(rename = "publish_to_channel_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "publish_to_channel_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub publish_to_channel_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 impl poem_openapi::types::Example for SendMessageRequest {
@@ -988,7 +1270,11 @@ pub struct EditMessageRequest {
     #[oai(
         rename = "message_content",
         deserialize_with = "strict_string",
-        validator(max_length = 10000, min_length = 1, pattern = "\\S")
+        validator(
+            max_length = 10000,
+            min_length = 1,
+            pattern = "[^\\x09-\\x0d\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
     )]
     pub message_content: String,
 }
@@ -1106,7 +1392,7 @@ pub struct RegisterRequest {
         validator(
             max_length = 320,
             min_length = 3,
-            pattern = "^\\s*[^@\\s]+@[^@\\s]+\\s*$"
+            pattern = "^[\\x09-\\x0d\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*[^@\\x09-\\x0d\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+@[^@\\x09-\\x0d\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+[\\x09-\\x0d\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]*$"
         )
     )]
     pub email: String,
@@ -1121,7 +1407,11 @@ pub struct RegisterRequest {
     #[oai(
         rename = "name",
         deserialize_with = "strict_string",
-        validator(max_length = 200, min_length = 1, pattern = "\\S")
+        validator(
+            max_length = 200,
+            min_length = 1,
+            pattern = "[^\\x09-\\x0d\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+        )
     )]
     pub name: String,
     /// Phone number in E.164 form, e.g. `+14155550123`.
@@ -1203,6 +1493,53 @@ impl poem_openapi::types::Example for OtpRequest {
             .expect("the example of OtpRequest in the spec must be valid")
     }
 }
+/// `OtpRequest` as a request body: its schema with the spec's `oneOf`/`anyOf` rules, which poem-openapi's `Object` cannot state (the service refuses what they refuse).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtpRequestBody(pub OtpRequest);
+impl poem_openapi::types::Type for OtpRequestBody {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = OtpRequest;
+    type RawElementValueType = OtpRequest;
+    fn name() -> ::std::borrow::Cow<'static, str> {
+        <OtpRequest as poem_openapi::types::Type>::name()
+    }
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        <OtpRequest as poem_openapi::types::Type>::schema_ref()
+    }
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        <OtpRequest as poem_openapi::types::Type>::register(registry);
+        let schema = registry
+            .schemas
+            .get_mut("OtpRequest")
+            .expect("registered just above");
+        schema.one_of = vec![
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["email"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["phone"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY }))
+        ];
+        schema.any_of = vec![];
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(&self.0)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+impl poem_openapi::types::ParseFromJSON for OtpRequestBody {
+    fn parse_from_json(
+        value: Option<serde_json::Value>,
+    ) -> poem_openapi::types::ParseResult<Self> {
+        <OtpRequest as poem_openapi::types::ParseFromJSON>::parse_from_json(value)
+            .map(Self)
+            .map_err(poem_openapi::types::ParseError::propagate)
+    }
+}
 /// A one-time code was sent if the customer exists.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct OtpAccepted {
@@ -1246,6 +1583,53 @@ impl poem_openapi::types::Example for VerifyOtpRequest {
             .expect("the example of VerifyOtpRequest in the spec must be valid");
         <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
             .expect("the example of VerifyOtpRequest in the spec must be valid")
+    }
+}
+/// `VerifyOtpRequest` as a request body: its schema with the spec's `oneOf`/`anyOf` rules, which poem-openapi's `Object` cannot state (the service refuses what they refuse).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyOtpRequestBody(pub VerifyOtpRequest);
+impl poem_openapi::types::Type for VerifyOtpRequestBody {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = VerifyOtpRequest;
+    type RawElementValueType = VerifyOtpRequest;
+    fn name() -> ::std::borrow::Cow<'static, str> {
+        <VerifyOtpRequest as poem_openapi::types::Type>::name()
+    }
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        <VerifyOtpRequest as poem_openapi::types::Type>::schema_ref()
+    }
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        <VerifyOtpRequest as poem_openapi::types::Type>::register(registry);
+        let schema = registry
+            .schemas
+            .get_mut("VerifyOtpRequest")
+            .expect("registered just above");
+        schema.one_of = vec![
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["email"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["phone"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY }))
+        ];
+        schema.any_of = vec![];
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(&self.0)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+impl poem_openapi::types::ParseFromJSON for VerifyOtpRequestBody {
+    fn parse_from_json(
+        value: Option<serde_json::Value>,
+    ) -> poem_openapi::types::ParseResult<Self> {
+        <VerifyOtpRequest as poem_openapi::types::ParseFromJSON>::parse_from_json(value)
+            .map(Self)
+            .map_err(poem_openapi::types::ParseError::propagate)
     }
 }
 /// A refresh token from a session.
@@ -1366,20 +1750,40 @@ impl ::std::str::FromStr for EventType {
 /// the event's `type` (see `EventType`).
 #[derive(Object, Debug, Clone, PartialEq, Default)]
 pub struct EventData {
-    #[oai(rename = "thread", skip_serializing_if_is_none)]
+    #[oai(rename = "thread", deserialize_with = "not_null", skip_serializing_if_is_none)]
     pub thread: Option<Thread>,
-    #[oai(rename = "message", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "message",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub message: Option<Message>,
     /// The deleted message (`message.deleted`).
-    #[oai(rename = "message_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "message_id",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub message_id: Option<uuid::Uuid>,
     /// When it was deleted (`message.deleted`).
-    #[oai(rename = "deleted_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "deleted_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub deleted_at: Option<chrono::DateTime<chrono::Utc>>,
-    #[oai(rename = "subscriber", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "subscriber",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub subscriber: Option<Subscriber>,
     /// The channel the message reached (`channel.message_published`).
-    #[oai(rename = "channel_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "channel_id",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub channel_id: Option<uuid::Uuid>,
 }
 /// One change a reader could see.
@@ -1394,7 +1798,11 @@ pub struct Event {
     #[oai(rename = "created_at")]
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// The thread the event is about; absent where no thread is involved.
-    #[oai(rename = "thread_id", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "thread_id",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub thread_id: Option<uuid::Uuid>,
     #[oai(rename = "data")]
     pub data: EventData,
@@ -1508,6 +1916,7 @@ pub struct CreateWebhookEndpointRequest {
     /// Event types to send; empty or absent means all.
     #[oai(
         rename = "event_types",
+        deserialize_with = "not_null",
         skip_serializing_if_is_none,
         validator(max_items = 20)
     )]
@@ -1550,12 +1959,17 @@ pub struct UpdateWebhookEndpointRequest {
     /// The new event types; empty means all.
     #[oai(
         rename = "event_types",
+        deserialize_with = "not_null",
         skip_serializing_if_is_none,
         validator(max_items = 20)
     )]
     pub event_types: Option<Vec<EventType>>,
     /// `false` stops sending; `true` sends again (also after a 410 disabled it).
-    #[oai(rename = "enabled", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "enabled",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub enabled: Option<bool>,
     /// The new description.
     #[oai(
@@ -1576,6 +1990,61 @@ impl poem_openapi::types::Example for UpdateWebhookEndpointRequest {
             .expect(
                 "the example of UpdateWebhookEndpointRequest in the spec must be valid",
             )
+    }
+}
+/// `UpdateWebhookEndpointRequest` as a request body: its schema with the spec's `oneOf`/`anyOf` rules, which poem-openapi's `Object` cannot state (the service refuses what they refuse).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateWebhookEndpointRequestBody(pub UpdateWebhookEndpointRequest);
+impl poem_openapi::types::Type for UpdateWebhookEndpointRequestBody {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = UpdateWebhookEndpointRequest;
+    type RawElementValueType = UpdateWebhookEndpointRequest;
+    fn name() -> ::std::borrow::Cow<'static, str> {
+        <UpdateWebhookEndpointRequest as poem_openapi::types::Type>::name()
+    }
+    fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+        <UpdateWebhookEndpointRequest as poem_openapi::types::Type>::schema_ref()
+    }
+    fn register(registry: &mut poem_openapi::registry::Registry) {
+        <UpdateWebhookEndpointRequest as poem_openapi::types::Type>::register(registry);
+        let schema = registry
+            .schemas
+            .get_mut("UpdateWebhookEndpointRequest")
+            .expect("registered just above");
+        schema.one_of = vec![];
+        schema.any_of = vec![
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["url"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["event_types"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["enabled"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY })),
+            poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema
+            { required : vec!["description"], properties : vec![],
+            ..poem_openapi::registry::MetaSchema::ANY }))
+        ];
+    }
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(&self.0)
+    }
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+impl poem_openapi::types::ParseFromJSON for UpdateWebhookEndpointRequestBody {
+    fn parse_from_json(
+        value: Option<serde_json::Value>,
+    ) -> poem_openapi::types::ParseResult<Self> {
+        <UpdateWebhookEndpointRequest as poem_openapi::types::ParseFromJSON>::parse_from_json(
+                value,
+            )
+            .map(Self)
+            .map_err(poem_openapi::types::ParseError::propagate)
     }
 }
 /// `pending` until an attempt succeeds (`succeeded`) or the retries are exhausted (`failed`).
@@ -1627,10 +2096,18 @@ pub struct WebhookDelivery {
     #[oai(rename = "status")]
     pub status: WebhookDeliveryStatus,
     /// HTTP status of the last attempt's answer; absent when none came (timeout, refused address, connection error).
-    #[oai(rename = "last_response_status", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "last_response_status",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub last_response_status: Option<i32>,
     /// When the next attempt is due; absent once the delivery succeeded or failed.
-    #[oai(rename = "next_attempt_at", skip_serializing_if_is_none)]
+    #[oai(
+        rename = "next_attempt_at",
+        deserialize_with = "not_null",
+        skip_serializing_if_is_none
+    )]
     pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When the event was queued for this endpoint.
     #[oai(rename = "created_at")]
@@ -5329,7 +5806,7 @@ impl<T: MessagingApi> Api<T> {
             )
         )]
         id: Path<String>,
-        body: Json<UpdateThreadRequest>,
+        body: Json<UpdateThreadRequestBody>,
     ) -> UpdateThreadResponse {
         self.0
             .update_thread(
@@ -5340,7 +5817,7 @@ impl<T: MessagingApi> Api<T> {
                     idempotency_key: idempotency_key.0,
                     id: id.0,
                 },
-                body.0,
+                body.0.0,
             )
             .await
     }
@@ -5730,7 +6207,7 @@ impl<T: MessagingApi> Api<T> {
             )
         )]
         id: Path<String>,
-        body: Json<AddSubscriberRequest>,
+        body: Json<AddSubscriberRequestBody>,
     ) -> AddSubscriberResponse {
         self.0
             .add_subscriber(
@@ -5741,7 +6218,7 @@ impl<T: MessagingApi> Api<T> {
                     idempotency_key: idempotency_key.0,
                     id: id.0,
                 },
-                body.0,
+                body.0.0,
             )
             .await
     }
@@ -5828,7 +6305,7 @@ impl<T: MessagingApi> Api<T> {
             validator(
                 max_length = 64,
                 min_length = 1,
-                pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+                pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$"
             )
         )]
         emoji: Path<String>,
@@ -5877,7 +6354,7 @@ impl<T: MessagingApi> Api<T> {
             validator(
                 max_length = 64,
                 min_length = 1,
-                pattern = "^[^\\s\\x00-\\x1f\\x7f-\\x9f]+$"
+                pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]+$"
             )
         )]
         emoji: Path<String>,
@@ -6115,9 +6592,9 @@ impl<T: MessagingApi> Api<T> {
     async fn request_otp(
         &self,
         auth: ApiKeyAuth,
-        body: Json<OtpRequest>,
+        body: Json<OtpRequestBody>,
     ) -> RequestOtpResponse {
-        self.0.request_otp(auth.0.token, body.0).await
+        self.0.request_otp(auth.0.token, body.0.0).await
     }
     /// Log in with a one-time code
     ///
@@ -6131,9 +6608,9 @@ impl<T: MessagingApi> Api<T> {
     async fn verify_otp(
         &self,
         auth: ApiKeyAuth,
-        body: Json<VerifyOtpRequest>,
+        body: Json<VerifyOtpRequestBody>,
     ) -> VerifyOtpResponse {
-        self.0.verify_otp(auth.0.token, body.0).await
+        self.0.verify_otp(auth.0.token, body.0.0).await
     }
     /// Refresh a session
     ///
@@ -6397,7 +6874,7 @@ impl<T: MessagingApi> Api<T> {
             validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
         )]
         idempotency_key: Header<Option<String>>,
-        body: Json<UpdateWebhookEndpointRequest>,
+        body: Json<UpdateWebhookEndpointRequestBody>,
     ) -> UpdateWebhookEndpointResponse {
         self.0
             .update_webhook_endpoint(
@@ -6406,7 +6883,7 @@ impl<T: MessagingApi> Api<T> {
                     id: id.0,
                     idempotency_key: idempotency_key.0,
                 },
-                body.0,
+                body.0.0,
             )
             .await
     }

@@ -2,6 +2,12 @@
 //!
 //! progenitor types only `application/json` bodies; `application/problem+json` is JSON too, so
 //! the spec is handed to it with that media type renamed. Errors then arrive typed as `Problem`.
+//!
+//! The object-level rules of request bodies (`oneOf`/`anyOf` over `required` members, as in
+//! "at least one of" or "exactly one of") are left out of what progenitor sees: typify turns
+//! such an object into an untagged enum whose first matching variant silently drops the other
+//! members (`{"status", "priority"}` would be sent as `{"status"}`). The client keeps the plain
+//! struct, and the server answers what breaks those rules with 400 and its stable code.
 
 use anyhow::Context;
 use proc_macro2::TokenStream;
@@ -9,6 +15,7 @@ use proc_macro2::TokenStream;
 pub fn generate(spec_text: &str) -> anyhow::Result<TokenStream> {
     let mut value: serde_json::Value = serde_yaml::from_str(spec_text)?;
     rename_problem_media_type(&mut value);
+    drop_object_rules(&mut value);
     let spec: openapiv3::OpenAPI = serde_json::from_value(value).context("spec for progenitor")?;
 
     let mut settings = progenitor::GenerationSettings::new();
@@ -35,5 +42,26 @@ fn rename_problem_media_type(value: &mut serde_json::Value) {
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(rename_problem_media_type),
         _ => {}
+    }
+}
+
+/// Removes `oneOf`/`anyOf` from component schemas that are objects with properties.
+fn drop_object_rules(value: &mut serde_json::Value) {
+    let Some(schemas) = value
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    for schema in schemas.values_mut() {
+        let Some(schema) = schema.as_object_mut() else {
+            continue;
+        };
+        if schema.get("type").and_then(serde_json::Value::as_str) == Some("object")
+            && schema.contains_key("properties")
+        {
+            schema.remove("oneOf");
+            schema.remove("anyOf");
+        }
     }
 }

@@ -17,12 +17,14 @@ use super::{pascal_case, snake_case};
 /// The schema every error response must use.
 const ERROR_SCHEMA: &str = "Problem";
 
-pub fn generate(spec: &OpenAPI) -> anyhow::Result<TokenStream> {
+/// `spec` is the parsed spec; `raw` the same document as JSON, for the object-level keywords
+/// openapiv3 drops from a `type: object` schema (`oneOf`, `anyOf`).
+pub fn generate(spec: &OpenAPI, raw: &serde_json::Value) -> anyhow::Result<TokenStream> {
     let components = spec
         .components
         .as_ref()
         .ok_or_else(|| anyhow!("spec has no components"))?;
-    let ctx = Ctx { spec };
+    let ctx = Ctx { spec, raw };
 
     let tags = tags(spec);
     let security = security_scheme(spec)?;
@@ -67,17 +69,34 @@ pub fn generate(spec: &OpenAPI) -> anyhow::Result<TokenStream> {
 
         /// Reads a JSON string field strictly: poem-openapi alone would accept a number or a
         /// boolean for a `String` and turn it into text, which hides a client's type error.
+        /// `null` is refused as for every member the spec does not declare `nullable`.
         fn strict_string<T: poem_openapi::types::ParseFromJSON>(
             value: Option<serde_json::Value>,
         ) -> poem_openapi::types::ParseResult<T> {
             let not_text = |v: &serde_json::Value| matches!(v, serde_json::Value::Number(_) | serde_json::Value::Bool(_));
             match &value {
+                Some(serde_json::Value::Null) => Err(null_refused()),
                 Some(v) if not_text(v) => Err(poem_openapi::types::ParseError::custom("expected a string")),
                 Some(serde_json::Value::Array(items)) if items.iter().any(not_text) => {
                     Err(poem_openapi::types::ParseError::custom("expected an array of strings"))
                 }
                 _ => T::parse_from_json(value),
             }
+        }
+
+        /// Reads an optional member that is not `nullable`: absent is `None`, `null` is refused
+        /// (poem-openapi alone reads `null` as absent, which the spec's schema does not allow).
+        fn not_null<T: poem_openapi::types::ParseFromJSON>(
+            value: Option<serde_json::Value>,
+        ) -> poem_openapi::types::ParseResult<T> {
+            match value {
+                Some(serde_json::Value::Null) => Err(null_refused()),
+                value => T::parse_from_json(value),
+            }
+        }
+
+        fn null_refused<T: poem_openapi::types::Type>() -> poem_openapi::types::ParseError<T> {
+            poem_openapi::types::ParseError::custom("null is not allowed here: leave the member out instead")
         }
         #(#types)*
         #(#op_items)*
@@ -100,6 +119,7 @@ pub fn generate(spec: &OpenAPI) -> anyhow::Result<TokenStream> {
 
 struct Ctx<'a> {
     spec: &'a OpenAPI,
+    raw: &'a serde_json::Value,
 }
 
 struct OperationCode {
@@ -187,6 +207,111 @@ impl Ctx<'_> {
             }
             ReferenceOr::Item(schema) => self.inline_type(schema),
         }
+    }
+
+    /// The raw JSON of a component schema.
+    fn raw_schema(&self, name: &str) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.raw
+            .pointer(&format!("/components/schemas/{name}"))?
+            .as_object()
+    }
+
+    /// Whether a component schema carries object-level rules (`oneOf`/`anyOf`).
+    fn has_object_rules(&self, name: &str) -> bool {
+        self.raw_schema(name)
+            .is_some_and(|s| s.contains_key("oneOf") || s.contains_key("anyOf"))
+    }
+
+    /// The body wrapper of a request body schema with object-level rules.
+    fn rules_wrapper(&self, schema: &ReferenceOr<Schema>) -> Option<proc_macro2::Ident> {
+        let ReferenceOr::Reference { reference } = schema else {
+            return None;
+        };
+        let name = reference.strip_prefix("#/components/schemas/")?;
+        self.has_object_rules(name)
+            .then(|| format_ident!("{}Body", name))
+    }
+
+    /// For an object schema with `oneOf`/`anyOf` (each branch `required` names and `enum`s or
+    /// `pattern`s of its properties): a `<Name>Body` newtype used as the request body, whose schema is the
+    /// object's with those rules added. poem-openapi's `Object` derive cannot state them; the
+    /// service refuses what they refuse, with its own stable codes.
+    fn object_rules(&self, name: &str, obj: &openapiv3::ObjectType) -> anyhow::Result<TokenStream> {
+        let raw = self
+            .raw_schema(name)
+            .ok_or_else(|| anyhow!("schema {name} missing from the raw spec"))?;
+        for keyword in ["allOf", "not"] {
+            if raw.contains_key(keyword) {
+                bail!("{keyword} on an object is not supported");
+            }
+        }
+        if !self.has_object_rules(name) {
+            return Ok(quote!());
+        }
+        let mut branches = Vec::new();
+        for keyword in ["oneOf", "anyOf"] {
+            let list = match raw.get(keyword) {
+                None => vec![],
+                Some(serde_json::Value::Array(list)) if !list.is_empty() => list
+                    .iter()
+                    .map(|branch| rule_branch(branch, obj))
+                    .collect::<anyhow::Result<Vec<_>>>()
+                    .with_context(|| format!("{keyword} of {name}"))?,
+                Some(_) => bail!("{keyword} of {name} must be a non-empty list"),
+            };
+            branches.push(list);
+        }
+        let (one_of, any_of) = (&branches[0], &branches[1]);
+        let ident = format_ident!("{}", name);
+        let wrapper = format_ident!("{}Body", name);
+        let doc = format!(
+            " `{name}` as a request body: its schema with the spec's `oneOf`/`anyOf` rules, which \
+             poem-openapi's `Object` cannot state (the service refuses what they refuse)."
+        );
+        Ok(quote! {
+            #[doc = #doc]
+            #[derive(Debug, Clone, PartialEq)]
+            pub struct #wrapper(pub #ident);
+
+            impl poem_openapi::types::Type for #wrapper {
+                const IS_REQUIRED: bool = true;
+                type RawValueType = #ident;
+                type RawElementValueType = #ident;
+
+                fn name() -> ::std::borrow::Cow<'static, str> {
+                    <#ident as poem_openapi::types::Type>::name()
+                }
+
+                fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+                    <#ident as poem_openapi::types::Type>::schema_ref()
+                }
+
+                fn register(registry: &mut poem_openapi::registry::Registry) {
+                    <#ident as poem_openapi::types::Type>::register(registry);
+                    let schema = registry.schemas.get_mut(#name).expect("registered just above");
+                    schema.one_of = vec![#(#one_of),*];
+                    schema.any_of = vec![#(#any_of),*];
+                }
+
+                fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+                    Some(&self.0)
+                }
+
+                fn raw_element_iter<'a>(
+                    &'a self,
+                ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+                    Box::new(self.as_raw_value().into_iter())
+                }
+            }
+
+            impl poem_openapi::types::ParseFromJSON for #wrapper {
+                fn parse_from_json(value: Option<serde_json::Value>) -> poem_openapi::types::ParseResult<Self> {
+                    <#ident as poem_openapi::types::ParseFromJSON>::parse_from_json(value)
+                        .map(Self)
+                        .map_err(poem_openapi::types::ParseError::propagate)
+                }
+            }
+        })
     }
 
     fn inline_type(&self, schema: &Schema) -> anyhow::Result<TokenStream> {
@@ -322,7 +447,16 @@ impl Ctx<'_> {
                     }
                 })
             }
-            SchemaKind::Type(Type::Object(obj)) => {
+            SchemaKind::Type(Type::Object(_)) | SchemaKind::Any(_) => {
+                let object_with_rules;
+                let obj = match &schema.schema_kind {
+                    SchemaKind::Type(Type::Object(obj)) => obj,
+                    SchemaKind::Any(any) => {
+                        object_with_rules = object_of(any)?;
+                        &object_with_rules
+                    }
+                    _ => unreachable!("matched above"),
+                };
                 let mut fields = Vec::new();
                 for (prop, prop_schema) in &obj.properties {
                     let required = obj.required.contains(prop);
@@ -333,9 +467,24 @@ impl Ctx<'_> {
                         ReferenceOr::Item(s) => doc_lines(s.schema_data.description.as_deref()),
                         ReferenceOr::Reference { .. } => quote!(),
                     };
+                    if let ReferenceOr::Item(s) = &unboxed
+                        && s.schema_data.nullable
+                    {
+                        bail!("property {prop}: `nullable` is not supported yet");
+                    }
+                    if let ReferenceOr::Reference { reference } = &unboxed
+                        && self
+                            .has_object_rules(reference.trim_start_matches("#/components/schemas/"))
+                    {
+                        bail!(
+                            "property {prop}: schemas with oneOf/anyOf are supported as request bodies only"
+                        );
+                    }
                     let mut attrs = vec![quote!(rename = #prop)];
                     if is_plain_string(&unboxed) {
                         attrs.push(quote!(deserialize_with = "strict_string"));
+                    } else if !required {
+                        attrs.push(quote!(deserialize_with = "not_null"));
                     }
                     if !required {
                         attrs.push(quote!(skip_serializing_if_is_none));
@@ -370,12 +519,19 @@ impl Ctx<'_> {
                 } else {
                     quote!()
                 };
+                if obj.min_properties.is_some() || obj.max_properties.is_some() {
+                    bail!(
+                        "minProperties/maxProperties are not supported: state the rule with anyOf"
+                    );
+                }
+                let rules = self.object_rules(name, obj)?;
                 Ok(quote! {
                     #doc
                     #[derive(Object, Debug, Clone, PartialEq #default_derive)]
                     #example_attr
                     pub struct #ident { #(#fields)* }
                     #example_impl
+                    #rules
                 })
             }
             other => bail!("unsupported top-level schema {other:?}"),
@@ -484,9 +640,17 @@ impl Ctx<'_> {
                 .ok_or_else(|| anyhow!("request body without schema"))?;
             let ty = self.field_type(schema)?;
             let bdoc = doc_lines(body.description.as_deref());
-            glue_args.push(quote!(#bdoc body: Json<#ty>));
+            match self.rules_wrapper(schema) {
+                Some(wrapper) => {
+                    glue_args.push(quote!(#bdoc body: Json<#wrapper>));
+                    call_args.push(quote!(body.0.0));
+                }
+                None => {
+                    glue_args.push(quote!(#bdoc body: Json<#ty>));
+                    call_args.push(quote!(body.0));
+                }
+            }
             trait_args.push(quote!(body: #ty));
-            call_args.push(quote!(body.0));
         }
 
         // Responses: one enum per operation, plus the Problem conversion for its error statuses.
@@ -761,3 +925,126 @@ lookup!(Parameter, parameters);
 lookup!(Response, responses);
 lookup!(openapiv3::RequestBody, request_bodies);
 lookup!(openapiv3::Header, headers);
+
+/// One branch of an object's `oneOf`/`anyOf`: `required` names of the object's properties and
+/// `properties` that narrow a string property to an `enum` or a `pattern`; nothing else.
+fn rule_branch(
+    branch: &serde_json::Value,
+    obj: &openapiv3::ObjectType,
+) -> anyhow::Result<TokenStream> {
+    let map = branch
+        .as_object()
+        .ok_or_else(|| anyhow!("each branch must be an object"))?;
+    let mut required = Vec::new();
+    let mut properties = Vec::new();
+    for (key, value) in map {
+        match key.as_str() {
+            "required" => {
+                for name in value
+                    .as_array()
+                    .ok_or_else(|| anyhow!("required must be a list"))?
+                {
+                    let name = name
+                        .as_str()
+                        .ok_or_else(|| anyhow!("required names must be strings"))?;
+                    if !obj.properties.contains_key(name) {
+                        bail!("required {name} is not a property of the object");
+                    }
+                    required.push(name.to_string());
+                }
+            }
+            "properties" => {
+                for (prop, schema) in value
+                    .as_object()
+                    .ok_or_else(|| anyhow!("properties must be a map"))?
+                {
+                    if !obj.properties.contains_key(prop) {
+                        bail!("property {prop} is not a property of the object");
+                    }
+                    let schema = schema
+                        .as_object()
+                        .filter(|s| {
+                            !s.is_empty() && s.keys().all(|k| k == "enum" || k == "pattern")
+                        })
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "property {prop} in a branch may only carry an enum or a pattern"
+                            )
+                        })?;
+                    let values = match schema.get("enum") {
+                        None => vec![],
+                        Some(values) => values
+                            .as_array()
+                            .ok_or_else(|| anyhow!("enum of {prop} must be a list"))?
+                            .iter()
+                            .map(|v| {
+                                v.as_str()
+                                    .map(|v| quote!(serde_json::Value::String(#v.to_string())))
+                                    .ok_or_else(|| anyhow!("enum values of {prop} must be strings"))
+                            })
+                            .collect::<anyhow::Result<Vec<_>>>()?,
+                    };
+                    let pattern = match schema.get("pattern") {
+                        None => quote!(None),
+                        Some(p) => {
+                            let p = p
+                                .as_str()
+                                .ok_or_else(|| anyhow!("pattern of {prop} must be a string"))?;
+                            quote!(Some(#p.to_string()))
+                        }
+                    };
+                    properties.push(quote! {
+                        (#prop, poem_openapi::registry::MetaSchemaRef::Inline(Box::new(
+                            poem_openapi::registry::MetaSchema {
+                                enum_items: vec![#(#values),*],
+                                pattern: #pattern,
+                                ..poem_openapi::registry::MetaSchema::ANY
+                            },
+                        )))
+                    });
+                }
+            }
+            other => bail!("`{other}` in a branch is not supported"),
+        }
+    }
+    Ok(quote! {
+        poem_openapi::registry::MetaSchemaRef::Inline(Box::new(poem_openapi::registry::MetaSchema {
+            required: vec![#(#required),*],
+            properties: vec![#(#properties),*],
+            ..poem_openapi::registry::MetaSchema::ANY
+        }))
+    })
+}
+
+/// An object schema that openapiv3 reads as untyped because it carries `oneOf`/`anyOf`: its
+/// object part (the rules themselves are read from the raw spec by `object_rules`).
+fn object_of(any: &openapiv3::AnySchema) -> anyhow::Result<openapiv3::ObjectType> {
+    let only_object_keywords = any.typ.as_deref() == Some("object")
+        && any.pattern.is_none()
+        && any.multiple_of.is_none()
+        && any.exclusive_minimum.is_none()
+        && any.exclusive_maximum.is_none()
+        && any.minimum.is_none()
+        && any.maximum.is_none()
+        && any.items.is_none()
+        && any.min_items.is_none()
+        && any.max_items.is_none()
+        && any.unique_items.is_none()
+        && any.enumeration.is_empty()
+        && any.format.is_none()
+        && any.min_length.is_none()
+        && any.max_length.is_none()
+        && any.all_of.is_empty()
+        && any.not.is_none()
+        && (!any.one_of.is_empty() || !any.any_of.is_empty());
+    if !only_object_keywords {
+        bail!("unsupported top-level schema {any:?}");
+    }
+    Ok(openapiv3::ObjectType {
+        properties: any.properties.clone(),
+        required: any.required.clone(),
+        additional_properties: any.additional_properties.clone(),
+        min_properties: any.min_properties,
+        max_properties: any.max_properties,
+    })
+}
