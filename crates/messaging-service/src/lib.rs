@@ -102,7 +102,7 @@ impl MessagingService {
 
     /// The database pools' connections: idle and in use.
     pub fn pool_status(&self) -> PoolStatus {
-        let Database { writer, reader } = &self.inner.db;
+        let Database { writer, reader, .. } = &self.inner.db;
         std::iter::once(writer)
             .chain(reader)
             .map(|db| match db.get_database_backend() {
@@ -173,6 +173,43 @@ impl MessagingService {
 struct Database {
     writer: DatabaseConnection,
     reader: Option<DatabaseConnection>,
+    /// On a SQLite file, the task that checkpoints the write-ahead log (see `checkpoints`).
+    _checkpoints: Option<AbortOnDrop>,
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How often the write-ahead log is copied back into the database file.
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Checkpoints the write-ahead log every `CHECKPOINT_INTERVAL` on a connection of its own.
+/// SQLite's automatic checkpoint runs inside the commit that fills the log past 1 000 pages:
+/// the writer, and every request in its batch, waited while pages were copied and the file was
+/// synced. The writer's automatic checkpoints are off (`wal_autocheckpoint=0`); this passive
+/// checkpoint copies what no reader still needs without taking the write lock, so the writer
+/// goes on appending meanwhile, and the log restarts from its beginning once it has been copied
+/// whole.
+fn checkpoints(connection: DatabaseConnection) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(err) = connection
+                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+                .await
+            {
+                tracing::warn!(error = %err, "checkpointing the write-ahead log failed");
+            }
+        }
+    }))
 }
 
 impl Database {
@@ -192,11 +229,13 @@ impl Database {
                 return Ok(Self {
                     writer: open(database_url, Pool::Only).await?,
                     reader: None,
+                    _checkpoints: None,
                 });
             }
             return Ok(Self {
                 writer: open(database_url, Pool::Postgres).await?,
                 reader: None,
+                _checkpoints: None,
             });
         };
         if let Some(dir) = std::path::Path::new(&path)
@@ -211,9 +250,11 @@ impl Database {
         // The writer first: it creates the file and switches it to WAL.
         let writer = open(database_url, Pool::SqliteWriter).await?;
         let reader = open(database_url, Pool::SqliteReaders).await?;
+        let checkpointer = open(database_url, Pool::SqliteCheckpointer).await?;
         Ok(Self {
             writer,
             reader: Some(reader),
+            _checkpoints: Some(checkpoints(checkpointer)),
         })
     }
 }
@@ -229,6 +270,8 @@ enum Pool {
     SqliteWriter,
     /// Read-only connections to a SQLite file.
     SqliteReaders,
+    /// The connection that checkpoints a SQLite file's write-ahead log.
+    SqliteCheckpointer,
 }
 
 async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, StartupError> {
@@ -263,12 +306,16 @@ async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, Star
             .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
             .pragma("cache_size", "-65536")
             .pragma("mmap_size", "1073741824")
+            // A rule's savepoint inside a batch (`group_commit`) keeps the original of each page
+            // it changes for its rollback: in memory, not in a temporary file on disk.
+            .pragma("temp_store", "memory")
             .busy_timeout(std::time::Duration::from_secs(10));
-        if pool == Pool::SqliteReaders {
+        match pool {
             // A write through a reader is a bug: it fails at once instead of taking the lock.
-            opts.pragma("query_only", "ON")
-        } else {
-            opts
+            Pool::SqliteReaders => opts.pragma("query_only", "ON"),
+            // The log is checkpointed in the background (`checkpoints`), not in its commits.
+            Pool::SqliteWriter => opts.pragma("wal_autocheckpoint", "0"),
+            _ => opts,
         }
     });
     // Each SQLite connection runs on its own worker thread; a few readers per core keep reads
