@@ -248,12 +248,12 @@ impl Follower {
                 None => self.live.recv().await,
             };
             match received {
-                Ok(batch) => self.backlog.extend(admitted(
-                    &batch,
-                    &self.gate,
-                    &mut self.cursor,
-                    |e| e.sse.clone(),
-                )),
+                Ok(batch) => {
+                    self.backlog
+                        .extend(admitted(&batch, &self.gate, &mut self.cursor, |e| {
+                            e.sse.clone()
+                        }))
+                }
                 Err(RecvError::Lagged(_)) => self.catching_up = true,
                 Err(RecvError::Closed) => return None,
             }
