@@ -4603,7 +4603,7 @@ pub struct StreamEventsParams {
 pub enum StreamEventsResponse {
     /// The stream of the caller's events, oldest first, open until the client leaves.
     #[oai(status = 200, content_type = "text/event-stream")]
-    Ok(poem_openapi::payload::EventStream<futures::stream::BoxStream<'static, Event>>),
+    Ok(crate::SseStream<Event>),
     /// The request is malformed (bad JSON, wrong type, unknown enum value, malformed id, bad cursor, out-of-range value).
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),

@@ -74,11 +74,12 @@ const THREAD_STRIDE: usize = 7_919;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The child that holds idle event streams (see `events::idle`).
+    // The child that holds the event streams' client side (see `events::child`).
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("hold-streams") {
+    if let Some(role @ ("hold-streams" | "read-streams")) = argv.get(1).map(String::as_str) {
         let (base, count) = (&argv[2], argv[3].parse()?);
-        return events::hold_streams(base, count).await;
+        let sends = argv.get(4).map_or(Ok(0), |s| s.parse())?;
+        return events::child(role, base, count, sends).await;
     }
     let args = Args::parse();
     if std::env::var_os("RUST_LOG").is_some() {
@@ -197,6 +198,12 @@ async fn event_feed(load: &Load, fixture: &Fixture, args: &Args) -> anyhow::Resu
         "{} idle streams: resident {:.0} MB -> {:.0} MB, {:.1} KiB per stream",
         idle.streams, idle.rss_before_mb, idle.rss_after_mb, idle.kib_per_stream
     );
+    let gauge = |g: Option<f64>| g.map_or("absent".to_owned(), |g| format!("{g:.0}"));
+    println!(
+        "/metrics messaging_event_streams_open: {} while held, {} after the holder left",
+        gauge(idle.gauge_held),
+        gauge(idle.gauge_after)
+    );
     let delivery = events::delivery(&load.base, &load.key, &threads, args.streams, args.sends)
         .await
         .context("event delivery")?;
@@ -210,6 +217,9 @@ async fn event_feed(load: &Load, fixture: &Fixture, args: &Args) -> anyhow::Resu
         delivery.missing
     );
     let mut missed = Vec::new();
+    if idle.gauge_held != Some(idle.streams as f64) || idle.gauge_after != Some(0.0) {
+        missed.push("the open-streams gauge does not count the streams".to_owned());
+    }
     if delivery.missing > 0 {
         missed.push(format!("{} deliveries missing", delivery.missing));
     }

@@ -378,16 +378,7 @@ impl MessagingApi for MessagingService {
         };
         let keep_alive = self.event_keep_alive();
         respond(result.await, |events| {
-            StreamEventsResponse::Ok(
-                poem_openapi::payload::EventStream::new(events)
-                    .keep_alive(keep_alive)
-                    .to_event(|event| {
-                        use poem_openapi::types::ToJSON;
-                        poem::web::sse::Event::message(event.to_json_string())
-                            .id(event.id)
-                            .event_type(event.r#type.as_str())
-                    }),
-            )
+            StreamEventsResponse::Ok(SseStream::new(events).keep_alive(keep_alive))
         })
     }
 

@@ -680,7 +680,7 @@ impl Ctx<'_> {
                     ty, stream: true, ..
                 }) => {
                     streaming = true;
-                    quote!((poem_openapi::payload::EventStream<futures::stream::BoxStream<'static, #ty>>))
+                    quote!((crate::SseStream<#ty>))
                 }
                 Some(Payload { ty, .. }) => quote!((Json<#ty>)),
                 None => quote!(),
@@ -785,7 +785,8 @@ struct Payload {
     content_type: String,
     ty: TokenStream,
     schema: String,
-    /// `text/event-stream`: a stream of `ty` (poem-openapi's `EventStream`), not one value.
+    /// `text/event-stream`: a stream of `ty` (`SseStream`, each event rendered once), not one
+    /// value.
     stream: bool,
 }
 

@@ -5,10 +5,14 @@
 use std::{collections::VecDeque, time::Duration};
 
 use futures::stream::{BoxStream, StreamExt};
-use messaging_api::{Event, EventList};
+use messaging_api::{Event, EventList, SseEvent};
 use tokio::sync::broadcast::{self, error::RecvError};
 
-use super::{Gate, Position, ensure_retained, gate_of, hub::Batch, read_page};
+use super::{
+    Gate, Position, ensure_retained, gate_of,
+    hub::{Batch, FeedEvent, sse_of},
+    read_page,
+};
 use crate::{MessagingService, auth::Caller, error::ServiceError};
 
 /// Events per database read of a stream catching up.
@@ -36,17 +40,22 @@ fn delivered(count: usize) {
     }
 }
 
-/// The events of `batch` that `gate` admits after `cursor`; moves `cursor` past the batch.
-fn admitted(batch: &Batch, gate: &Gate, cursor: &mut Position) -> Vec<Event> {
-    let events = batch
-        .iter()
-        .filter(|e| e.stored.position > *cursor && gate.admits(&e.stored))
-        .map(|e| e.wire.clone())
-        .collect();
+/// The events of `batch` that `gate` admits after `cursor`, in the form `form` takes from
+/// them; moves `cursor` past the batch.
+fn admitted<T>(
+    batch: &Batch,
+    gate: &Gate,
+    cursor: &mut Position,
+    form: impl Fn(&FeedEvent) -> T,
+) -> impl Iterator<Item = T> {
+    let after = *cursor;
     if let Some(last) = batch.last() {
         *cursor = (*cursor).max(last.stored.position);
     }
-    events
+    batch
+        .iter()
+        .filter(move |e| e.stored.position > after && gate.admits(&e.stored))
+        .map(form)
 }
 
 impl MessagingService {
@@ -97,7 +106,9 @@ impl MessagingService {
                     () = tokio::time::sleep_until(deadline) => break,
                 };
                 match received {
-                    Ok(batch) => events = admitted(&batch, &gate, &mut cursor),
+                    Ok(batch) => {
+                        events = admitted(&batch, &gate, &mut cursor, |e| e.wire.clone()).collect();
+                    }
                     Err(RecvError::Lagged(_)) => {
                         let page = read_page(self.reader(), Some(&gate), cursor, limit).await?;
                         cursor = page.next;
@@ -131,7 +142,7 @@ impl MessagingService {
         caller: &Caller,
         last_event_id: Option<&str>,
         after: Option<&str>,
-    ) -> Result<BoxStream<'static, Event>, ServiceError> {
+    ) -> Result<BoxStream<'static, SseEvent<Event>>, ServiceError> {
         let gate = gate_of(caller);
         let start = self.start_position(last_event_id.or(after)).await?;
         let live = self.inner.events.subscribe();
@@ -178,7 +189,8 @@ struct Follower {
     gate: Gate,
     cursor: Position,
     live: broadcast::Receiver<Batch>,
-    backlog: VecDeque<Event>,
+    /// Events to send, rendered: shared with every other stream when they came from the tail.
+    backlog: VecDeque<SseEvent<Event>>,
     /// Reading the database (at the start, or after falling behind the tail).
     catching_up: bool,
     _open: Gauged,
@@ -187,7 +199,7 @@ struct Follower {
 impl Follower {
     /// The next event, or `None` when the stream ends (shutdown, the customer's token expired,
     /// or a failed read: the client reconnects with `Last-Event-ID` and misses nothing).
-    async fn next(&mut self) -> Option<Event> {
+    async fn next(&mut self) -> Option<SseEvent<Event>> {
         loop {
             if self
                 .ends_at
@@ -199,12 +211,14 @@ impl Follower {
                 return Some(event);
             }
             if self.catching_up {
-                let page = match read_page(
+                // Boxed: the database read's state exists only while it runs, instead of
+                // making every idle stream's future as large as the read's.
+                let page = match Box::pin(read_page(
                     self.service.reader(),
                     Some(&self.gate),
                     self.cursor,
                     STREAM_PAGE,
-                )
+                ))
                 .await
                 {
                     Ok(page) => page,
@@ -217,7 +231,7 @@ impl Follower {
                 self.cursor = page.next;
                 for stored in &page.events {
                     match stored.to_wire() {
-                        Ok(event) => self.backlog.push_back(event),
+                        Ok(event) => self.backlog.push_back(sse_of(&event)),
                         Err(err) => {
                             tracing::error!(error = %err, "event stream: unreadable event; closing it");
                             return None;
@@ -234,9 +248,12 @@ impl Follower {
                 None => self.live.recv().await,
             };
             match received {
-                Ok(batch) => self
-                    .backlog
-                    .extend(admitted(&batch, &self.gate, &mut self.cursor)),
+                Ok(batch) => {
+                    self.backlog
+                        .extend(admitted(&batch, &self.gate, &mut self.cursor, |e| {
+                            e.sse.clone()
+                        }))
+                }
                 Err(RecvError::Lagged(_)) => self.catching_up = true,
                 Err(RecvError::Closed) => return None,
             }

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use messaging_api::Event;
+use messaging_api::{Event, SseEvent};
 use sea_orm::DbBackend;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
@@ -53,11 +53,26 @@ pub(crate) struct Gate {
     pub customer_id: Option<Uuid>,
 }
 
-/// An event as read by the tail reader, with its wire form made once for every reader.
+/// An event as read by the tail reader, with its wire forms made once for every reader: the
+/// object for long-polls, and the server-sent event (serialised once) whose bytes every
+/// stream shares.
 #[derive(Debug)]
 pub(crate) struct FeedEvent {
     pub stored: StoredEvent,
     pub wire: Event,
+    pub sse: SseEvent<Event>,
+}
+
+impl FeedEvent {
+    pub fn new(stored: StoredEvent, wire: Event) -> Self {
+        let sse = sse_of(&wire);
+        Self { stored, wire, sse }
+    }
+}
+
+/// The server-sent event of `event`: `id`, `event` (its type) and `data` (the event object).
+pub(crate) fn sse_of(event: &Event) -> SseEvent<Event> {
+    SseEvent::new(&event.id, event.r#type.as_str(), event)
 }
 
 /// A stretch of the feed, in order, shared by every reader of the process.
@@ -175,7 +190,7 @@ impl MessagingService {
                 .events
                 .into_iter()
                 .filter_map(|stored| match stored.to_wire() {
-                    Ok(wire) => Some(FeedEvent { stored, wire }),
+                    Ok(wire) => Some(FeedEvent::new(stored, wire)),
                     Err(err) => {
                         tracing::error!(error = %err, "event feed: skipping an unreadable event");
                         None
