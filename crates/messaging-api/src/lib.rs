@@ -7,3 +7,6 @@
 mod generated;
 
 pub use generated::*;
+
+pub mod json;
+pub use json::Json;
