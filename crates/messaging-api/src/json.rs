@@ -21,8 +21,7 @@ use serde::Serialize;
 pub struct Json<T>(pub T);
 
 impl<T: Type> Payload for Json<T> {
-    const CONTENT_TYPE: &'static str =
-        <poem_openapi::payload::Json<T> as Payload>::CONTENT_TYPE;
+    const CONTENT_TYPE: &'static str = <poem_openapi::payload::Json<T> as Payload>::CONTENT_TYPE;
 
     fn check_content_type(content_type: &str) -> bool {
         <poem_openapi::payload::Json<T> as Payload>::check_content_type(content_type)

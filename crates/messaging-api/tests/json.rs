@@ -11,9 +11,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// Both answers, as (status, content type, body).
-fn answers<T: ToJSON + Serialize + Send + Clone>(
-    value: &T,
-) -> [(u16, Option<String>, String); 2] {
+fn answers<T: ToJSON + Serialize + Send + Clone>(value: &T) -> [(u16, Option<String>, String); 2] {
     let answer = |response: poem::Response| {
         let status = response.status().as_u16();
         let content_type = response.content_type().map(str::to_owned);
@@ -33,7 +31,9 @@ fn assert_same<T: ToJSON + Serialize + Send + Clone + std::fmt::Debug>(value: &T
 }
 
 fn at(secs: i64, nanos: u32) -> DateTime<Utc> {
-    Utc.timestamp_opt(secs, nanos).single().expect("a valid time")
+    Utc.timestamp_opt(secs, nanos)
+        .single()
+        .expect("a valid time")
 }
 
 /// A message with every optional field, text that needs escaping and a fractional time.
@@ -51,7 +51,10 @@ fn full_message() -> Message {
         updated_at: at(1_700_000_001, 500_000_000),
         r#type: MessageType::TrackingUpdate,
         event: Some("order.ready_for_pickup".into()),
-        media_urls: vec!["https://example.com/a.png".into(), "https://example.com/b".into()],
+        media_urls: vec![
+            "https://example.com/a.png".into(),
+            "https://example.com/b".into(),
+        ],
         reactions: vec![
             Reaction {
                 emoji: "\u{1F44D}".into(),

@@ -7,9 +7,9 @@ use std::{
 
 use messaging_api::{Message, Reaction};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Select,
-    SelectModel, Selector, sea_query::Expr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Select, SelectModel,
+    Selector, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -145,8 +145,7 @@ fn grouped(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<Reaction> {
 /// The correlated subquery that aggregates a message's reactions into a JSON array (text) of
 /// `[emoji, subscriber_id]` pairs, oldest first, in each backend's dialect.
 fn reactions_json_sql(backend: DbBackend) -> &'static str {
-    const FROM: &str =
-        r#"FROM "message_reactions" AS r WHERE r."message_id" = "messages"."id""#;
+    const FROM: &str = r#"FROM "message_reactions" AS r WHERE r."message_id" = "messages"."id""#;
     const ORDER: &str = r#"ORDER BY r."created_at", r."subscriber_id""#;
     static POSTGRES: LazyLock<String> = LazyLock::new(|| {
         format!(
@@ -154,7 +153,9 @@ fn reactions_json_sql(backend: DbBackend) -> &'static str {
         )
     });
     static SQLITE: LazyLock<String> = LazyLock::new(|| {
-        format!(r#"(SELECT json_group_array(json_array(r."emoji", r."subscriber_id") {ORDER}) {FROM})"#)
+        format!(
+            r#"(SELECT json_group_array(json_array(r."emoji", r."subscriber_id") {ORDER}) {FROM})"#
+        )
     });
     match backend {
         DbBackend::Postgres => &POSTGRES,

@@ -355,7 +355,10 @@ impl Ctx<'_> {
                         attrs.push(quote!(validator(#(#validators),*)));
                     }
                     fields.push(quote!(#prop_doc #[oai(#(#attrs),*)] pub #field: #ty,));
-                    serialized.push((prop.as_str(), serialize_field(prop, &field, required, &unboxed)?));
+                    serialized.push((
+                        prop.as_str(),
+                        serialize_field(prop, &field, required, &unboxed)?,
+                    ));
                 }
                 // poem-openapi's `ToJSON` builds a `serde_json::Map`, which orders keys by name.
                 serialized.sort_by_key(|(prop, _)| *prop);
