@@ -5,7 +5,7 @@
 #![allow(clippy::all, clippy::pedantic, unused_qualifications, missing_docs)]
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme, Tags};
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::Json;
+use crate::json::Json;
 /// Operation groups, as the spec's `tags`.
 #[derive(Tags)]
 pub enum ApiTags {
@@ -99,6 +99,12 @@ impl ::std::str::FromStr for ThreadStatus {
         }
     }
 }
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for ThreadStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 /// Priority of a thread.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ThreadPriority {
@@ -132,6 +138,12 @@ impl ::std::str::FromStr for ThreadPriority {
             "urgent" => Ok(Self::Urgent),
             other => Err(format!("unknown {} value `{other}`", "ThreadPriority")),
         }
+    }
+}
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for ThreadPriority {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 /// What a thread is about.
@@ -189,6 +201,12 @@ impl ::std::str::FromStr for ThreadType {
         }
     }
 }
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for ThreadType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 /// Who wrote a message.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SenderType {
@@ -220,6 +238,12 @@ impl ::std::str::FromStr for SenderType {
         }
     }
 }
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for SenderType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 /// Sort direction.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SortOrder {
@@ -245,6 +269,12 @@ impl ::std::str::FromStr for SortOrder {
             "desc" => Ok(Self::Desc),
             other => Err(format!("unknown {} value `{other}`", "SortOrder")),
         }
+    }
+}
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for SortOrder {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 /// A conversation between one customer and the store. When `fields` is given, only the
@@ -468,6 +498,109 @@ impl poem_openapi::types::Example for Thread {
             .expect("the example of Thread in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Thread {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Thread", 31usize)?;
+        if let Some(value) = &self.created_at {
+            object.serialize_field("created_at", &crate::json::Rfc3339(value))?;
+        }
+        if let Some(value) = &self.customer_email {
+            object.serialize_field("customer_email", value)?;
+        }
+        if let Some(value) = &self.customer_id {
+            object.serialize_field("customer_id", value)?;
+        }
+        if let Some(value) = &self.customer_name {
+            object.serialize_field("customer_name", value)?;
+        }
+        if let Some(value) = &self.customer_phone {
+            object.serialize_field("customer_phone", value)?;
+        }
+        if let Some(value) = &self.has_more {
+            object.serialize_field("has_more", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        if let Some(value) = &self.is_archived {
+            object.serialize_field("is_archived", value)?;
+        }
+        if let Some(value) = &self.is_muted {
+            object.serialize_field("is_muted", value)?;
+        }
+        if let Some(value) = &self.is_pinned {
+            object.serialize_field("is_pinned", value)?;
+        }
+        if let Some(value) = &self.last_message_at {
+            object.serialize_field("last_message_at", &crate::json::Rfc3339(value))?;
+        }
+        if let Some(value) = &self.last_message_by {
+            object.serialize_field("last_message_by", value)?;
+        }
+        if let Some(value) = &self.location_id {
+            object.serialize_field("location_id", value)?;
+        }
+        if let Some(value) = &self.name {
+            object.serialize_field("name", value)?;
+        }
+        if let Some(value) = &self.order_id {
+            object.serialize_field("order_id", value)?;
+        }
+        if let Some(value) = &self.organization_id {
+            object.serialize_field("organization_id", value)?;
+        }
+        if let Some(value) = &self.priority {
+            object.serialize_field("priority", value)?;
+        }
+        if let Some(value) = &self.product_id {
+            object.serialize_field("product_id", value)?;
+        }
+        if let Some(value) = &self.recent_messages {
+            object.serialize_field("recent_messages", value)?;
+        }
+        if let Some(value) = &self.resource_id {
+            object.serialize_field("resource_id", value)?;
+        }
+        if let Some(value) = &self.status {
+            object.serialize_field("status", value)?;
+        }
+        if let Some(value) = &self.store_avatar {
+            object.serialize_field("store_avatar", value)?;
+        }
+        if let Some(value) = &self.store_name {
+            object.serialize_field("store_name", value)?;
+        }
+        if let Some(value) = &self.subject {
+            object.serialize_field("subject", value)?;
+        }
+        if let Some(value) = &self.subscriber_ids {
+            object.serialize_field("subscriber_ids", value)?;
+        }
+        if let Some(value) = &self.subscribers {
+            object.serialize_field("subscribers", value)?;
+        }
+        if let Some(value) = &self.thread_type {
+            object.serialize_field("thread_type", value)?;
+        }
+        if let Some(value) = &self.unread_by {
+            object.serialize_field("unread_by", value)?;
+        }
+        if let Some(value) = &self.unread_count_customer {
+            object.serialize_field("unread_count_customer", value)?;
+        }
+        if let Some(value) = &self.unread_count_store {
+            object.serialize_field("unread_count_store", value)?;
+        }
+        if let Some(value) = &self.updated_at {
+            object.serialize_field("updated_at", &crate::json::Rfc3339(value))?;
+        }
+        object.end()
+    }
+}
 /// One message in a thread.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
@@ -556,6 +689,78 @@ impl poem_openapi::types::Example for Message {
             .expect("the example of Message in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Message", 17usize)?;
+        {
+            let value = &self.created_at;
+            object.serialize_field("created_at", &crate::json::Rfc3339(value))?;
+        }
+        if let Some(value) = &self.edited_at {
+            object.serialize_field("edited_at", &crate::json::Rfc3339(value))?;
+        }
+        if let Some(value) = &self.event {
+            object.serialize_field("event", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        {
+            let value = &self.is_deleted;
+            object.serialize_field("is_deleted", value)?;
+        }
+        {
+            let value = &self.is_edited;
+            object.serialize_field("is_edited", value)?;
+        }
+        {
+            let value = &self.media_urls;
+            object.serialize_field("media_urls", value)?;
+        }
+        {
+            let value = &self.message_content;
+            object.serialize_field("message_content", value)?;
+        }
+        if let Some(value) = &self.publish_to_channel_at {
+            object
+                .serialize_field("publish_to_channel_at", &crate::json::Rfc3339(value))?;
+        }
+        {
+            let value = &self.reactions;
+            object.serialize_field("reactions", value)?;
+        }
+        if let Some(value) = &self.resource_id {
+            object.serialize_field("resource_id", value)?;
+        }
+        if let Some(value) = &self.sender_id {
+            object.serialize_field("sender_id", value)?;
+        }
+        {
+            let value = &self.sender_type;
+            object.serialize_field("sender_type", value)?;
+        }
+        if let Some(value) = &self.subscriber_id {
+            object.serialize_field("subscriber_id", value)?;
+        }
+        {
+            let value = &self.thread_id;
+            object.serialize_field("thread_id", value)?;
+        }
+        {
+            let value = &self.r#type;
+            object.serialize_field("type", value)?;
+        }
+        {
+            let value = &self.updated_at;
+            object.serialize_field("updated_at", &crate::json::Rfc3339(value))?;
+        }
+        object.end()
+    }
+}
 /// `text`: written by a subscriber. `meta`: about the thread itself. `tracking_update` and
 /// `pickup_reminder`: system messages that notify the customer. Only the store sends non-text types.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -592,6 +797,12 @@ impl ::std::str::FromStr for MessageType {
         }
     }
 }
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for MessageType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 /// `user`: a staff member of the store; `organization`: the store; `contact`: a customer.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SubscriberType {
@@ -623,6 +834,12 @@ impl ::std::str::FromStr for SubscriberType {
         }
     }
 }
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for SubscriberType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 /// Extra data to include with a thread.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ThreadExpand {
@@ -644,6 +861,12 @@ impl ::std::str::FromStr for ThreadExpand {
             "recent_messages" => Ok(Self::RecentMessages),
             other => Err(format!("unknown {} value `{other}`", "ThreadExpand")),
         }
+    }
+}
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for ThreadExpand {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 /// One emoji on a message.
@@ -668,6 +891,27 @@ impl poem_openapi::types::Example for Reaction {
             .expect("the example of Reaction in the spec must be valid");
         <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
             .expect("the example of Reaction in the spec must be valid")
+    }
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Reaction {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Reaction", 3usize)?;
+        {
+            let value = &self.count;
+            object.serialize_field("count", value)?;
+        }
+        {
+            let value = &self.emoji;
+            object.serialize_field("emoji", value)?;
+        }
+        {
+            let value = &self.subscriber_ids;
+            object.serialize_field("subscriber_ids", value)?;
+        }
+        object.end()
     }
 }
 /// A user, organization or contact on a thread or channel, with what a chat UI needs.
@@ -717,6 +961,40 @@ impl poem_openapi::types::Example for Subscriber {
             .expect("the example of Subscriber in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Subscriber {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Subscriber", 7usize)?;
+        if let Some(value) = &self.email {
+            object.serialize_field("email", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        {
+            let value = &self.is_archived;
+            object.serialize_field("is_archived", value)?;
+        }
+        {
+            let value = &self.name;
+            object.serialize_field("name", value)?;
+        }
+        if let Some(value) = &self.phone {
+            object.serialize_field("phone", value)?;
+        }
+        {
+            let value = &self.r#type;
+            object.serialize_field("type", value)?;
+        }
+        if let Some(value) = &self.viewed_at {
+            object.serialize_field("viewed_at", &crate::json::Rfc3339(value))?;
+        }
+        object.end()
+    }
+}
 /// A page of a thread's subscribers.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct SubscriberList {
@@ -729,11 +1007,40 @@ pub struct SubscriberList {
     )]
     pub pagination: Option<Pagination>,
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for SubscriberList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("SubscriberList", 2usize)?;
+        if let Some(value) = &self.pagination {
+            object.serialize_field("pagination", value)?;
+        }
+        {
+            let value = &self.subscribers;
+            object.serialize_field("subscribers", value)?;
+        }
+        object.end()
+    }
+}
 /// A subscriber.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct SubscriberEnvelope {
     #[oai(rename = "subscriber")]
     pub subscriber: Subscriber,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for SubscriberEnvelope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("SubscriberEnvelope", 1usize)?;
+        {
+            let value = &self.subscriber;
+            object.serialize_field("subscriber", value)?;
+        }
+        object.end()
+    }
 }
 /// A subscriber to add. Contacts default to the customer's details. A `user` needs a `name`; a `contact`'s `id` is its customer id (a UUID); an `organization`'s `id` is the store's id.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -848,6 +1155,32 @@ impl poem_openapi::types::ParseFromJSON for AddSubscriberRequestBody {
             .map_err(poem_openapi::types::ParseError::propagate)
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for AddSubscriberRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("AddSubscriberRequest", 5usize)?;
+        if let Some(value) = &self.email {
+            object.serialize_field("email", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        if let Some(value) = &self.name {
+            object.serialize_field("name", value)?;
+        }
+        if let Some(value) = &self.phone {
+            object.serialize_field("phone", value)?;
+        }
+        {
+            let value = &self.r#type;
+            object.serialize_field("type", value)?;
+        }
+        object.end()
+    }
+}
 /// The conversation space of one set of active subscribers: every thread with that set
 /// publishes its messages here.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -916,6 +1249,60 @@ impl poem_openapi::types::Example for Channel {
             .expect("the example of Channel in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Channel {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Channel", 12usize)?;
+        if let Some(value) = &self.has_more {
+            object.serialize_field("has_more", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        {
+            let value = &self.name;
+            object.serialize_field("name", value)?;
+        }
+        {
+            let value = &self.organization_id;
+            object.serialize_field("organization_id", value)?;
+        }
+        if let Some(value) = &self.pending_messages {
+            object.serialize_field("pending_messages", value)?;
+        }
+        {
+            let value = &self.publisher_ids;
+            object.serialize_field("publisher_ids", value)?;
+        }
+        if let Some(value) = &self.recent_messages {
+            object.serialize_field("recent_messages", value)?;
+        }
+        if let Some(value) = &self.scheduled_publish_at {
+            object
+                .serialize_field("scheduled_publish_at", &crate::json::Rfc3339(value))?;
+        }
+        {
+            let value = &self.subscriber_hash;
+            object.serialize_field("subscriber_hash", value)?;
+        }
+        {
+            let value = &self.subscriber_ids;
+            object.serialize_field("subscriber_ids", value)?;
+        }
+        {
+            let value = &self.subscribers;
+            object.serialize_field("subscribers", value)?;
+        }
+        {
+            let value = &self.updated_at;
+            object.serialize_field("updated_at", &crate::json::Rfc3339(value))?;
+        }
+        object.end()
+    }
+}
 /// A page of channels.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct ChannelList {
@@ -923,6 +1310,23 @@ pub struct ChannelList {
     pub channels: Vec<Channel>,
     #[oai(rename = "pagination")]
     pub pagination: Pagination,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for ChannelList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("ChannelList", 2usize)?;
+        {
+            let value = &self.channels;
+            object.serialize_field("channels", value)?;
+        }
+        {
+            let value = &self.pagination;
+            object.serialize_field("pagination", value)?;
+        }
+        object.end()
+    }
 }
 /// Where a page ends. Pass `next_cursor` as `cursor` to get the next page.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -941,6 +1345,26 @@ pub struct Pagination {
     #[oai(rename = "has_more")]
     pub has_more: bool,
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Pagination {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Pagination", 3usize)?;
+        {
+            let value = &self.has_more;
+            object.serialize_field("has_more", value)?;
+        }
+        {
+            let value = &self.limit;
+            object.serialize_field("limit", value)?;
+        }
+        if let Some(value) = &self.next_cursor {
+            object.serialize_field("next_cursor", value)?;
+        }
+        object.end()
+    }
+}
 /// A page of threads.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct ThreadList {
@@ -948,6 +1372,23 @@ pub struct ThreadList {
     pub threads: Vec<Thread>,
     #[oai(rename = "pagination")]
     pub pagination: Pagination,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for ThreadList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("ThreadList", 2usize)?;
+        {
+            let value = &self.pagination;
+            object.serialize_field("pagination", value)?;
+        }
+        {
+            let value = &self.threads;
+            object.serialize_field("threads", value)?;
+        }
+        object.end()
+    }
 }
 /// A page of messages.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -957,17 +1398,60 @@ pub struct MessageList {
     #[oai(rename = "pagination")]
     pub pagination: Pagination,
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for MessageList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("MessageList", 2usize)?;
+        {
+            let value = &self.messages;
+            object.serialize_field("messages", value)?;
+        }
+        {
+            let value = &self.pagination;
+            object.serialize_field("pagination", value)?;
+        }
+        object.end()
+    }
+}
 /// A thread.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct ThreadEnvelope {
     #[oai(rename = "thread")]
     pub thread: Thread,
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for ThreadEnvelope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("ThreadEnvelope", 1usize)?;
+        {
+            let value = &self.thread;
+            object.serialize_field("thread", value)?;
+        }
+        object.end()
+    }
+}
 /// A message.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct MessageEnvelope {
     #[oai(rename = "message")]
     pub message: Message,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for MessageEnvelope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("MessageEnvelope", 1usize)?;
+        {
+            let value = &self.message;
+            object.serialize_field("message", value)?;
+        }
+        object.end()
+    }
 }
 /// A new thread with its first message.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -976,6 +1460,23 @@ pub struct Conversation {
     pub thread: Thread,
     #[oai(rename = "message")]
     pub message: Message,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Conversation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Conversation", 2usize)?;
+        {
+            let value = &self.message;
+            object.serialize_field("message", value)?;
+        }
+        {
+            let value = &self.thread;
+            object.serialize_field("thread", value)?;
+        }
+        object.end()
+    }
 }
 /// A new support conversation with its first message.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -1089,6 +1590,54 @@ impl poem_openapi::types::Example for CreateConversationRequest {
             );
         <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
             .expect("the example of CreateConversationRequest in the spec must be valid")
+    }
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for CreateConversationRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer
+            .serialize_struct("CreateConversationRequest", 12usize)?;
+        if let Some(value) = &self.customer_email {
+            object.serialize_field("customer_email", value)?;
+        }
+        if let Some(value) = &self.customer_id {
+            object.serialize_field("customer_id", value)?;
+        }
+        if let Some(value) = &self.customer_name {
+            object.serialize_field("customer_name", value)?;
+        }
+        if let Some(value) = &self.location_id {
+            object.serialize_field("location_id", value)?;
+        }
+        {
+            let value = &self.message;
+            object.serialize_field("message", value)?;
+        }
+        if let Some(value) = &self.name {
+            object.serialize_field("name", value)?;
+        }
+        if let Some(value) = &self.order_id {
+            object.serialize_field("order_id", value)?;
+        }
+        if let Some(value) = &self.priority {
+            object.serialize_field("priority", value)?;
+        }
+        if let Some(value) = &self.product_id {
+            object.serialize_field("product_id", value)?;
+        }
+        if let Some(value) = &self.resource_id {
+            object.serialize_field("resource_id", value)?;
+        }
+        {
+            let value = &self.subject;
+            object.serialize_field("subject", value)?;
+        }
+        if let Some(value) = &self.thread_type {
+            object.serialize_field("thread_type", value)?;
+        }
+        object.end()
     }
 }
 /// Fields to change; at least one. `status`, `priority`, `location_id` and `name` are for the store only.
@@ -1207,6 +1756,36 @@ impl poem_openapi::types::ParseFromJSON for UpdateThreadRequestBody {
             .map_err(poem_openapi::types::ParseError::propagate)
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for UpdateThreadRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("UpdateThreadRequest", 7usize)?;
+        if let Some(value) = &self.archived {
+            object.serialize_field("archived", value)?;
+        }
+        if let Some(value) = &self.location_id {
+            object.serialize_field("location_id", value)?;
+        }
+        if let Some(value) = &self.muted {
+            object.serialize_field("muted", value)?;
+        }
+        if let Some(value) = &self.name {
+            object.serialize_field("name", value)?;
+        }
+        if let Some(value) = &self.pinned {
+            object.serialize_field("pinned", value)?;
+        }
+        if let Some(value) = &self.priority {
+            object.serialize_field("priority", value)?;
+        }
+        if let Some(value) = &self.status {
+            object.serialize_field("status", value)?;
+        }
+        object.end()
+    }
+}
 /// A reply in a thread.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
@@ -1262,6 +1841,32 @@ impl poem_openapi::types::Example for SendMessageRequest {
             .expect("the example of SendMessageRequest in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for SendMessageRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("SendMessageRequest", 5usize)?;
+        if let Some(value) = &self.event {
+            object.serialize_field("event", value)?;
+        }
+        if let Some(value) = &self.media_urls {
+            object.serialize_field("media_urls", value)?;
+        }
+        {
+            let value = &self.message;
+            object.serialize_field("message", value)?;
+        }
+        if let Some(value) = &self.publish_to_channel_at {
+            object
+                .serialize_field("publish_to_channel_at", &crate::json::Rfc3339(value))?;
+        }
+        if let Some(value) = &self.r#type {
+            object.serialize_field("type", value)?;
+        }
+        object.end()
+    }
+}
 /// New content for a message.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
@@ -1288,6 +1893,19 @@ impl poem_openapi::types::Example for EditMessageRequest {
             .expect("the example of EditMessageRequest in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for EditMessageRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("EditMessageRequest", 1usize)?;
+        {
+            let value = &self.message_content;
+            object.serialize_field("message_content", value)?;
+        }
+        object.end()
+    }
+}
 /// Result of a soft delete.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
@@ -1310,6 +1928,27 @@ impl poem_openapi::types::Example for DeletedMessage {
             .expect("the example of DeletedMessage in the spec must be valid");
         <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
             .expect("the example of DeletedMessage in the spec must be valid")
+    }
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for DeletedMessage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("DeletedMessage", 3usize)?;
+        {
+            let value = &self.deleted_at;
+            object.serialize_field("deleted_at", &crate::json::Rfc3339(value))?;
+        }
+        {
+            let value = &self.message_id;
+            object.serialize_field("message_id", value)?;
+        }
+        {
+            let value = &self.success;
+            object.serialize_field("success", value)?;
+        }
+        object.end()
     }
 }
 /// A customer of the store.
@@ -1343,6 +1982,30 @@ impl poem_openapi::types::Example for Customer {
             .expect("the example of Customer in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Customer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Customer", 4usize)?;
+        {
+            let value = &self.email;
+            object.serialize_field("email", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        {
+            let value = &self.name;
+            object.serialize_field("name", value)?;
+        }
+        if let Some(value) = &self.phone {
+            object.serialize_field("phone", value)?;
+        }
+        object.end()
+    }
+}
 /// A customer session. Send `access_token` as `x-auth-token`.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
@@ -1373,6 +2036,35 @@ impl poem_openapi::types::Example for Session {
             .expect("the example of Session in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Session {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Session", 5usize)?;
+        {
+            let value = &self.access_token;
+            object.serialize_field("access_token", value)?;
+        }
+        {
+            let value = &self.expires_at;
+            object.serialize_field("expires_at", &crate::json::Rfc3339(value))?;
+        }
+        {
+            let value = &self.expires_in;
+            object.serialize_field("expires_in", value)?;
+        }
+        {
+            let value = &self.refresh_token;
+            object.serialize_field("refresh_token", value)?;
+        }
+        {
+            let value = &self.token_type;
+            object.serialize_field("token_type", value)?;
+        }
+        object.end()
+    }
+}
 /// A customer with a fresh session.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct AuthSession {
@@ -1380,6 +2072,23 @@ pub struct AuthSession {
     pub customer: Customer,
     #[oai(rename = "session")]
     pub session: Session,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for AuthSession {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("AuthSession", 2usize)?;
+        {
+            let value = &self.customer;
+            object.serialize_field("customer", value)?;
+        }
+        {
+            let value = &self.session;
+            object.serialize_field("session", value)?;
+        }
+        object.end()
+    }
 }
 /// A new customer.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -1433,6 +2142,30 @@ impl poem_openapi::types::Example for RegisterRequest {
             .expect("the example of RegisterRequest in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for RegisterRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("RegisterRequest", 4usize)?;
+        {
+            let value = &self.email;
+            object.serialize_field("email", value)?;
+        }
+        {
+            let value = &self.name;
+            object.serialize_field("name", value)?;
+        }
+        {
+            let value = &self.password;
+            object.serialize_field("password", value)?;
+        }
+        if let Some(value) = &self.phone {
+            object.serialize_field("phone", value)?;
+        }
+        object.end()
+    }
+}
 /// Email and password.
 #[derive(Object, Debug, Clone, PartialEq)]
 #[oai(example)]
@@ -1460,6 +2193,23 @@ impl poem_openapi::types::Example for LoginRequest {
             .expect("the example of LoginRequest in the spec must be valid");
         <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
             .expect("the example of LoginRequest in the spec must be valid")
+    }
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for LoginRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("LoginRequest", 2usize)?;
+        {
+            let value = &self.email;
+            object.serialize_field("email", value)?;
+        }
+        {
+            let value = &self.password;
+            object.serialize_field("password", value)?;
+        }
+        object.end()
     }
 }
 /// Where to send a one-time code; exactly one of `email` and `phone`.
@@ -1540,12 +2290,40 @@ impl poem_openapi::types::ParseFromJSON for OtpRequestBody {
             .map_err(poem_openapi::types::ParseError::propagate)
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for OtpRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("OtpRequest", 2usize)?;
+        if let Some(value) = &self.email {
+            object.serialize_field("email", value)?;
+        }
+        if let Some(value) = &self.phone {
+            object.serialize_field("phone", value)?;
+        }
+        object.end()
+    }
+}
 /// A one-time code was sent if the customer exists.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct OtpAccepted {
     /// Seconds the code stays valid.
     #[oai(rename = "expires_in")]
     pub expires_in: i64,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for OtpAccepted {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("OtpAccepted", 1usize)?;
+        {
+            let value = &self.expires_in;
+            object.serialize_field("expires_in", value)?;
+        }
+        object.end()
+    }
 }
 /// A one-time code and where it was sent; exactly one of `email` and `phone`.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -1632,6 +2410,25 @@ impl poem_openapi::types::ParseFromJSON for VerifyOtpRequestBody {
             .map_err(poem_openapi::types::ParseError::propagate)
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for VerifyOtpRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("VerifyOtpRequest", 3usize)?;
+        {
+            let value = &self.code;
+            object.serialize_field("code", value)?;
+        }
+        if let Some(value) = &self.email {
+            object.serialize_field("email", value)?;
+        }
+        if let Some(value) = &self.phone {
+            object.serialize_field("phone", value)?;
+        }
+        object.end()
+    }
+}
 /// A refresh token from a session.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct RefreshRequest {
@@ -1642,6 +2439,19 @@ pub struct RefreshRequest {
         validator(max_length = 512)
     )]
     pub refresh_token: String,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for RefreshRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("RefreshRequest", 1usize)?;
+        {
+            let value = &self.refresh_token;
+            object.serialize_field("refresh_token", value)?;
+        }
+        object.end()
+    }
 }
 /// An RFC 9457 problem document with a stable `code`.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -1682,6 +2492,37 @@ impl poem_openapi::types::Example for Problem {
             .expect("the example of Problem in the spec must be valid");
         <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
             .expect("the example of Problem in the spec must be valid")
+    }
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Problem {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Problem", 6usize)?;
+        {
+            let value = &self.code;
+            object.serialize_field("code", value)?;
+        }
+        if let Some(value) = &self.detail {
+            object.serialize_field("detail", value)?;
+        }
+        if let Some(value) = &self.request_id {
+            object.serialize_field("request_id", value)?;
+        }
+        {
+            let value = &self.status;
+            object.serialize_field("status", value)?;
+        }
+        {
+            let value = &self.title;
+            object.serialize_field("title", value)?;
+        }
+        {
+            let value = &self.r#type;
+            object.serialize_field("type", value)?;
+        }
+        object.end()
     }
 }
 /// What an event reports. `thread.created`: `{thread, message}`; `thread.updated` (status,
@@ -1745,6 +2586,12 @@ impl ::std::str::FromStr for EventType {
         }
     }
 }
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for EventType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
 /// The objects an event carries, shaped exactly as the REST answers shape them, so a
 /// client applies an event without another request. Which fields are present depends on
 /// the event's `type` (see `EventType`).
@@ -1786,6 +2633,33 @@ pub struct EventData {
     )]
     pub channel_id: Option<uuid::Uuid>,
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for EventData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("EventData", 6usize)?;
+        if let Some(value) = &self.channel_id {
+            object.serialize_field("channel_id", value)?;
+        }
+        if let Some(value) = &self.deleted_at {
+            object.serialize_field("deleted_at", &crate::json::Rfc3339(value))?;
+        }
+        if let Some(value) = &self.message {
+            object.serialize_field("message", value)?;
+        }
+        if let Some(value) = &self.message_id {
+            object.serialize_field("message_id", value)?;
+        }
+        if let Some(value) = &self.subscriber {
+            object.serialize_field("subscriber", value)?;
+        }
+        if let Some(value) = &self.thread {
+            object.serialize_field("thread", value)?;
+        }
+        object.end()
+    }
+}
 /// One change a reader could see.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct Event {
@@ -1807,6 +2681,34 @@ pub struct Event {
     #[oai(rename = "data")]
     pub data: EventData,
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for Event {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("Event", 5usize)?;
+        {
+            let value = &self.created_at;
+            object.serialize_field("created_at", &crate::json::Rfc3339(value))?;
+        }
+        {
+            let value = &self.data;
+            object.serialize_field("data", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        if let Some(value) = &self.thread_id {
+            object.serialize_field("thread_id", value)?;
+        }
+        {
+            let value = &self.r#type;
+            object.serialize_field("type", value)?;
+        }
+        object.end()
+    }
+}
 /// A caller's next events and where to continue.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct EventList {
@@ -1816,6 +2718,23 @@ pub struct EventList {
     /// Pass as `after` in the next call.
     #[oai(rename = "next_after", deserialize_with = "strict_string")]
     pub next_after: String,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for EventList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("EventList", 2usize)?;
+        {
+            let value = &self.events;
+            object.serialize_field("events", value)?;
+        }
+        {
+            let value = &self.next_after;
+            object.serialize_field("next_after", value)?;
+        }
+        object.end()
+    }
 }
 /// Where a store's backend receives the store's events (its secret is shown only at creation).
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -1852,6 +2771,38 @@ impl poem_openapi::types::Example for WebhookEndpoint {
             .expect("the example of WebhookEndpoint in the spec must be valid");
         <Self as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(value))
             .expect("the example of WebhookEndpoint in the spec must be valid")
+    }
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for WebhookEndpoint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("WebhookEndpoint", 6usize)?;
+        {
+            let value = &self.created_at;
+            object.serialize_field("created_at", &crate::json::Rfc3339(value))?;
+        }
+        if let Some(value) = &self.description {
+            object.serialize_field("description", value)?;
+        }
+        {
+            let value = &self.enabled;
+            object.serialize_field("enabled", value)?;
+        }
+        {
+            let value = &self.event_types;
+            object.serialize_field("event_types", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        {
+            let value = &self.url;
+            object.serialize_field("url", value)?;
+        }
+        object.end()
     }
 }
 /// A new endpoint with its signing secret, shown only in this answer.
@@ -1896,11 +2847,60 @@ impl poem_openapi::types::Example for CreatedWebhookEndpoint {
             .expect("the example of CreatedWebhookEndpoint in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for CreatedWebhookEndpoint {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("CreatedWebhookEndpoint", 7usize)?;
+        {
+            let value = &self.created_at;
+            object.serialize_field("created_at", &crate::json::Rfc3339(value))?;
+        }
+        if let Some(value) = &self.description {
+            object.serialize_field("description", value)?;
+        }
+        {
+            let value = &self.enabled;
+            object.serialize_field("enabled", value)?;
+        }
+        {
+            let value = &self.event_types;
+            object.serialize_field("event_types", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        {
+            let value = &self.secret;
+            object.serialize_field("secret", value)?;
+        }
+        {
+            let value = &self.url;
+            object.serialize_field("url", value)?;
+        }
+        object.end()
+    }
+}
 /// A store's endpoints in one mode.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct WebhookEndpointList {
     #[oai(rename = "endpoints")]
     pub endpoints: Vec<WebhookEndpoint>,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for WebhookEndpointList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("WebhookEndpointList", 1usize)?;
+        {
+            let value = &self.endpoints;
+            object.serialize_field("endpoints", value)?;
+        }
+        object.end()
+    }
 }
 /// A new endpoint.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -1942,6 +2942,26 @@ impl poem_openapi::types::Example for CreateWebhookEndpointRequest {
             .expect(
                 "the example of CreateWebhookEndpointRequest in the spec must be valid",
             )
+    }
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for CreateWebhookEndpointRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer
+            .serialize_struct("CreateWebhookEndpointRequest", 3usize)?;
+        if let Some(value) = &self.description {
+            object.serialize_field("description", value)?;
+        }
+        if let Some(value) = &self.event_types {
+            object.serialize_field("event_types", value)?;
+        }
+        {
+            let value = &self.url;
+            object.serialize_field("url", value)?;
+        }
+        object.end()
     }
 }
 /// Fields to change; at least one.
@@ -2047,6 +3067,28 @@ impl poem_openapi::types::ParseFromJSON for UpdateWebhookEndpointRequestBody {
             .map_err(poem_openapi::types::ParseError::propagate)
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for UpdateWebhookEndpointRequest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer
+            .serialize_struct("UpdateWebhookEndpointRequest", 4usize)?;
+        if let Some(value) = &self.description {
+            object.serialize_field("description", value)?;
+        }
+        if let Some(value) = &self.enabled {
+            object.serialize_field("enabled", value)?;
+        }
+        if let Some(value) = &self.event_types {
+            object.serialize_field("event_types", value)?;
+        }
+        if let Some(value) = &self.url {
+            object.serialize_field("url", value)?;
+        }
+        object.end()
+    }
+}
 /// `pending` until an attempt succeeds (`succeeded`) or the retries are exhausted (`failed`).
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WebhookDeliveryStatus {
@@ -2076,6 +3118,12 @@ impl ::std::str::FromStr for WebhookDeliveryStatus {
             "failed" => Ok(Self::Failed),
             other => Err(format!("unknown {} value `{other}`", "WebhookDeliveryStatus")),
         }
+    }
+}
+/// Writes the wire name, as poem-openapi's `ToJSON` does.
+impl serde::Serialize for WebhookDeliveryStatus {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 /// One event sent to one endpoint, with every attempt counted.
@@ -2123,6 +3171,45 @@ impl poem_openapi::types::Example for WebhookDelivery {
             .expect("the example of WebhookDelivery in the spec must be valid")
     }
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for WebhookDelivery {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("WebhookDelivery", 8usize)?;
+        {
+            let value = &self.attempts;
+            object.serialize_field("attempts", value)?;
+        }
+        {
+            let value = &self.created_at;
+            object.serialize_field("created_at", &crate::json::Rfc3339(value))?;
+        }
+        {
+            let value = &self.event_id;
+            object.serialize_field("event_id", value)?;
+        }
+        {
+            let value = &self.event_type;
+            object.serialize_field("event_type", value)?;
+        }
+        {
+            let value = &self.id;
+            object.serialize_field("id", value)?;
+        }
+        if let Some(value) = &self.last_response_status {
+            object.serialize_field("last_response_status", value)?;
+        }
+        if let Some(value) = &self.next_attempt_at {
+            object.serialize_field("next_attempt_at", &crate::json::Rfc3339(value))?;
+        }
+        {
+            let value = &self.status;
+            object.serialize_field("status", value)?;
+        }
+        object.end()
+    }
+}
 /// A page of deliveries, newest first.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct WebhookDeliveryList {
@@ -2130,6 +3217,23 @@ pub struct WebhookDeliveryList {
     pub deliveries: Vec<WebhookDelivery>,
     #[oai(rename = "pagination")]
     pub pagination: Pagination,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for WebhookDeliveryList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("WebhookDeliveryList", 2usize)?;
+        {
+            let value = &self.deliveries;
+            object.serialize_field("deliveries", value)?;
+        }
+        {
+            let value = &self.pagination;
+            object.serialize_field("pagination", value)?;
+        }
+        object.end()
+    }
 }
 /// A version of a message that an edit replaced.
 #[derive(Object, Debug, Clone, PartialEq)]
@@ -2141,11 +3245,41 @@ pub struct MessageEdit {
     #[oai(rename = "edited_at")]
     pub edited_at: chrono::DateTime<chrono::Utc>,
 }
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for MessageEdit {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("MessageEdit", 2usize)?;
+        {
+            let value = &self.edited_at;
+            object.serialize_field("edited_at", &crate::json::Rfc3339(value))?;
+        }
+        {
+            let value = &self.message_content;
+            object.serialize_field("message_content", value)?;
+        }
+        object.end()
+    }
+}
 /// A message's earlier versions, oldest first.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct MessageEditList {
     #[oai(rename = "edits")]
     pub edits: Vec<MessageEdit>,
+}
+/// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+/// optional fields left out, times in RFC 3339), straight to the serializer.
+impl serde::Serialize for MessageEditList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut object = serializer.serialize_struct("MessageEditList", 1usize)?;
+        {
+            let value = &self.edits;
+            object.serialize_field("edits", value)?;
+        }
+        object.end()
+    }
 }
 /// Parameters of `listThreads`.
 #[derive(Debug, Clone)]
@@ -5694,7 +6828,7 @@ impl<T: MessagingApi> Api<T> {
             validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
         )]
         idempotency_key: Header<Option<String>>,
-        body: Json<CreateConversationRequest>,
+        body: poem_openapi::payload::Json<CreateConversationRequest>,
     ) -> CreateConversationResponse {
         self.0
             .create_conversation(
@@ -5806,7 +6940,7 @@ impl<T: MessagingApi> Api<T> {
             )
         )]
         id: Path<String>,
-        body: Json<UpdateThreadRequestBody>,
+        body: poem_openapi::payload::Json<UpdateThreadRequestBody>,
     ) -> UpdateThreadResponse {
         self.0
             .update_thread(
@@ -5989,7 +7123,7 @@ impl<T: MessagingApi> Api<T> {
             )
         )]
         id: Path<String>,
-        body: Json<SendMessageRequest>,
+        body: poem_openapi::payload::Json<SendMessageRequest>,
     ) -> SendMessageResponse {
         self.0
             .send_message(
@@ -6084,7 +7218,7 @@ impl<T: MessagingApi> Api<T> {
         /// Message id.
         #[oai(name = "id")]
         id: Path<uuid::Uuid>,
-        body: Json<EditMessageRequest>,
+        body: poem_openapi::payload::Json<EditMessageRequest>,
     ) -> EditMessageResponse {
         self.0
             .edit_message(
@@ -6207,7 +7341,7 @@ impl<T: MessagingApi> Api<T> {
             )
         )]
         id: Path<String>,
-        body: Json<AddSubscriberRequestBody>,
+        body: poem_openapi::payload::Json<AddSubscriberRequestBody>,
     ) -> AddSubscriberResponse {
         self.0
             .add_subscriber(
@@ -6563,7 +7697,7 @@ impl<T: MessagingApi> Api<T> {
     async fn register(
         &self,
         auth: ApiKeyAuth,
-        body: Json<RegisterRequest>,
+        body: poem_openapi::payload::Json<RegisterRequest>,
     ) -> RegisterResponse {
         self.0.register(auth.0.token, body.0).await
     }
@@ -6576,7 +7710,11 @@ impl<T: MessagingApi> Api<T> {
         operation_id = "login",
         tag = "ApiTags::Auth"
     )]
-    async fn login(&self, auth: ApiKeyAuth, body: Json<LoginRequest>) -> LoginResponse {
+    async fn login(
+        &self,
+        auth: ApiKeyAuth,
+        body: poem_openapi::payload::Json<LoginRequest>,
+    ) -> LoginResponse {
         self.0.login(auth.0.token, body.0).await
     }
     /// Send a one-time code
@@ -6592,7 +7730,7 @@ impl<T: MessagingApi> Api<T> {
     async fn request_otp(
         &self,
         auth: ApiKeyAuth,
-        body: Json<OtpRequestBody>,
+        body: poem_openapi::payload::Json<OtpRequestBody>,
     ) -> RequestOtpResponse {
         self.0.request_otp(auth.0.token, body.0.0).await
     }
@@ -6608,7 +7746,7 @@ impl<T: MessagingApi> Api<T> {
     async fn verify_otp(
         &self,
         auth: ApiKeyAuth,
-        body: Json<VerifyOtpRequestBody>,
+        body: poem_openapi::payload::Json<VerifyOtpRequestBody>,
     ) -> VerifyOtpResponse {
         self.0.verify_otp(auth.0.token, body.0.0).await
     }
@@ -6624,7 +7762,7 @@ impl<T: MessagingApi> Api<T> {
     async fn refresh_session(
         &self,
         auth: ApiKeyAuth,
-        body: Json<RefreshRequest>,
+        body: poem_openapi::payload::Json<RefreshRequest>,
     ) -> RefreshSessionResponse {
         self.0.refresh_session(auth.0.token, body.0).await
     }
@@ -6782,7 +7920,7 @@ impl<T: MessagingApi> Api<T> {
             validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
         )]
         idempotency_key: Header<Option<String>>,
-        body: Json<CreateWebhookEndpointRequest>,
+        body: poem_openapi::payload::Json<CreateWebhookEndpointRequest>,
     ) -> CreateWebhookEndpointResponse {
         self.0
             .create_webhook_endpoint(
@@ -6874,7 +8012,7 @@ impl<T: MessagingApi> Api<T> {
             validator(max_length = 255, min_length = 1, pattern = "^[ -~]+$")
         )]
         idempotency_key: Header<Option<String>>,
-        body: Json<UpdateWebhookEndpointRequestBody>,
+        body: poem_openapi::payload::Json<UpdateWebhookEndpointRequestBody>,
     ) -> UpdateWebhookEndpointResponse {
         self.0
             .update_webhook_endpoint(

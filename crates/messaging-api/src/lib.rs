@@ -12,3 +12,6 @@ mod generated;
 
 pub use event_stream::{SseEvent, SseStream};
 pub use generated::*;
+
+pub mod json;
+pub use json::Json;

@@ -2,7 +2,6 @@
 //! turns the outcome into the operation's response enum. No rule lives here.
 
 use messaging_api::*;
-use poem_openapi::payload::Json;
 
 use crate::{
     MessagingService,

@@ -23,6 +23,7 @@ use crate::{
     error::ServiceError,
     events::{self, EventData, EventScope},
     now,
+    reactions::MessageWithReactions,
     subscribers::{self, Participant},
     threads::{NewMessage, ThreadRef, from_micros, micros, sender_of},
 };
@@ -124,10 +125,12 @@ impl MessagingService {
                 .order_by_desc(time)
                 .order_by_desc(message::Column::Id),
         };
-        let mut rows = select.limit(limit + 1).all(self.reader()).await?;
+        let mut rows = MessageWithReactions::select(select.limit(limit + 1), self.backend())
+            .all(self.reader())
+            .await?;
         let has_more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);
-        let next_cursor = match rows.last() {
+        let next_cursor = match rows.last().map(|row| &row.message) {
             Some(last) if has_more => {
                 let at = match time {
                     message::Column::PublishedAt => last.published_at.unwrap_or(last.created_at),
@@ -142,7 +145,10 @@ impl MessagingService {
             }
             _ => None,
         };
-        let messages = self.wire_messages(rows).await?;
+        let messages = rows
+            .into_iter()
+            .map(MessageWithReactions::into_wire)
+            .collect::<Result<_, _>>()?;
         Ok(MessageList {
             messages,
             pagination: Pagination {

@@ -1,11 +1,15 @@
 //! Reactions (seed 004): each subscriber's emoji on a message, idempotent to add and remove.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::LazyLock,
+};
 
 use messaging_api::{Message, Reaction};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Select, SelectModel,
+    Selector, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -76,6 +80,87 @@ pub async fn reactions_of<C: ConnectionTrait>(
         grouped.insert(message_id, reactions.into_values().collect());
     }
     Ok(grouped)
+}
+
+/// A message read with its reactions as one row: the database aggregates the message's
+/// reactions into a JSON array column (`[emoji, subscriber_id]` pairs, oldest first), so a page
+/// of messages is one query, not a second one for the page's reactions.
+pub struct MessageWithReactions {
+    pub message: message::Model,
+    pub reactions: Vec<Reaction>,
+}
+
+/// The alias of the aggregated column.
+const REACTIONS_COLUMN: &str = "reactions_json";
+
+impl MessageWithReactions {
+    /// Reads the messages `select` finds, each with its reactions.
+    pub fn select(
+        select: Select<message::Entity>,
+        backend: DbBackend,
+    ) -> Selector<SelectModel<Self>> {
+        select
+            .expr_as(Expr::cust(reactions_json_sql(backend)), REACTIONS_COLUMN)
+            .into_model::<Self>()
+    }
+
+    /// The message in its wire form.
+    pub fn into_wire(self) -> Result<Message, ServiceError> {
+        crate::wire::message(self.message, self.reactions)
+    }
+}
+
+impl FromQueryResult for MessageWithReactions {
+    fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        let message = message::Model::from_query_result(row, pre)?;
+        let json: String = row.try_get(pre, REACTIONS_COLUMN)?;
+        let pairs: Vec<(String, String)> = serde_json::from_str(&json)
+            .map_err(|e| DbErr::Type(format!("reactions of message {}: {e}", message.id)))?;
+        Ok(Self {
+            message,
+            reactions: grouped(pairs),
+        })
+    }
+}
+
+/// Reactions `(emoji, subscriber_id)`, oldest first, grouped per emoji in first-use order.
+fn grouped(pairs: impl IntoIterator<Item = (String, String)>) -> Vec<Reaction> {
+    let mut reactions: Vec<Reaction> = Vec::new();
+    for (emoji, subscriber_id) in pairs {
+        match reactions.iter_mut().find(|r| r.emoji == emoji) {
+            Some(reaction) => {
+                reaction.count += 1;
+                reaction.subscriber_ids.push(subscriber_id);
+            }
+            None => reactions.push(Reaction {
+                emoji,
+                count: 1,
+                subscriber_ids: vec![subscriber_id],
+            }),
+        }
+    }
+    reactions
+}
+
+/// The correlated subquery that aggregates a message's reactions into a JSON array (text) of
+/// `[emoji, subscriber_id]` pairs, oldest first, in each backend's dialect.
+fn reactions_json_sql(backend: DbBackend) -> &'static str {
+    const FROM: &str = r#"FROM "message_reactions" AS r WHERE r."message_id" = "messages"."id""#;
+    const ORDER: &str = r#"ORDER BY r."created_at", r."subscriber_id""#;
+    static POSTGRES: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            r#"(SELECT COALESCE(json_agg(json_build_array(r."emoji", r."subscriber_id") {ORDER}), '[]')::text {FROM})"#
+        )
+    });
+    static SQLITE: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            r#"(SELECT json_group_array(json_array(r."emoji", r."subscriber_id") {ORDER}) {FROM})"#
+        )
+    });
+    match backend {
+        DbBackend::Postgres => &POSTGRES,
+        _ => &SQLITE,
+    }
 }
 
 impl MessagingService {

@@ -62,7 +62,9 @@ pub fn generate(spec: &OpenAPI, raw: &serde_json::Value) -> anyhow::Result<Token
 
         use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme, Tags};
         use poem_openapi::param::{Header, Path, Query};
-        use poem_openapi::payload::Json;
+        // Answers are written straight from the wire types (`crate::json`); request bodies
+        // are read by poem-openapi.
+        use crate::json::Json;
 
         #tags
         #security
@@ -445,6 +447,13 @@ impl Ctx<'_> {
                             match s { #(#from_str)* other => Err(format!("unknown {} value `{other}`", #name)) }
                         }
                     }
+
+                    /// Writes the wire name, as poem-openapi's `ToJSON` does.
+                    impl serde::Serialize for #ident {
+                        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                            serializer.serialize_str(self.as_str())
+                        }
+                    }
                 })
             }
             SchemaKind::Type(Type::Object(_)) | SchemaKind::Any(_) => {
@@ -458,6 +467,7 @@ impl Ctx<'_> {
                     _ => unreachable!("matched above"),
                 };
                 let mut fields = Vec::new();
+                let mut serialized = Vec::new();
                 for (prop, prop_schema) in &obj.properties {
                     let required = obj.required.contains(prop);
                     let unboxed = unbox(prop_schema);
@@ -494,7 +504,15 @@ impl Ctx<'_> {
                         attrs.push(quote!(validator(#(#validators),*)));
                     }
                     fields.push(quote!(#prop_doc #[oai(#(#attrs),*)] pub #field: #ty,));
+                    serialized.push((
+                        prop.as_str(),
+                        serialize_field(prop, &field, required, &unboxed)?,
+                    ));
                 }
+                // poem-openapi's `ToJSON` builds a `serde_json::Map`, which orders keys by name.
+                serialized.sort_by_key(|(prop, _)| *prop);
+                let serialized = serialized.into_iter().map(|(_, code)| code);
+                let field_count = obj.properties.len();
                 let (example_attr, example_impl) = match &schema.schema_data.example {
                     Some(example) => {
                         let json = serde_json::to_string(example)?;
@@ -532,6 +550,17 @@ impl Ctx<'_> {
                     pub struct #ident { #(#fields)* }
                     #example_impl
                     #rules
+
+                    /// Writes the JSON that poem-openapi's `ToJSON` would (keys by name, absent
+                    /// optional fields left out, times in RFC 3339), straight to the serializer.
+                    impl serde::Serialize for #ident {
+                        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                            use serde::ser::SerializeStruct;
+                            let mut object = serializer.serialize_struct(#name, #field_count)?;
+                            #(#serialized)*
+                            object.end()
+                        }
+                    }
                 })
             }
             other => bail!("unsupported top-level schema {other:?}"),
@@ -642,11 +671,11 @@ impl Ctx<'_> {
             let bdoc = doc_lines(body.description.as_deref());
             match self.rules_wrapper(schema) {
                 Some(wrapper) => {
-                    glue_args.push(quote!(#bdoc body: Json<#wrapper>));
+                    glue_args.push(quote!(#bdoc body: poem_openapi::payload::Json<#wrapper>));
                     call_args.push(quote!(body.0.0));
                 }
                 None => {
-                    glue_args.push(quote!(#bdoc body: Json<#ty>));
+                    glue_args.push(quote!(#bdoc body: poem_openapi::payload::Json<#ty>));
                     call_args.push(quote!(body.0));
                 }
             }
@@ -864,6 +893,42 @@ fn status_variant(code: u16) -> anyhow::Result<&'static str> {
         500 => "InternalServerError",
         503 => "ServiceUnavailable",
         other => bail!("status {other} has no variant name yet: add it to status_variant"),
+    })
+}
+
+/// The statement of a generated `Serialize` impl that writes one field (`object` is the
+/// `SerializeStruct`). Times go through [`crate::json::Rfc3339`] (poem-openapi's format); an
+/// absent optional field is left out, as `skip_serializing_if_is_none` does.
+fn serialize_field(
+    prop: &str,
+    field: &proc_macro2::Ident,
+    required: bool,
+    schema: &ReferenceOr<Schema>,
+) -> anyhow::Result<TokenStream> {
+    let item_kind = |schema: &ReferenceOr<Schema>| match schema {
+        ReferenceOr::Item(schema) => Some(schema.schema_kind.clone()),
+        ReferenceOr::Reference { .. } => None,
+    };
+    let is_date_time = |kind: &Option<SchemaKind>| {
+        matches!(kind, Some(SchemaKind::Type(Type::String(s)))
+            if matches!(s.format, VariantOrUnknownOrEmpty::Item(StringFormat::DateTime)))
+    };
+    let kind = item_kind(schema);
+    if let Some(SchemaKind::Type(Type::Array(a))) = &kind
+        && let Some(items) = &a.items
+        && is_date_time(&item_kind(&unbox(items)))
+    {
+        bail!("arrays of date-time are not supported in responses");
+    }
+    let value = if is_date_time(&kind) {
+        quote!(&crate::json::Rfc3339(value))
+    } else {
+        quote!(value)
+    };
+    Ok(if required {
+        quote!({ let value = &self.#field; object.serialize_field(#prop, #value)?; })
+    } else {
+        quote!(if let Some(value) = &self.#field { object.serialize_field(#prop, #value)?; })
     })
 }
 
