@@ -103,7 +103,9 @@ pub async fn delivery(
     })
 }
 
-/// What holding idle streams cost the server's process.
+/// What holding idle streams cost the server's process: its anonymous resident memory (what the
+/// process itself holds; the file-backed part is the binary and the memory-mapped database file,
+/// which does not grow with streams but with what reads touched).
 pub struct Idle {
     pub streams: usize,
     pub rss_before_mb: f64,
@@ -118,14 +120,13 @@ pub struct Idle {
 /// Has a child process open `count` idle streams to `base`, then reads this process's resident
 /// memory and the open-streams gauge. The streams stay open until the child is killed.
 pub async fn idle(base: &str, key: &str, count: usize) -> anyhow::Result<Idle> {
-    let before = resident_bytes()?;
+    let (before, _) = resident_split()?;
     let mut child = Child::start("hold-streams", base, key, count, None)?;
     child.ready().await?;
     // Let the server settle (buffers, the first keep-alive) before measuring.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = resident_bytes()?;
-    let (anon, file) = resident_split()?;
-    println!("resident while held: {anon:.0} MB anonymous, {file:.0} MB file-backed");
+    let (after, file) = resident_split()?;
+    println!("resident while held: {after:.0} MB anonymous, {file:.0} MB file-backed");
     let gauge_held = open_streams_gauge(base).await?;
     child.kill();
     // The server notices a vanished idle client when a keep-alive comment (every 15 s) fails:
@@ -138,9 +139,9 @@ pub async fn idle(base: &str, key: &str, count: usize) -> anyhow::Result<Idle> {
     }
     Ok(Idle {
         streams: count,
-        rss_before_mb: before as f64 / 1e6,
-        rss_after_mb: after as f64 / 1e6,
-        kib_per_stream: after.saturating_sub(before) as f64 / count as f64 / 1024.0,
+        rss_before_mb: before,
+        rss_after_mb: after,
+        kib_per_stream: (after - before).max(0.0) * 1e6 / count as f64 / 1024.0,
         gauge_held,
         gauge_after,
     })
@@ -359,7 +360,7 @@ fn unix_nanos() -> u64 {
 }
 
 /// This process's resident memory in MB as `/proc/self/status` splits it: anonymous (heap),
-/// and file-backed (the binary's pages).
+/// and file-backed (the binary's pages and the memory-mapped database file's).
 pub fn resident_split() -> anyhow::Result<(f64, f64)> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let field = |name: &str| -> anyhow::Result<f64> {
@@ -371,15 +372,4 @@ pub fn resident_split() -> anyhow::Result<(f64, f64)> {
         Ok(kib as f64 * 1024.0 / 1e6)
     };
     Ok((field("RssAnon:")?, field("RssFile:")?))
-}
-
-/// This process's resident memory (Linux): the server's, and the benchmark's small client.
-pub fn resident_bytes() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .context("VmRSS in /proc/self/status")?;
-    Ok(kib * 1024)
 }
