@@ -506,7 +506,11 @@ macro_rules! with_webhooks {
     };
 }
 
-const WAIT: Duration = Duration::from_secs(15);
+/// How long a test waits for deliveries. Generous on purpose: on PostgreSQL the feed (and so
+/// the dispatcher) reads only up to the cluster-wide frontier, and the other tests of this
+/// suite create and drop databases on the same cluster all the while; each of those holds the
+/// frontier back while it runs. Once a CI run saw two deliveries take longer than 15 s.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The store opens a thread for `customer` (events `thread.created` and
 /// `channel.message_published`).
