@@ -648,7 +648,7 @@ enum Backend {
     Postgres,
 }
 
-/// One checked target: printed as a line ending in PASS or FAIL.
+/// The checked targets: each printed as a line ending in PASS or FAIL; the failed ones kept.
 struct Verdicts {
     failed: Vec<String>,
 }

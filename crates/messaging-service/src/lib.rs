@@ -40,6 +40,7 @@ pub use webhooks::metrics as webhook_metrics;
 use std::sync::Arc;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
+use tokio_util::task::AbortOnDropHandle;
 
 /// The service: a database connection pool plus the keys and settings the rules need.
 /// Cheap to clone; every clone shares the same pool.
@@ -49,10 +50,8 @@ pub struct MessagingService {
 }
 
 struct Inner {
-    /// Where every write goes (see `Database`).
+    /// The connections, and how writes reach them (see `Database`).
     db: Database,
-    /// On SQLite, the batches write transactions commit in (`group_commit`).
-    group_commit: Option<group_commit::GroupCommit>,
     keys: auth::ServerKeys,
     config: ServiceConfig,
     /// Recently verified API keys, by keyed hash (never the key itself).
@@ -77,11 +76,8 @@ impl MessagingService {
             .await
             .map_err(StartupError::Migrate)?;
         let keys = auth::ServerKeys::load(&db.writer, config.secret.as_deref()).await?;
-        let group_commit = (db.writer.get_database_backend() == sea_orm::DbBackend::Sqlite)
-            .then(|| group_commit::GroupCommit::start(db.writer.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
-                group_commit,
                 db,
                 keys,
                 config,
@@ -158,7 +154,7 @@ impl MessagingService {
     /// from its start (`BEGIN IMMEDIATE`).
     async fn begin_write(&self) -> Result<events::WriteTxn, DbErr> {
         use sea_orm::TransactionTrait;
-        let (txn, seat) = match &self.inner.group_commit {
+        let (txn, seat) = match &self.inner.db.group_commit {
             Some(group) => {
                 let (txn, seat) = group.begin().await?;
                 (txn, Some(seat))
@@ -173,17 +169,10 @@ impl MessagingService {
 struct Database {
     writer: DatabaseConnection,
     reader: Option<DatabaseConnection>,
+    /// On SQLite, the batches write transactions commit in (`group_commit`).
+    group_commit: Option<group_commit::GroupCommit>,
     /// On a SQLite file, the task that checkpoints the write-ahead log (see `checkpoints`).
-    _checkpoints: Option<AbortOnDrop>,
-}
-
-/// A background task that ends with its owner.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
+    _checkpoints: Option<AbortOnDropHandle<()>>,
 }
 
 /// How often the write-ahead log is copied back into the database file.
@@ -196,8 +185,8 @@ const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_milli
 /// checkpoint copies what no reader still needs without taking the write lock, so the writer
 /// goes on appending meanwhile, and the log restarts from its beginning once it has been copied
 /// whole.
-fn checkpoints(connection: DatabaseConnection) -> AbortOnDrop {
-    AbortOnDrop(tokio::spawn(async move {
+fn checkpoints(connection: DatabaseConnection) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -226,8 +215,10 @@ impl Database {
         let Some(path) = sqlite_file_path(database_url) else {
             if database_url.starts_with("sqlite:") {
                 // Every connection to `sqlite::memory:` would see its own empty database.
+                let writer = open(database_url, Pool::Only).await?;
                 return Ok(Self {
-                    writer: open(database_url, Pool::Only).await?,
+                    group_commit: Some(group_commit::GroupCommit::start(writer.clone())),
+                    writer,
                     reader: None,
                     _checkpoints: None,
                 });
@@ -235,6 +226,7 @@ impl Database {
             return Ok(Self {
                 writer: open(database_url, Pool::Postgres).await?,
                 reader: None,
+                group_commit: None,
                 _checkpoints: None,
             });
         };
@@ -252,6 +244,7 @@ impl Database {
         let reader = open(database_url, Pool::SqliteReaders).await?;
         let checkpointer = open(database_url, Pool::SqliteCheckpointer).await?;
         Ok(Self {
+            group_commit: Some(group_commit::GroupCommit::start(writer.clone())),
             writer,
             reader: Some(reader),
             _checkpoints: Some(checkpoints(checkpointer)),

@@ -16,6 +16,7 @@ use std::{
 use messaging_api::{Event, SseEvent};
 use sea_orm::DbBackend;
 use tokio::sync::{Notify, broadcast};
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use super::{Position, StoredEvent, frontier, read_page};
@@ -143,7 +144,7 @@ impl MessagingService {
     pub async fn run_event_feed(self) {
         let hub = self.inner.events.clone();
         let _listener = (self.backend() == DbBackend::Postgres).then(|| {
-            AbortOnDrop(tokio::spawn(listen(
+            AbortOnDropHandle::new(tokio::spawn(listen(
                 self.writer().get_postgres_connection_pool().clone(),
                 hub.clone(),
             )))
@@ -234,14 +235,5 @@ async fn listen(pool: sea_orm::sqlx::PgPool, hub: Arc<EventHub>) {
         }
         hub.wake();
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
