@@ -2,6 +2,9 @@
 //! order, `$ref`s to non-schema components, written-out defaults, number formatting, header
 //! name case, description whitespace, the patch version, example date-time offsets) is made
 //! identical, so that two documents are equal exactly when they describe the same API.
+//! Response `links` are dropped too: they document how operations chain (for readers, Swagger UI
+//! and schemathesis's stateful phase), nothing on the wire, and poem-openapi has no way to declare
+//! them, so only the checked-in spec (served verbatim at `/openapi.yaml`) carries them.
 
 use serde_json::{Map, Number, Value};
 
@@ -197,7 +200,8 @@ fn normalise_operation(operation: &mut Map<String, Value>) {
         .get_mut("responses")
         .and_then(Value::as_object_mut)
     {
-        for response in responses.values_mut() {
+        for response in responses.values_mut().filter_map(Value::as_object_mut) {
+            response.remove("links");
             if let Some(headers) = response.get_mut("headers") {
                 normalise_headers(headers);
             }
@@ -394,6 +398,17 @@ mod tests {
             }}}}},
             "components": {}
         });
+        assert_eq!(normalise(&doc), normalise(&served));
+    }
+
+    #[test]
+    fn response_links_are_dropped() {
+        let doc = json!({"paths": {"/x": {"post": {"responses": {"201": {
+            "description": "Made.",
+            "links": {"getX": {"operationId": "getX", "parameters": {"id": "$response.body#/id"}}}
+        }}}}}});
+        let served =
+            json!({"paths": {"/x": {"post": {"responses": {"201": {"description": "Made."}}}}}});
         assert_eq!(normalise(&doc), normalise(&served));
     }
 

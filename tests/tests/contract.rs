@@ -261,3 +261,123 @@ fn generated_crates_are_up_to_date_with_the_spec() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Resolves a `$ref` into `spec` (`#/components/...`), or returns the value itself.
+fn resolved<'a>(spec: &'a Value, value: &'a Value) -> &'a Value {
+    match value.get("$ref").and_then(Value::as_str) {
+        Some(pointer) => resolved(
+            spec,
+            spec.pointer(pointer.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("{pointer} resolves")),
+        ),
+        None => value,
+    }
+}
+
+/// The operations of the spec by `operationId`.
+fn operations(spec: &Value) -> std::collections::BTreeMap<String, &Value> {
+    let mut out = std::collections::BTreeMap::new();
+    for item in spec["paths"].as_object().expect("paths").values() {
+        for operation in item.as_object().expect("a path item").values() {
+            if let Some(id) = operation.get("operationId").and_then(Value::as_str) {
+                out.insert(id.to_owned(), operation);
+            }
+        }
+    }
+    out
+}
+
+/// The names of an operation's parameters in `location` (`path`, `query`, …).
+fn parameter_names(spec: &Value, operation: &Value, location: &str) -> Vec<String> {
+    operation["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|parameter| resolved(spec, parameter))
+        .filter(|parameter| parameter["in"] == location)
+        .map(|parameter| parameter["name"].as_str().expect("a name").to_owned())
+        .collect()
+}
+
+/// Whether `pointer` (`/thread/id`, `/threads/0/id`) names a property the schema declares.
+fn schema_has_pointer(spec: &Value, schema: &Value, pointer: &str) -> bool {
+    let mut schema = resolved(spec, schema);
+    for segment in pointer.split('/').skip(1) {
+        schema = if segment.parse::<usize>().is_ok() {
+            match schema.get("items") {
+                Some(items) => resolved(spec, items),
+                None => return false,
+            }
+        } else {
+            match schema.get("properties").and_then(|p| p.get(segment)) {
+                Some(property) => resolved(spec, property),
+                None => return false,
+            }
+        };
+    }
+    true
+}
+
+/// Checks one runtime expression of a link on `source`'s `response`.
+fn expression_resolves(spec: &Value, source: &Value, response: &Value, expression: &str) -> bool {
+    if let Some(name) = expression.strip_prefix("$request.path.") {
+        return parameter_names(spec, source, "path")
+            .iter()
+            .any(|n| n == name);
+    }
+    let Some(pointer) = expression.strip_prefix("$response.body#") else {
+        return false;
+    };
+    let schema = &response["content"]["application/json"]["schema"];
+    schema_has_pointer(spec, schema, pointer)
+}
+
+#[test]
+fn every_link_names_a_real_operation_parameters_and_response_members() {
+    let spec = spec_json();
+    let operations = operations(&spec);
+    let mut links = 0;
+    for (source_id, source) in &operations {
+        for (status, response) in source["responses"].as_object().expect("responses") {
+            let response = resolved(&spec, response);
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                links += 1;
+                let at = format!("{source_id} {status} link {name}");
+                let target_id = link["operationId"]
+                    .as_str()
+                    .expect("links name operationId");
+                let target = operations
+                    .get(target_id)
+                    .unwrap_or_else(|| panic!("{at}: no operation {target_id}"));
+                for (parameter, expression) in link["parameters"].as_object().into_iter().flatten()
+                {
+                    let known = ["path", "query", "header"].iter().any(|location| {
+                        parameter_names(&spec, target, location).contains(parameter)
+                    });
+                    assert!(known, "{at}: {target_id} has no parameter {parameter}");
+                    let expression = expression.as_str().expect("an expression");
+                    assert!(
+                        expression_resolves(&spec, source, response, expression),
+                        "{at}: {expression} does not resolve"
+                    );
+                }
+                if let Some(body) = link.get("requestBody").and_then(Value::as_object) {
+                    let schema = &resolved(&spec, &target["requestBody"])["content"]["application/json"]
+                        ["schema"];
+                    for (member, expression) in body {
+                        assert!(
+                            schema_has_pointer(&spec, schema, &format!("/{member}")),
+                            "{at}: {target_id}'s body has no member {member}"
+                        );
+                        let expression = expression.as_str().expect("an expression");
+                        assert!(
+                            expression_resolves(&spec, source, response, expression),
+                            "{at}: {expression} does not resolve"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(links >= 20, "the spec's links were found ({links})");
+}

@@ -528,6 +528,24 @@ both_backends!(
             .await;
         assert_eq!((forged.status, forged.replayed), (401, false));
         assert_eq!(w.key_rows().await, 1);
+        // A method the path does not serve matches no operation: 405 with `Allow`, every time.
+        for _ in 0..2 {
+            let unrouted = w
+                .app
+                .http()
+                .patch(w.app.url(&path))
+                .bearer_auth(&w.publishable_key)
+                .header("x-auth-token", &w.jane.token)
+                .header("idempotency-key", "no-such-method")
+                .json(&json!({"message": "42"}))
+                .send()
+                .await
+                .expect("the server answers");
+            assert_eq!(unrouted.status().as_u16(), 405);
+            assert_eq!(unrouted.headers()["allow"], "GET, HEAD, POST");
+            assert!(unrouted.headers().get(REPLAYED).is_none());
+        }
+        assert_eq!(w.key_rows().await, 1);
     }
 );
 

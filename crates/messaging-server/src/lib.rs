@@ -2,8 +2,8 @@
 //! the spec documents, Swagger UI, health) with its middleware, and the functions that run it.
 //!
 //! Layers, outermost first: request context (request id, span, access log, every error to
-//! problem+json), panics to 500, URI and header limits, body limit, rate limits, safe retries
-//! (`Idempotency-Key`), then the routes (whose 405s carry `Allow`).
+//! problem+json), panics to 500, URI and header limits, body limit, rate limits, `Allow` on every
+//! 405, safe retries (`Idempotency-Key`), then the routes.
 
 mod body_limit;
 mod docs;
@@ -54,7 +54,7 @@ pub fn app(
     settings: &HttpSettings,
 ) -> impl Endpoint<Output = Response> + 'static {
     metrics::install();
-    with_middleware(with_allow(routes(service.clone())), service, settings)
+    with_middleware(routes(service.clone()), service, settings)
 }
 
 /// The poem-openapi service for the generated API, titled and described as the spec is.
@@ -110,10 +110,11 @@ fn routes(service: MessagingService) -> Route {
         .nest("/", api)
 }
 
-/// The routes, with `Allow` on every 405.
-fn with_allow(routes: Route) -> impl Endpoint<Output = Response> {
+/// `inner` with `Allow` on every 405. It sits outside safe retries, so a 405 (no operation ran)
+/// reaches that layer as a refusal, which it does not keep.
+fn with_allow<E: Endpoint<Output = Response> + 'static>(inner: E) -> impl Endpoint<Output = Response> {
     let allowed = Arc::new(AllowedMethods::of::<Api<MessagingService>>());
-    routes.around(move |inner, req| {
+    inner.around(move |inner, req| {
         let allowed = allowed.clone();
         async move {
             let path = req.uri().path().to_owned();
@@ -144,7 +145,7 @@ async fn health_of(service: MessagingService) -> Response {
 }
 
 /// Request context outermost, then panic catching, the head limits, the body limit, rate
-/// limits and safe retries.
+/// limits, `Allow` on 405s and safe retries.
 fn with_middleware<E>(
     routes: E,
     service: MessagingService,
@@ -159,11 +160,11 @@ where
         .map(|limits| Arc::new(RateLimiter::new(limits, service.clone())));
     let max_body_bytes = settings.max_body_bytes;
     let max_header_bytes = settings.max_header_bytes;
-    routes
-        .around(move |inner, req| {
-            let service = service.clone();
-            async move { idempotency::handle(&service, inner, req).await }
-        })
+    let safe_retries = routes.around(move |inner, req| {
+        let service = service.clone();
+        async move { idempotency::handle(&service, inner, req).await }
+    });
+    with_allow(safe_retries)
         .around(move |inner, req| enforce_rate_limits(limiter.clone(), inner, req))
         .before(move |req| body_limit::limit_body(req, max_body_bytes))
         .before(move |req| async move { header_limit::limit_head(req, max_header_bytes) })
