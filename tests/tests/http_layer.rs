@@ -212,6 +212,31 @@ async fn every_405_says_which_methods_are_allowed() {
 }
 
 #[tokio::test]
+async fn http2_with_prior_knowledge_is_served_beside_http1() {
+    let app = spawn_app().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let response = h2.get(app.url("/healthz")).send().await.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let problem = problem_of(
+        h2.get(app.url("/v1/messaging/threads"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(problem.body["code"], "missing_api_key");
+    let h1 = app.http().get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(h1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(h1.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_valid_request_id_is_echoed_and_an_invalid_one_replaced() {
     let app = spawn_app().await;
     let echoed = app

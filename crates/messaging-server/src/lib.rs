@@ -6,6 +6,7 @@
 //! 405, safe retries (`Idempotency-Key`), then the routes.
 
 mod body_limit;
+mod connections;
 mod docs;
 mod header_limit;
 mod health;

@@ -4,13 +4,10 @@
 use std::{future::Future, io, net::SocketAddr, time::Duration};
 
 use messaging_service::{MessagingService, ServiceConfig, StartupError};
-use poem::{
-    Endpoint, Response, Server,
-    listener::{Acceptor, Listener, TcpListener},
-};
-use tokio::task::JoinHandle;
+use poem::{Endpoint, Response};
+use tokio::{net::TcpListener, task::JoinHandle};
 
-use crate::{HttpSettings, app};
+use crate::{HttpSettings, app, connections};
 
 /// How often the background publisher moves due scheduled messages into their channels.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(500);
@@ -50,14 +47,13 @@ pub enum ServeError {
 /// Ctrl-C or SIGTERM, then lets in-flight requests finish.
 pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     let service = MessagingService::connect(&config.database_url, config.service).await?;
-    let acceptor = TcpListener::bind(config.bind.clone())
-        .into_acceptor()
+    let listener = TcpListener::bind(&config.bind)
         .await
         .map_err(|source| ServeError::Bind {
             address: config.bind.clone(),
             source,
         })?;
-    if let Some(address) = bound_address(&acceptor) {
+    if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "messaging-server listening");
     }
     // The app (and its metrics recorder) first, so the background tasks' first counts are kept.
@@ -78,7 +74,7 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
         // clients reconnect (to another replica) with Last-Event-ID and miss nothing.
         service.close_event_feed();
     };
-    let served = serve(acceptor, app, shutdown).await;
+    let served = serve(listener, app, shutdown).await;
     publisher.abort();
     feed.abort();
     retention.abort();
@@ -90,15 +86,16 @@ pub async fn run(config: ServerConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Serves `app` on `acceptor` until `shutdown` completes.
-pub async fn serve<A, E>(acceptor: A, app: E, shutdown: impl Future<Output = ()>) -> io::Result<()>
+/// Serves `app` on `listener` until `shutdown` completes, then lets in-flight requests finish.
+pub async fn serve<E>(
+    listener: TcpListener,
+    app: E,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
 where
-    A: Acceptor + 'static,
     E: Endpoint<Output = Response> + 'static,
 {
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app, shutdown, Some(GRACEFUL_SHUTDOWN_TIMEOUT))
-        .await
+    connections::serve(listener, app, shutdown, GRACEFUL_SHUTDOWN_TIMEOUT).await
 }
 
 /// Starts the real app on `127.0.0.1` at a free port, in the background. Returns the address
@@ -107,9 +104,8 @@ pub async fn spawn(
     service: MessagingService,
     settings: &HttpSettings,
 ) -> io::Result<(SocketAddr, JoinHandle<io::Result<()>>)> {
-    let acceptor = TcpListener::bind("127.0.0.1:0").into_acceptor().await?;
-    let address = bound_address(&acceptor)
-        .ok_or_else(|| io::Error::other("the listener has no socket address"))?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
     let publisher = service.clone().run_publisher(PUBLISH_INTERVAL);
     let feed = service.clone().run_event_feed();
     let retention = service.clone().run_event_retention();
@@ -128,17 +124,10 @@ pub async fn spawn(
             () = dispatcher => Ok(()),
             () = webhooks => Ok(()),
             () = pruner => Ok(()),
-            result = serve(acceptor, app, std::future::pending()) => result,
+            result = serve(listener, app, std::future::pending()) => result,
         }
     });
     Ok((address, task))
-}
-
-fn bound_address(acceptor: &impl Acceptor) -> Option<SocketAddr> {
-    acceptor
-        .local_addr()
-        .iter()
-        .find_map(|addr| addr.as_socket_addr().copied())
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM.
