@@ -113,7 +113,9 @@ fn routes(service: MessagingService) -> Route {
 
 /// `inner` with `Allow` on every 405. It sits outside safe retries, so a 405 (no operation ran)
 /// reaches that layer as a refusal, which it does not keep.
-fn with_allow<E: Endpoint<Output = Response> + 'static>(inner: E) -> impl Endpoint<Output = Response> {
+fn with_allow<E: Endpoint<Output = Response> + 'static>(
+    inner: E,
+) -> impl Endpoint<Output = Response> {
     let allowed = Arc::new(AllowedMethods::of::<Api<MessagingService>>());
     inner.around(move |inner, req| {
         let allowed = allowed.clone();
