@@ -36,8 +36,8 @@ use messaging_api::{Event, EventType, Message, Subscriber, Thread};
 use poem_openapi::types::{ParseFromJSON, ToJSON};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Statement,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -308,6 +308,24 @@ pub(crate) async fn frontier<C: ConnectionTrait>(conn: &C) -> Result<Position, D
     }
 }
 
+/// Positions after `after` (exclusive) up to `until` (inclusive), as a condition that the
+/// `(xid, seq)` index serves. When both share an xid (always on SQLite, where every xid is 0) it
+/// is that xid and a range of `seq`: SQLite reads only a row value's first column from an index,
+/// so `(xid, seq) > (0, n)` would visit every event of the feed on each read.
+fn between(after: Position, until: Position) -> Condition {
+    if after.xid == until.xid {
+        return Condition::all()
+            .add(event::Column::Xid.eq(after.xid))
+            .add(event::Column::Seq.gt(after.seq))
+            .add(event::Column::Seq.lte(until.seq));
+    }
+    let position = || Expr::tuple([Expr::col(event::Column::Xid), Expr::col(event::Column::Seq)]);
+    let at = |p: Position| Expr::tuple([Expr::val(p.xid), Expr::val(p.seq)]);
+    Condition::all()
+        .add(position().gt(at(after)))
+        .add(position().lte(at(until)))
+}
+
 /// The events a gate admits between `after` (exclusive) and `until` (inclusive), oldest first.
 async fn read_between<C: ConnectionTrait>(
     conn: &C,
@@ -316,11 +334,7 @@ async fn read_between<C: ConnectionTrait>(
     until: Position,
     limit: u64,
 ) -> Result<Vec<StoredEvent>, DbErr> {
-    let position = || Expr::tuple([Expr::col(event::Column::Xid), Expr::col(event::Column::Seq)]);
-    let at = |p: Position| Expr::tuple([Expr::val(p.xid), Expr::val(p.seq)]);
-    let mut select = event::Entity::find()
-        .filter(position().gt(at(after)))
-        .filter(position().lte(at(until)));
+    let mut select = event::Entity::find().filter(between(after, until));
     if let Some(gate) = gate {
         select = select
             .filter(event::Column::StoreId.eq(gate.store_id))

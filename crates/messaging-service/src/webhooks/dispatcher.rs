@@ -33,16 +33,24 @@ const INSERT_CHUNK: usize = 200;
 /// How often the dispatcher reads the feed when nothing woke it.
 const IDLE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The shortest time between two rounds while events keep coming. A round is a write (it moves
+/// the stored position), so one per feed wake-up would put a second write beside nearly every
+/// send; coalesced, a busy store pays for ten rounds a second, and a webhook waits at most this
+/// much longer.
+const COALESCE: Duration = Duration::from_millis(100);
+
 /// Metric of queued deliveries, described where the server installs its recorder.
 pub const CREATED_METRIC: &str = "webhook_deliveries_created_total";
 
 impl MessagingService {
     /// Runs the dispatcher until the task is dropped: a round whenever this process's feed
-    /// reader sees new events (which it learns of from every replica), and every second anyway.
-    /// Errors are logged; the position did not move, so the next round reads the same events.
+    /// reader sees new events (which it learns of from every replica), at most one per
+    /// [`COALESCE`], and every second anyway. Errors are logged; the position did not move, so
+    /// the next round reads the same events.
     pub async fn run_webhook_dispatcher(self) {
         let mut batches = self.inner.events.subscribe();
         loop {
+            let started = tokio::time::Instant::now();
             match self.dispatch_webhooks().await {
                 // A full batch: more is waiting.
                 Ok(read) if read == BATCH => continue,
@@ -56,6 +64,13 @@ impl MessagingService {
                         batches = self.inner.events.subscribe();
                         tokio::time::sleep(IDLE_INTERVAL).await;
                     }
+                    tokio::time::sleep_until(started + COALESCE).await;
+                    // The next round reads everything these wake-ups announced.
+                    while !matches!(
+                        batches.try_recv(),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Empty
+                            | tokio::sync::broadcast::error::TryRecvError::Closed)
+                    ) {}
                 }
                 () = tokio::time::sleep(IDLE_INTERVAL) => {}
             }
