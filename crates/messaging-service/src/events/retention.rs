@@ -9,7 +9,7 @@ use std::time::Duration;
 use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait, OnConflict},
+    sea_query::{Expr, OnConflict},
 };
 
 use super::Position;
@@ -72,11 +72,10 @@ impl MessagingService {
             )
             .exec_without_returning(&txn)
             .await?;
+            // Served by the position index on both databases (on SQLite, a range of `seq`):
+            // a walk over the whole feed here would hold the one writer connection.
             let deleted = event::Entity::delete_many()
-                .filter(
-                    Expr::tuple([Expr::col(event::Column::Xid), Expr::col(event::Column::Seq)])
-                        .lte(Expr::tuple([Expr::val(last.xid), Expr::val(last.seq)])),
-                )
+                .filter(super::between(Position::START, last))
                 .filter(event::Column::CreatedAt.lt(cutoff))
                 .exec(&txn)
                 .await?
