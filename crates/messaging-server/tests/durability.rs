@@ -14,7 +14,7 @@ use std::{
 };
 
 use messaging_client::{Client, types};
-use processes::{DropDatabase, Server, create_store, fresh_postgres, sqlite_dir};
+use processes::{DropDatabase, Server, create_store, customer_thread, fresh_postgres, sqlite_dir};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -27,38 +27,8 @@ const SENT_BEFORE_KILL: usize = 300;
 async fn threads(store: &Client) -> Vec<Uuid> {
     let mut ids = Vec::new();
     for i in 0..THREADS {
-        let body: types::RegisterRequest = serde_json::from_value(json!({
-            "email": format!("customer-{i}@example.com"),
-            "password": "correct horse battery staple",
-            "name": format!("Customer {i}"),
-        }))
-        .unwrap();
-        let customer = store
-            .register()
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .into_inner()
-            .customer;
-        let body: types::CreateConversationRequest = serde_json::from_value(json!({
-            "customer_id": customer.id,
-            "subject": format!("Order {i}"),
-            "message": "Where is my order?",
-            "resource_id": format!("order-{i}"),
-        }))
-        .unwrap();
-        ids.push(
-            store
-                .create_conversation()
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-                .into_inner()
-                .thread
-                .id,
-        );
+        let thread = customer_thread(store, i, Some(&format!("order-{i}"))).await;
+        ids.push(thread.id);
     }
     ids
 }

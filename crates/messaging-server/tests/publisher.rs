@@ -10,35 +10,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use messaging_client::{Client, types};
-use processes::{DropDatabase, Server, create_store, fresh_postgres, sqlite_dir};
+use processes::{DropDatabase, Server, create_store, customer_thread, fresh_postgres, sqlite_dir};
 use serde_json::json;
 use uuid::Uuid;
 
 /// A customer with an order thread; returns the thread's channel.
 async fn order_thread(store: &Client) -> (Uuid, Uuid) {
-    let body: types::RegisterRequest =
-        serde_json::from_value(json!({"email": "jane@example.com", "password": "correct horse battery staple", "name": "Jane"}))
-            .unwrap();
-    let customer = store
-        .register()
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .customer;
-    let body: types::CreateConversationRequest = serde_json::from_value(
-        json!({"customer_id": customer.id, "subject": "Order 1", "message": "Thanks!", "resource_id": "order-1"}),
-    )
-    .unwrap();
-    let thread = store
-        .create_conversation()
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .thread;
+    let thread = customer_thread(store, 1, Some("order-1")).await;
     let channels = store
         .list_channels()
         .send()

@@ -19,7 +19,7 @@ use poem::{
     http::StatusCode,
     listener::{Acceptor, Listener, TcpListener},
 };
-use processes::{DropDatabase, Server, create_store, fresh_postgres, sqlite_dir};
+use processes::{DropDatabase, Server, create_store, customer_thread, fresh_postgres, sqlite_dir};
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
 use uuid::Uuid;
@@ -146,31 +146,7 @@ async fn create_endpoint(store: &Client, url: String) -> Uuid {
 
 /// A customer and a thread of theirs; returns the thread id.
 async fn open_thread(store: &Client) -> Uuid {
-    let body: types::RegisterRequest = serde_json::from_value(
-        json!({"email": "jane@example.com", "password": "correct horse battery staple", "name": "Jane"}),
-    )
-    .unwrap();
-    let customer = store
-        .register()
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .customer;
-    let body: types::CreateConversationRequest = serde_json::from_value(
-        json!({"customer_id": customer.id, "subject": "Order 1", "message": "Thanks!"}),
-    )
-    .unwrap();
-    store
-        .create_conversation()
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .thread
-        .id
+    customer_thread(store, 1, None).await.id
 }
 
 async fn send(store: &Client, thread: Uuid, text: String) {

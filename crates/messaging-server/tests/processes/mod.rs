@@ -181,3 +181,48 @@ pub fn create_store(database_url: &str) -> Value {
     );
     serde_json::from_slice(&output.stdout).expect("one JSON object on stdout")
 }
+
+/// As the store: registers customer `n` (`customer-{n}@example.com`) and starts an order thread
+/// for them (`Order {n}`, with `resource_id` when given). Returns the thread.
+pub async fn customer_thread(
+    store: &Client,
+    n: usize,
+    resource_id: Option<&str>,
+) -> messaging_client::types::Thread {
+    let body: messaging_client::types::RegisterRequest =
+        serde_json::from_value(serde_json::json!({
+            "email": format!("customer-{n}@example.com"),
+            "password": "correct horse battery staple",
+            "name": format!("Customer {n}"),
+        }))
+        .unwrap();
+    let customer = store
+        .register()
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .into_inner()
+        .customer;
+    let mut conversation = serde_json::json!({
+        "customer_id": customer.id,
+        "subject": format!("Order {n}"),
+        "message": "Where is my order?",
+    });
+    if let Some(resource_id) = resource_id {
+        conversation["resource_id"] = resource_id.into();
+    }
+    store
+        .create_conversation()
+        .body(
+            serde_json::from_value::<messaging_client::types::CreateConversationRequest>(
+                conversation,
+            )
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .into_inner()
+        .thread
+}
