@@ -17,7 +17,7 @@ use poem::{IntoResponse, Response, web::sse};
 use poem_openapi::{
     ApiResponse,
     payload::Payload,
-    registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry},
+    registry::{MetaResponses, MetaSchema, MetaSchemaRef, Registry},
     types::{ToJSON, Type},
 };
 
@@ -108,18 +108,7 @@ impl<T: Type + ToJSON> Payload for SseStream<T> {
 
 impl<T: Type + ToJSON> ApiResponse for SseStream<T> {
     fn meta() -> MetaResponses {
-        MetaResponses {
-            responses: vec![MetaResponse {
-                description: "",
-                status: Some(200),
-                status_range: None,
-                content: vec![MetaMediaType {
-                    content_type: Self::CONTENT_TYPE,
-                    schema: Self::schema_ref(),
-                }],
-                headers: vec![],
-            }],
-        }
+        crate::json::ok_payload_meta::<Self>()
     }
 
     fn register(registry: &mut Registry) {

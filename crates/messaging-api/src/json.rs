@@ -44,22 +44,29 @@ impl<T: Serialize + Send> IntoResponse for Json<T> {
 
 impl<T: Type + Serialize + Send> ApiResponse for Json<T> {
     fn meta() -> MetaResponses {
-        MetaResponses {
-            responses: vec![MetaResponse {
-                description: "",
-                status: Some(200),
-                status_range: None,
-                content: vec![MetaMediaType {
-                    content_type: Self::CONTENT_TYPE,
-                    schema: Self::schema_ref(),
-                }],
-                headers: vec![],
-            }],
-        }
+        ok_payload_meta::<Self>()
     }
 
     fn register(registry: &mut Registry) {
         T::register(registry);
+    }
+}
+
+/// What a payload answered as a response declares: one 200 with its content type and schema
+/// (the generated responses give the real status and description), as poem-openapi's own
+/// payloads do.
+pub(crate) fn ok_payload_meta<P: Payload>() -> MetaResponses {
+    MetaResponses {
+        responses: vec![MetaResponse {
+            description: "",
+            status: Some(200),
+            status_range: None,
+            content: vec![MetaMediaType {
+                content_type: P::CONTENT_TYPE,
+                schema: P::schema_ref(),
+            }],
+            headers: vec![],
+        }],
     }
 }
 
