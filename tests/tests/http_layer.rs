@@ -237,6 +237,23 @@ async fn http2_with_prior_knowledge_is_served_beside_http1() {
 }
 
 #[tokio::test]
+async fn a_connection_that_sends_one_ambiguous_byte_is_ended() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app().await;
+    // `P` could begin HTTP/2's preface or `POST`; the client then goes quiet and closes.
+    let mut socket = tokio::net::TcpStream::connect(app.address).await.unwrap();
+    socket.write_all(b"P").await.unwrap();
+    socket.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        socket.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the server never ended the connection");
+}
+
+#[tokio::test]
 async fn a_valid_request_id_is_echoed_and_an_invalid_one_replaced() {
     let app = spawn_app().await;
     let echoed = app

@@ -28,6 +28,9 @@ use tokio::net::{TcpListener, TcpStream};
 /// What an HTTP/2 connection with prior knowledge starts with (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long a connection whose first bytes could still be either protocol is waited on.
+const UNDECIDED_WAIT: Duration = Duration::from_secs(5);
+
 /// How long an accept error (out of file descriptors, say) pauses accepting, so the loop does not
 /// spin on it.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -141,13 +144,18 @@ enum Protocol {
 /// Which protocol the client speaks, from the bytes it sent first, without consuming them.
 /// HTTP/1 methods differ from the preface within its first two bytes (`PR…` against `PO…`,
 /// `PU…`, `PA…`), so one peek that returns two or more bytes decides.
+/// A client that sent only `P` and then nothing (or closed: a peek keeps returning the byte) is
+/// handed to HTTP/1 after [`UNDECIDED_WAIT`], which reads what there is and ends the connection,
+/// instead of being peeked at forever.
 async fn protocol(stream: &TcpStream) -> io::Result<Protocol> {
     let mut first = [0u8; 2];
+    let deadline = tokio::time::Instant::now() + UNDECIDED_WAIT;
     loop {
         let seen = stream.peek(&mut first).await?;
         match decide(&first[..seen]) {
             Some(protocol) => return Ok(protocol),
             None if seen == 0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            None if tokio::time::Instant::now() >= deadline => return Ok(Protocol::Http1),
             // One byte, `P`, so far: wait for the next instead of peeking it again at once.
             None => tokio::time::sleep(Duration::from_millis(1)).await,
         }
