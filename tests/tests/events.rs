@@ -924,3 +924,59 @@ async fn a_customer_stream_ends_with_its_token_sqlite() {
 async fn a_customer_stream_ends_with_its_token_postgres() {
     a_customer_stream_ends_with_its_token(Backend::Postgres).await;
 }
+
+/// A connection to `url` in the middle of a write transaction: it holds a transaction id until
+/// it is rolled back.
+async fn write_transaction_on(url: &str) -> sea_orm::DatabaseTransaction {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let connection = sea_orm::Database::connect(url).await.expect("connect");
+    let transaction = connection.begin().await.expect("begin");
+    transaction
+        .execute_unprepared("SELECT pg_current_xact_id()")
+        .await
+        .expect("take a transaction id");
+    transaction
+}
+
+/// On PostgreSQL readers stop before the oldest running transaction, but only one of this
+/// database: a write transaction in another database on the same server (another app on a
+/// shared server; `CREATE DATABASE` and `DROP DATABASE` of tests running beside this one) can
+/// never write this feed and delays nothing, while one here holds the feed back until it ends.
+#[tokio::test]
+async fn only_this_databases_transactions_hold_the_feed_back() {
+    let Some(shop) = open(Backend::Postgres).await else {
+        return;
+    };
+    let jane = customer(&shop, &shop.jane);
+    let start = jane.position().await;
+
+    let elsewhere = write_transaction_on(&messaging_tests::maintenance_database_url()).await;
+    let thread = start_conversation(&shop, &shop.jane, "Meanwhile")
+        .await
+        .thread
+        .id;
+    let (events, after) = jane.follow(&start, 2).await;
+    assert_eq!(
+        types_of(&events),
+        [EventType::ThreadCreated, EventType::ChannelMessagePublished]
+    );
+
+    let here = write_transaction_on(shop.app.database_url()).await;
+    store_says(&shop, thread, json!({"message": "Still there?"})).await;
+    let held = jane.list(Some(&after), 1).await;
+    assert!(
+        held.events.is_empty(),
+        "an older transaction of this database is still running: {:#?}",
+        held.events
+    );
+    here.rollback().await.unwrap();
+    let (events, _) = jane.follow(&held.next_after, 2).await;
+    assert_eq!(
+        types_of(&events),
+        [
+            EventType::MessageCreated,
+            EventType::ChannelMessagePublished
+        ]
+    );
+    elsewhere.rollback().await.unwrap();
+}
