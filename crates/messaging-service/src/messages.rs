@@ -10,7 +10,7 @@ use messaging_api::{
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TryIntoModel,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -219,7 +219,11 @@ impl MessagingService {
             media_urls,
             publish_to_channel_at: body.publish_to_channel_at.map(truncate_micros),
         };
-        let message = new.row(&thread, at).insert(&txn).await?;
+        // Every column is set here, so the row is known without reading it back, and the
+        // insert goes with the other writes at the commit.
+        let row = new.row(&thread, at);
+        let message = row.clone().try_into_model()?;
+        txn.defer(message::Entity::insert(row));
         let mut update = thread::Entity::update_many()
             .col_expr(thread::Column::LastMessageAt, Expr::value(at))
             .col_expr(
@@ -246,17 +250,17 @@ impl MessagingService {
                 Expr::value(ThreadStatus::Active.as_str()),
             );
         }
-        update.exec(&txn).await?;
-        subscribers::count_unread(&txn, thread.id, author).await?;
+        txn.defer(update);
+        subscribers::count_unread(&txn, thread.id, author);
         let published_to = message
             .channel_id
             .filter(|_| message.published_at.is_some());
         if let Some(channel_id) = published_to {
-            channel::Entity::update_many()
-                .col_expr(channel::Column::UpdatedAt, Expr::value(at))
-                .filter(channel::Column::Id.eq(channel_id))
-                .exec(&txn)
-                .await?;
+            txn.defer(
+                channel::Entity::update_many()
+                    .col_expr(channel::Column::UpdatedAt, Expr::value(at))
+                    .filter(channel::Column::Id.eq(channel_id)),
+            );
         }
         let scope = EventScope::of(&thread);
         let wire = crate::wire::message(message, Vec::new())?;

@@ -24,6 +24,7 @@ use crate::{
     cursor,
     entity::{customer, thread, thread_subscriber},
     error::ServiceError,
+    events::WriteTxn,
     events::{self, EventData, EventScope},
     limits::MAX_SUBSCRIBERS_PER_THREAD,
     now,
@@ -296,12 +297,9 @@ pub async fn require_member<C: ConnectionTrait>(
     }
 }
 
-/// One more unread message for every active user and organization of the thread but the sender.
-pub async fn count_unread<C: ConnectionTrait>(
-    conn: &C,
-    thread_id: Uuid,
-    sender: &Participant,
-) -> Result<(), ServiceError> {
+/// One more unread message for every active user and organization of the thread but the sender,
+/// deferred to the commit (nothing reads the counts in the meantime).
+pub(crate) fn count_unread(txn: &WriteTxn, thread_id: Uuid, sender: &Participant) {
     let mut update = thread_subscriber::Entity::update_many()
         .col_expr(
             thread_subscriber::Column::UnreadCount,
@@ -316,8 +314,7 @@ pub async fn count_unread<C: ConnectionTrait>(
     } else {
         update.filter(thread_subscriber::Column::Kind.is_in(["user", "organization"]))
     };
-    update.exec(conn).await?;
-    Ok(())
+    txn.defer(update);
 }
 
 /// A store-side read: the organization's count (and the acting user's) go to zero and their

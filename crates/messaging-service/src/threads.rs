@@ -527,7 +527,7 @@ impl MessagingService {
             publish_to_channel_at: None,
         };
         let message = first.row(&thread, at).insert(&txn).await?;
-        subscribers::count_unread(&txn, thread.id, author).await?;
+        subscribers::count_unread(&txn, thread.id, author);
         let scope = EventScope::of(&thread);
         let conversation = Conversation {
             thread: self.wire_thread(&txn, caller, thread.clone()).await?,

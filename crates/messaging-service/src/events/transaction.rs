@@ -1,12 +1,21 @@
 //! Write transactions: the only transactions rules change data in. Events recorded in one are
 //! counted, and its commit wakes this process's feed at once (other processes hear of it by
 //! `NOTIFY`, sent by a trigger on `events` and delivered by PostgreSQL at commit).
+//!
+//! **Deferred writes.** A write whose outcome the rule does not read (moving a thread's counters,
+//! touching a channel) can be [`WriteTxn::defer`]red: it is sent with the next statement of the
+//! transaction that needs the database, or at the commit with the events. On SQLite the pending
+//! statements go as one multi-statement call (their parameters in order), so each is one less
+//! round trip to the one writer connection, which every write of the process queues for; on
+//! PostgreSQL they run one by one, as late as possible, so the row locks they take are held
+//! for the shortest time. Whatever the rule reads afterwards in the transaction sees them: every
+//! statement through the transaction sends the pending ones first.
 
 use std::sync::{Arc, Mutex};
 
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, ExecResult, QueryResult,
-    Statement, prelude::async_trait,
+    QueryTrait, Statement, Values, prelude::async_trait,
 };
 use uuid::Uuid;
 
@@ -23,6 +32,8 @@ pub(crate) struct WriteTxn {
     hub: Arc<EventHub>,
     /// Events recorded, written in one statement just before the commit.
     events: Mutex<Vec<event::ActiveModel>>,
+    /// Deferred writes, in order, not sent yet.
+    deferred: Mutex<Vec<Statement>>,
 }
 
 impl WriteTxn {
@@ -32,7 +43,37 @@ impl WriteTxn {
             seat,
             hub,
             events: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Queues a write whose outcome the rule does not read (see the module): it runs before
+    /// the transaction's next statement or with the commit. Its failure fails that statement or
+    /// the commit, and so the rule.
+    pub(crate) fn defer(&self, query: impl QueryTrait) {
+        let statement = query.build(self.txn.get_database_backend());
+        self.deferred
+            .lock()
+            .expect("the deferred list lock is never poisoned")
+            .push(statement);
+    }
+
+    /// Sends the deferred writes, with `last` after them when given: on SQLite one call.
+    async fn send_deferred(&self, last: Option<Statement>) -> Result<(), DbErr> {
+        let mut pending = std::mem::take(
+            &mut *self
+                .deferred
+                .lock()
+                .expect("the deferred list lock is never poisoned"),
+        );
+        pending.extend(last);
+        if pending.len() > 1 && self.txn.get_database_backend() == DbBackend::Sqlite {
+            pending = vec![joined(pending)];
+        }
+        for statement in pending {
+            self.txn.execute_raw(statement).await?;
+        }
+        Ok(())
     }
 
     /// Adds an event to the transaction: it is inserted with the commit, or never.
@@ -97,11 +138,9 @@ impl WriteTxn {
                 .expect("the event list lock is never poisoned"),
         );
         let recorded = events.len() as u64;
-        if !events.is_empty() {
-            event::Entity::insert_many(events)
-                .exec_without_returning(&self.txn)
-                .await?;
-        }
+        let insert_events = (!events.is_empty())
+            .then(|| event::Entity::insert_many(events).build(self.txn.get_database_backend()));
+        self.send_deferred(insert_events).await?;
         self.txn.commit().await?;
         if let Some(seat) = self.seat {
             seat.committed().await?;
@@ -111,6 +150,23 @@ impl WriteTxn {
             self.hub.wake();
         }
         Ok(())
+    }
+}
+
+/// SQLite statements as one: their text in order, and their parameters in the same order (the
+/// driver binds each statement's `?`s from where the previous one's ended).
+fn joined(statements: Vec<Statement>) -> Statement {
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    for statement in statements {
+        sql.push_str(&statement.sql);
+        sql.push_str(";\n");
+        values.extend(statement.values.map(|v| v.0).unwrap_or_default());
+    }
+    Statement {
+        sql,
+        values: Some(Values(values)),
+        db_backend: DbBackend::Sqlite,
     }
 }
 
@@ -128,22 +184,87 @@ impl ConnectionTrait for WriteTxn {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.send_deferred(None).await?;
         self.txn.execute_raw(stmt).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.send_deferred(None).await?;
         self.txn.execute_unprepared(sql).await
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.send_deferred(None).await?;
         self.txn.query_one_raw(stmt).await
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.send_deferred(None).await?;
         self.txn.query_all_raw(stmt).await
     }
 
     fn support_returning(&self) -> bool {
         self.txn.support_returning()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder};
+
+    use crate::{MessagingService, ServiceConfig, entity::event_prune_mark, now};
+
+    fn mark(id: i32, seq: i64) -> event_prune_mark::ActiveModel {
+        event_prune_mark::ActiveModel {
+            id: Set(id),
+            xid: Set(0),
+            seq: Set(seq),
+            pruned_at: Set(now()),
+        }
+    }
+
+    async fn marks(service: &MessagingService) -> Vec<(i32, i64)> {
+        event_prune_mark::Entity::find()
+            .order_by_asc(event_prune_mark::Column::Id)
+            .all(service.writer())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.seq))
+            .collect()
+    }
+
+    /// Deferred writes on SQLite go as one call: each statement gets its own parameters, a
+    /// read in the transaction sees them, and one that fails fails the commit and keeps none of
+    /// the transaction's writes.
+    #[tokio::test]
+    async fn deferred_writes_keep_their_parameters_and_fail_the_commit() {
+        let service = MessagingService::connect("sqlite::memory:", ServiceConfig::default())
+            .await
+            .unwrap();
+
+        let txn = service.begin_write().await.unwrap();
+        txn.defer(event_prune_mark::Entity::insert(mark(1, 10)));
+        txn.defer(event_prune_mark::Entity::insert(mark(2, 20)));
+        let seen = event_prune_mark::Entity::find()
+            .all(&txn)
+            .await
+            .unwrap()
+            .len();
+        assert_eq!(
+            seen, 2,
+            "a read in the transaction sees its deferred writes"
+        );
+        txn.defer(event_prune_mark::Entity::insert(mark(3, 30)));
+        txn.defer(event_prune_mark::Entity::delete_by_id(1));
+        txn.commit().await.unwrap();
+        assert_eq!(marks(&service).await, [(2, 20), (3, 30)]);
+
+        let txn = service.begin_write().await.unwrap();
+        txn.defer(event_prune_mark::Entity::insert(mark(4, 40)));
+        // Id 2 exists: the primary key refuses it.
+        txn.defer(event_prune_mark::Entity::insert(mark(2, 50)));
+        assert!(txn.commit().await.is_err());
+        assert_eq!(marks(&service).await, [(2, 20), (3, 30)]);
     }
 }
