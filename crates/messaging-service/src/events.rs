@@ -427,30 +427,30 @@ pub(crate) async fn read_page<C: ConnectionTrait>(
     })
 }
 
+/// Where the retained feed starts: the newest position retention pruned, or the very start.
+pub(crate) async fn retained_from<C: ConnectionTrait>(conn: &C) -> Result<Position, DbErr> {
+    let mark = event_prune_mark::Entity::find_by_id(retention::MARK_ID)
+        .one(conn)
+        .await?;
+    Ok(mark.map_or(Position::START, |mark| Position {
+        xid: mark.xid,
+        seq: mark.seq,
+    }))
+}
+
 /// 410 `events_expired` when retention has pruned events after `after`.
 pub(crate) async fn ensure_retained<C: ConnectionTrait>(
     conn: &C,
     after: Position,
 ) -> Result<(), ServiceError> {
-    let mark = event_prune_mark::Entity::find_by_id(retention::MARK_ID)
-        .one(conn)
-        .await?;
-    match mark {
-        Some(mark)
-            if after
-                < Position {
-                    xid: mark.xid,
-                    seq: mark.seq,
-                } =>
-        {
-            Err(ServiceError::gone(
-                "events_expired",
-                "Events after this position are past the retained window: fetch the state \
-                 again, then follow the feed from a new position (without after).",
-            ))
-        }
-        _ => Ok(()),
+    if after < retained_from(conn).await? {
+        return Err(ServiceError::gone(
+            "events_expired",
+            "Events after this position are past the retained window: fetch the state \
+             again, then follow the feed from a new position (without after).",
+        ));
     }
+    Ok(())
 }
 
 /// A gate built from a caller's store, mode and customer.

@@ -5,8 +5,11 @@
 //! position and the other's transaction changes nothing, so an event is queued once; the unique
 //! `(endpoint_id, event_id)` index backs that up.
 //!
-//! The first run starts at the feed's current frontier: endpoints receive events from their
-//! creation on, never history from before webhooks were deployed.
+//! The first run starts where the retained feed starts, and an endpoint receives only events
+//! created after it: so no history from before an endpoint existed, and nothing an endpoint
+//! should get is skipped, however late the first run comes. (It started at the frontier once:
+//! an endpoint created and an event written before the first round, while the process was
+//! starting, were behind it, and that event was never delivered.)
 
 use std::{collections::HashSet, time::Duration};
 
@@ -133,7 +136,7 @@ impl MessagingService {
         Ok(batch.len() as u64)
     }
 
-    /// The stored position; on the very first run, the feed's frontier.
+    /// The stored position; on the very first run, where the retained feed starts.
     async fn dispatch_position(&self) -> Result<Position, ServiceError> {
         if let Some(row) = webhook_dispatch_position::Entity::find_by_id(POSITION_ID)
             .one(self.writer())
@@ -144,7 +147,7 @@ impl MessagingService {
                 seq: row.seq,
             });
         }
-        let start = events::frontier(self.writer()).await?;
+        let start = events::retained_from(self.writer()).await?;
         // Concurrent first runs agree: one insert wins, everyone reads it back.
         webhook_dispatch_position::Entity::insert(webhook_dispatch_position::ActiveModel {
             id: Set(POSITION_ID),
@@ -217,5 +220,80 @@ impl MessagingService {
             }
         }
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ActiveModelTrait, ActiveValue::Set, EntityTrait, PaginatorTrait};
+    use uuid::Uuid;
+
+    use crate::{
+        MessagingService, ServiceConfig,
+        entity::{webhook_delivery, webhook_endpoint},
+        events::{self, EventData, EventScope},
+        now,
+    };
+
+    fn endpoint(
+        store_id: Uuid,
+        created_at: chrono::DateTime<chrono::Utc>,
+    ) -> webhook_endpoint::ActiveModel {
+        webhook_endpoint::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            store_id: Set(store_id),
+            mode: Set("test".to_owned()),
+            url: Set("https://backend.example/hooks".to_owned()),
+            event_types: Set(String::new()),
+            description: Set(None),
+            secret_salt: Set("c2FsdA".to_owned()),
+            enabled: Set(true),
+            created_at: Set(created_at),
+            updated_at: Set(created_at),
+        }
+    }
+
+    /// Records one `message.deleted` event of `store_id` in test mode.
+    async fn event(service: &MessagingService, store_id: Uuid) {
+        let scope = EventScope {
+            store_id,
+            mode: "test".to_owned(),
+            customer_id: Uuid::now_v7(),
+            thread_id: Uuid::now_v7(),
+            store_only: false,
+        };
+        let txn = service.begin_write().await.unwrap();
+        let data = EventData::MessageDeleted {
+            message_id: Uuid::now_v7(),
+            deleted_at: now(),
+        };
+        events::record(&txn, &scope, data).await.unwrap();
+        txn.commit().await.unwrap();
+    }
+
+    /// The first round may come after endpoints were created and events written (a process
+    /// that is still starting while a deployer already calls it): those events are delivered;
+    /// events from before an endpoint existed are not.
+    #[tokio::test]
+    async fn a_late_first_round_queues_what_came_after_each_endpoint() {
+        let service = MessagingService::connect("sqlite::memory:", ServiceConfig::default())
+            .await
+            .unwrap();
+        let store = service.create_store("Acme").await.unwrap().store_id;
+        event(&service, store).await; // before any endpoint
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        endpoint(store, now())
+            .insert(service.writer())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        event(&service, store).await; // after it, before the first round
+
+        service.dispatch_webhooks().await.unwrap();
+        let queued = webhook_delivery::Entity::find()
+            .count(service.writer())
+            .await
+            .unwrap();
+        assert_eq!(queued, 1, "the event after the endpoint's creation, only");
     }
 }
