@@ -6,10 +6,13 @@
 //! touching a channel) can be [`WriteTxn::defer`]red: it is sent with the next statement of the
 //! transaction that needs the database, or at the commit with the events. On SQLite the pending
 //! statements go as one multi-statement call (their parameters in order), so each is one less
-//! round trip to the one writer connection, which every write of the process queues for; on
-//! PostgreSQL they run one by one, as late as possible, so the row locks they take are held
-//! for the shortest time. Whatever the rule reads afterwards in the transaction sees them: every
-//! statement through the transaction sends the pending ones first.
+//! round trip to the one writer connection, which every write of the process queues for. On
+//! PostgreSQL, writes to different tables go as one statement (a data-modifying `WITH`), so the
+//! thread's lock, held from before the first write to the commit, is held for fewer round
+//! trips, and the row locks they take are taken last. Whatever the rule reads afterwards in the
+//! transaction sees them: every statement through the transaction sends the pending ones first.
+//! Deferred writes must not depend on each other (a row one inserts that another refers to): in
+//! one PostgreSQL statement each sees the database as it was before all of them.
 
 use std::sync::{Arc, Mutex};
 
@@ -47,9 +50,9 @@ impl WriteTxn {
         }
     }
 
-    /// Queues a write whose outcome the rule does not read (see the module): it runs before
-    /// the transaction's next statement or with the commit. Its failure fails that statement or
-    /// the commit, and so the rule.
+    /// Queues a write whose outcome the rule does not read, and that does not depend on the
+    /// other deferred writes (see the module): it runs before the transaction's next statement
+    /// or with the commit. Its failure fails that statement or the commit, and so the rule.
     pub(crate) fn defer(&self, query: impl QueryTrait) {
         let statement = query.build(self.txn.get_database_backend());
         self.deferred
@@ -67,8 +70,12 @@ impl WriteTxn {
                 .expect("the deferred list lock is never poisoned"),
         );
         pending.extend(last);
-        if pending.len() > 1 && self.txn.get_database_backend() == DbBackend::Sqlite {
-            pending = vec![joined(pending)];
+        if pending.len() > 1 {
+            pending = match self.txn.get_database_backend() {
+                DbBackend::Sqlite => vec![joined(pending)],
+                DbBackend::Postgres => one_statement(pending),
+                _ => pending,
+            };
         }
         for statement in pending {
             self.txn.execute_raw(statement).await?;
@@ -170,6 +177,70 @@ fn joined(statements: Vec<Statement>) -> Statement {
     }
 }
 
+/// PostgreSQL writes to pairwise different tables as one statement: each but the last in a
+/// data-modifying `WITH` (all run, in one round trip), their `$n` parameters renumbered into one
+/// list. Anything else (two writes to one table, whose order one statement would not keep; a
+/// statement with a literal, where a `$` could be text) stays as it was, one statement each.
+fn one_statement(statements: Vec<Statement>) -> Vec<Statement> {
+    let mut tables = std::collections::HashSet::new();
+    let combinable = statements.iter().all(|statement| {
+        !statement.sql.contains('\'')
+            && target_table(&statement.sql).is_some_and(|table| tables.insert(table))
+    });
+    if !combinable {
+        return statements;
+    }
+    let last = statements.len() - 1;
+    let mut sql = String::new();
+    let mut values: Vec<sea_orm::Value> = Vec::new();
+    for (n, statement) in statements.into_iter().enumerate() {
+        let renumbered = shift_parameters(&statement.sql, values.len());
+        match n {
+            0 if last > 0 => sql.push_str(&format!("WITH write_{n} AS ({renumbered})")),
+            n if n < last => sql.push_str(&format!(", write_{n} AS ({renumbered})")),
+            _ => {
+                sql.push(' ');
+                sql.push_str(&renumbered);
+            }
+        }
+        values.extend(statement.values.map(|v| v.0).unwrap_or_default());
+    }
+    vec![Statement {
+        sql,
+        values: Some(Values(values)),
+        db_backend: DbBackend::Postgres,
+    }]
+}
+
+/// The table an `INSERT`, `UPDATE` or `DELETE` as sea-query writes it for PostgreSQL changes.
+fn target_table(sql: &str) -> Option<&str> {
+    let rest = ["INSERT INTO \"", "UPDATE \"", "DELETE FROM \""]
+        .iter()
+        .find_map(|prefix| sql.strip_prefix(prefix))?;
+    rest.split_once('"').map(|(table, _)| table)
+}
+
+/// `sql` with every parameter `$n` written as `$(n + by)`.
+fn shift_parameters(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut digits = String::new();
+        while let Some(d) = chars.next_if(char::is_ascii_digit) {
+            digits.push(d);
+        }
+        match digits.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + by).to_string()),
+            Err(_) => out.push_str(&digits),
+        }
+    }
+    out
+}
+
 /// The advisory lock key of a thread: its UUID folded to 64 bits. Two threads sharing a key
 /// only wait for each other.
 fn lock_key(id: Uuid) -> i64 {
@@ -210,7 +281,50 @@ impl ConnectionTrait for WriteTxn {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ActiveValue::Set, EntityTrait, QueryOrder};
+    use sea_orm::{ActiveValue::Set, DbBackend, EntityTrait, QueryOrder, Statement, Value};
+
+    use super::one_statement;
+
+    fn postgres(sql: &str, values: Vec<Value>) -> Statement {
+        Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    }
+
+    /// Writes to different tables become one statement with one parameter list; two writes to
+    /// one table, or a statement with a literal, stay apart.
+    #[test]
+    fn postgres_writes_to_different_tables_are_one_statement() {
+        let combined = one_statement(vec![
+            postgres(
+                r#"INSERT INTO "a" ("x", "y") VALUES ($1, $2)"#,
+                vec![1.into(), 2.into()],
+            ),
+            postgres(
+                r#"UPDATE "b" SET "x" = $1 WHERE "id" = $2"#,
+                vec![3.into(), 4.into()],
+            ),
+            postgres(r#"DELETE FROM "c" WHERE "id" = $1"#, vec![5.into()]),
+        ]);
+        assert_eq!(combined.len(), 1);
+        assert_eq!(
+            combined[0].sql,
+            r#"WITH write_0 AS (INSERT INTO "a" ("x", "y") VALUES ($1, $2)), write_1 AS (UPDATE "b" SET "x" = $3 WHERE "id" = $4) DELETE FROM "c" WHERE "id" = $5"#
+        );
+        assert_eq!(
+            combined[0].values.as_ref().unwrap().0,
+            vec![1.into(), 2.into(), 3.into(), 4.into(), 5.into()] as Vec<Value>
+        );
+
+        let same_table = vec![
+            postgres(r#"UPDATE "b" SET "x" = $1"#, vec![1.into()]),
+            postgres(r#"UPDATE "b" SET "y" = $1"#, vec![2.into()]),
+        ];
+        assert_eq!(one_statement(same_table.clone()), same_table);
+        let literal = vec![
+            postgres(r#"UPDATE "a" SET "x" = 'costs $1'"#, vec![]),
+            postgres(r#"UPDATE "b" SET "y" = $1"#, vec![2.into()]),
+        ];
+        assert_eq!(one_statement(literal.clone()), literal);
+    }
 
     use crate::{MessagingService, ServiceConfig, entity::event_prune_mark, now};
 
