@@ -61,7 +61,8 @@ impl WriteTxn {
             .push(statement);
     }
 
-    /// Sends the deferred writes, with `last` after them when given: on SQLite one call.
+    /// Sends the deferred writes, with `last` after them when given: on SQLite as one call, on
+    /// PostgreSQL as few statements as `one_statement` allows.
     async fn send_deferred(&self, last: Option<Statement>) -> Result<(), DbErr> {
         let mut pending = std::mem::take(
             &mut *self
