@@ -18,7 +18,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use tokio::task::JoinHandle;
 
 pub use log_capture::{LogCapture, capture_logs};
-pub use postgres::{TestDatabase, maintenance_database_url};
+pub use postgres::TestDatabase;
 
 /// Secret the test servers sign tokens with.
 pub const TEST_SECRET: &str = "messaging-tests-secret-not-for-production-0123456789";

@@ -57,11 +57,6 @@ impl TestDatabase {
     }
 }
 
-/// The `postgres` database of the test server: another database beside every test's own.
-pub fn maintenance_database_url() -> String {
-    database_url(&server_url(), "postgres")
-}
-
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();

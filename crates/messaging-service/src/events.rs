@@ -8,10 +8,9 @@
 //! A sequence alone is not enough on PostgreSQL: transactions take their numbers in one order
 //! and commit in another, so a reader that has passed 11 would never see 10 commit later.
 //! Readers therefore only read up to the *frontier*: events of transactions older than every
-//! transaction still running in this database (the oldest id in `pg_current_snapshot()` that
-//! `pg_stat_activity` does not place in another database; [`frontier`]). Nothing can commit
-//! behind the frontier, so a reader that follows the feed from a position receives every later
-//! event exactly once.
+//! transaction still running (`xid < pg_snapshot_xmin(pg_current_snapshot())`). Nothing can
+//! commit behind the frontier, so a reader that follows the feed from a position receives
+//! every later event exactly once.
 //!
 //! **Order per thread.** Every write transaction that records events takes its threads'
 //! locks ([`WriteTxn::lock_threads`]: a transaction-scoped advisory lock on PostgreSQL) before
@@ -277,40 +276,21 @@ impl StoredEvent {
     }
 }
 
-/// The oldest transaction still running that could write this database's feed, or the
-/// snapshot's `xmax` when there is none. Taken from one snapshot of the server's running
-/// transactions (`pg_current_snapshot()`, cluster-wide), leaving out those that
-/// `pg_stat_activity` shows in another database: a session is bound to its database for life,
-/// so their transactions can never write here, and a long write in another database on a shared
-/// server (`DROP DATABASE`, for one, keeps its transaction open through a checkpoint) holds
-/// nothing back. A transaction the view does not show (a prepared one, or one hidden from this role)
-/// counts as running here. Every id from the snapshot's `xmax` on is past the frontier anyway,
-/// running or not.
-const FRONTIER_SQL: &str = "\
-    SELECT coalesce(\
-        (SELECT min(running) FROM pg_snapshot_xip(snapshot) AS running \
-          WHERE running::xid NOT IN (\
-            SELECT backend_xid FROM pg_stat_activity \
-             WHERE backend_xid IS NOT NULL \
-               AND datid <> (SELECT oid FROM pg_database WHERE datname = current_database()))), \
-        pg_snapshot_xmax(snapshot))::text::bigint AS oldest \
-    FROM pg_current_snapshot() AS snapshot";
-
 /// The frontier: every event at or before it belongs to a finished transaction, and every
 /// event committed from now on comes after it.
 pub(crate) async fn frontier<C: ConnectionTrait>(conn: &C) -> Result<Position, DbErr> {
     match conn.get_database_backend() {
         DbBackend::Postgres => {
             let row = conn
-                .query_one_raw(Statement::from_string(DbBackend::Postgres, FRONTIER_SQL))
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin",
+                ))
                 .await?
-                .ok_or_else(|| DbErr::RecordNotFound("the feed's frontier".to_owned()))?;
-            let oldest: i64 = row.try_get("", "oldest")?;
-            // Transaction `oldest` may still be running: the frontier is just before it.
-            Ok(Position {
-                xid: oldest,
-                seq: 0,
-            })
+                .ok_or_else(|| DbErr::RecordNotFound("the snapshot's xmin".to_owned()))?;
+            let xmin: i64 = row.try_get("", "xmin")?;
+            // Transaction `xmin` may still be running: the frontier is just before it.
+            Ok(Position { xid: xmin, seq: 0 })
         }
         _ => {
             let newest: Option<i64> = event::Entity::find()
