@@ -110,6 +110,18 @@ impl EventScope {
         }
     }
 
+    /// An event of a thread of `store_id` in test mode, with a fresh customer and thread.
+    #[cfg(test)]
+    pub fn in_test_mode(store_id: Uuid) -> Self {
+        Self {
+            store_id,
+            mode: "test".to_owned(),
+            customer_id: Uuid::now_v7(),
+            thread_id: Uuid::now_v7(),
+            store_only: false,
+        }
+    }
+
     /// The same event, readable by the store only.
     pub fn store_only(self, store_only: bool) -> Self {
         Self { store_only, ..self }
@@ -474,17 +486,8 @@ mod tests {
     /// never reaches the feed; committed, it does.
     #[tokio::test]
     async fn a_rolled_back_transaction_leaves_no_event() {
-        let service =
-            crate::MessagingService::connect("sqlite::memory:", crate::ServiceConfig::default())
-                .await
-                .unwrap();
-        let scope = EventScope {
-            store_id: Uuid::now_v7(),
-            mode: "test".to_owned(),
-            customer_id: Uuid::now_v7(),
-            thread_id: Uuid::now_v7(),
-            store_only: false,
-        };
+        let service = crate::in_memory_service().await;
+        let scope = EventScope::in_test_mode(Uuid::now_v7());
         let deleted = || EventData::MessageDeleted {
             message_id: Uuid::now_v7(),
             deleted_at: now(),
@@ -516,10 +519,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_on_sqlite_searches_a_range_of_seq() {
         use sea_orm::QueryTrait;
-        let service =
-            crate::MessagingService::connect("sqlite::memory:", crate::ServiceConfig::default())
-                .await
-                .unwrap();
+        let service = crate::in_memory_service().await;
         let after = Position { xid: 0, seq: 10 };
         let until = Position { xid: 0, seq: 20 };
         let select = event::Entity::find()

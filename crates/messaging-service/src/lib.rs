@@ -352,6 +352,15 @@ pub(crate) fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now().trunc_subsecs(6)
 }
 
+/// A service on a private in-memory SQLite database, with the default settings: what the unit
+/// tests of this crate run against.
+#[cfg(test)]
+pub(crate) async fn in_memory_service() -> MessagingService {
+    MessagingService::connect("sqlite::memory:", ServiceConfig::default())
+        .await
+        .expect("an in-memory SQLite database opens")
+}
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ConnectionTrait, Statement};

@@ -285,6 +285,7 @@ mod tests {
     use sea_orm::{ActiveValue::Set, DbBackend, EntityTrait, QueryOrder, Statement, Value};
 
     use super::one_statement;
+    use crate::{MessagingService, entity::event_prune_mark, in_memory_service, now};
 
     fn postgres(sql: &str, values: Vec<Value>) -> Statement {
         Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
@@ -327,8 +328,6 @@ mod tests {
         assert_eq!(one_statement(literal.clone()), literal);
     }
 
-    use crate::{MessagingService, ServiceConfig, entity::event_prune_mark, now};
-
     fn mark(id: i32, seq: i64) -> event_prune_mark::ActiveModel {
         event_prune_mark::ActiveModel {
             id: Set(id),
@@ -354,9 +353,7 @@ mod tests {
     /// the transaction's writes.
     #[tokio::test]
     async fn deferred_writes_keep_their_parameters_and_fail_the_commit() {
-        let service = MessagingService::connect("sqlite::memory:", ServiceConfig::default())
-            .await
-            .unwrap();
+        let service = in_memory_service().await;
 
         let txn = service.begin_write().await.unwrap();
         txn.defer(event_prune_mark::Entity::insert(mark(1, 10)));

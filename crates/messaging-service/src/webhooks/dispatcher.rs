@@ -229,10 +229,10 @@ mod tests {
     use uuid::Uuid;
 
     use crate::{
-        MessagingService, ServiceConfig,
+        MessagingService,
         entity::{webhook_delivery, webhook_endpoint},
         events::{self, EventData, EventScope},
-        now,
+        in_memory_service, now,
     };
 
     fn endpoint(
@@ -255,13 +255,7 @@ mod tests {
 
     /// Records one `message.deleted` event of `store_id` in test mode.
     async fn event(service: &MessagingService, store_id: Uuid) {
-        let scope = EventScope {
-            store_id,
-            mode: "test".to_owned(),
-            customer_id: Uuid::now_v7(),
-            thread_id: Uuid::now_v7(),
-            store_only: false,
-        };
+        let scope = EventScope::in_test_mode(store_id);
         let txn = service.begin_write().await.unwrap();
         let data = EventData::MessageDeleted {
             message_id: Uuid::now_v7(),
@@ -276,9 +270,7 @@ mod tests {
     /// events from before an endpoint existed are not.
     #[tokio::test]
     async fn a_late_first_round_queues_what_came_after_each_endpoint() {
-        let service = MessagingService::connect("sqlite::memory:", ServiceConfig::default())
-            .await
-            .unwrap();
+        let service = in_memory_service().await;
         let store = service.create_store("Acme").await.unwrap().store_id;
         event(&service, store).await; // before any endpoint
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
