@@ -3,6 +3,7 @@
 
 //! Server side of the messaging API, generated from `openapi/messaging.yaml`.
 #![allow(clippy::all, clippy::pedantic, unused_qualifications, missing_docs)]
+use crate::patterns::poem_openapi;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme, Tags};
 use poem_openapi::param::{Header, Path, Query};
 use crate::json::Json;

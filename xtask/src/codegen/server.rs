@@ -60,6 +60,9 @@ pub fn generate(spec: &OpenAPI, raw: &serde_json::Value) -> anyhow::Result<Token
         //! Server side of the messaging API, generated from `openapi/messaging.yaml`.
         #![allow(clippy::all, clippy::pedantic, unused_qualifications, missing_docs)]
 
+        // poem-openapi, with a `pattern` validator that compiles each pattern once: the
+        // derive macros below write their paths from this name.
+        use crate::patterns::poem_openapi;
         use poem_openapi::{ApiResponse, Enum, Object, OpenApi, SecurityScheme, Tags};
         use poem_openapi::param::{Header, Path, Query};
         // Answers are written straight from the wire types (`crate::json`); request bodies
