@@ -154,14 +154,11 @@ impl MessagingService {
     /// from its start (`BEGIN IMMEDIATE`).
     async fn begin_write(&self) -> Result<events::WriteTxn, DbErr> {
         use sea_orm::TransactionTrait;
-        let (txn, seat) = match &self.inner.db.group_commit {
-            Some(group) => {
-                let (txn, seat) = group.begin().await?;
-                (txn, Some(seat))
-            }
-            None => (self.writer().begin().await?, None),
+        let txn = match &self.inner.db.group_commit {
+            Some(group) => events::Txn::Batch(group.begin().await?),
+            None => events::Txn::Own(self.writer().begin().await?),
         };
-        Ok(events::WriteTxn::new(txn, seat, self.inner.events.clone()))
+        Ok(events::WriteTxn::new(txn, self.inner.events.clone()))
     }
 }
 

@@ -27,11 +27,7 @@ use crate::{entity::event, group_commit::Seat};
 
 /// A database transaction that may record events.
 pub(crate) struct WriteTxn {
-    /// Dropped first: a transaction given up rolls back before its seat lets the next rule in.
-    txn: DatabaseTransaction,
-    /// On SQLite, the rule's place in a batch of writes that commit together (`group_commit`);
-    /// `txn` is then a savepoint in the batch's transaction.
-    seat: Option<Seat>,
+    txn: Txn,
     hub: Arc<EventHub>,
     /// Events recorded, written in one statement just before the commit.
     events: Mutex<Vec<event::ActiveModel>>,
@@ -39,11 +35,28 @@ pub(crate) struct WriteTxn {
     deferred: Mutex<Vec<Statement>>,
 }
 
+/// Where a rule's statements go.
+pub(crate) enum Txn {
+    /// A transaction of its own (PostgreSQL).
+    Own(DatabaseTransaction),
+    /// On SQLite, its place in a batch of writes that commit together (`group_commit`): a
+    /// savepoint in the batch's transaction, opened with the rule's first statement.
+    Batch(Seat),
+}
+
+impl Txn {
+    fn connection(&self) -> &DatabaseTransaction {
+        match self {
+            Self::Own(txn) => txn,
+            Self::Batch(seat) => seat.transaction(),
+        }
+    }
+}
+
 impl WriteTxn {
-    pub(crate) fn new(txn: DatabaseTransaction, seat: Option<Seat>, hub: Arc<EventHub>) -> Self {
+    pub(crate) fn new(txn: Txn, hub: Arc<EventHub>) -> Self {
         Self {
             txn,
-            seat,
             hub,
             events: Mutex::new(Vec::new()),
             deferred: Mutex::new(Vec::new()),
@@ -54,34 +67,59 @@ impl WriteTxn {
     /// other deferred writes (see the module): it runs before the transaction's next statement
     /// or with the commit. Its failure fails that statement or the commit, and so the rule.
     pub(crate) fn defer(&self, query: impl QueryTrait) {
-        let statement = query.build(self.txn.get_database_backend());
+        let statement = query.build(self.get_database_backend());
         self.deferred
             .lock()
             .expect("the deferred list lock is never poisoned")
             .push(statement);
     }
 
-    /// Sends the deferred writes, with `last` after them when given: on SQLite as one call, on
-    /// PostgreSQL as few statements as `one_statement` allows.
-    async fn send_deferred(&self, last: Option<Statement>) -> Result<(), DbErr> {
-        let mut pending = std::mem::take(
-            &mut *self
+    /// What must run before the rule's next statement: the opening of its savepoint, the first
+    /// time (SQLite), and the deferred writes.
+    fn due(&self) -> Vec<Statement> {
+        let mut due = Vec::new();
+        if let Txn::Batch(seat) = &self.txn {
+            due.extend(seat.open_savepoint());
+        }
+        due.append(&mut self.take_deferred());
+        due
+    }
+
+    fn take_deferred(&self) -> Vec<Statement> {
+        std::mem::take(
+            &mut self
                 .deferred
                 .lock()
                 .expect("the deferred list lock is never poisoned"),
-        );
-        pending.extend(last);
-        if pending.len() > 1 {
-            pending = match self.txn.get_database_backend() {
-                DbBackend::Sqlite => vec![joined(pending)],
-                DbBackend::Postgres => one_statement(pending),
-                _ => pending,
+        )
+    }
+
+    /// Sends `statements`: on SQLite as one call, on PostgreSQL as few statements as
+    /// `one_statement` allows.
+    async fn send(&self, mut statements: Vec<Statement>) -> Result<(), DbErr> {
+        if statements.len() > 1 {
+            statements = match self.get_database_backend() {
+                DbBackend::Sqlite => vec![joined(statements)],
+                DbBackend::Postgres => one_statement(statements),
+                _ => statements,
             };
         }
-        for statement in pending {
-            self.txn.execute_raw(statement).await?;
+        for statement in statements {
+            self.txn.connection().execute_raw(statement).await?;
         }
         Ok(())
+    }
+
+    /// A query, after what is due. On SQLite they are one call: the statements before it
+    /// return no rows, so the rows are the query's.
+    fn with_due(&self, query: Statement) -> (Vec<Statement>, Statement) {
+        let mut due = self.due();
+        if self.get_database_backend() == DbBackend::Sqlite && !due.is_empty() {
+            due.push(query);
+            (Vec::new(), joined(due))
+        } else {
+            (due, query)
+        }
     }
 
     /// Adds an event to the transaction: it is inserted with the commit, or never.
@@ -101,7 +139,7 @@ impl WriteTxn {
     /// Returns whether concurrent writers may have changed the threads since the transaction
     /// read them (PostgreSQL): the rule then reads again what it acts on.
     pub(crate) async fn lock_threads(&self, threads: &[Uuid]) -> Result<bool, DbErr> {
-        if self.txn.get_database_backend() != DbBackend::Postgres || threads.is_empty() {
+        if self.get_database_backend() != DbBackend::Postgres || threads.is_empty() {
             return Ok(false);
         }
         let mut keys: Vec<i64> = threads.iter().map(|id| lock_key(*id)).collect();
@@ -115,7 +153,6 @@ impl WriteTxn {
             .collect::<Vec<_>>()
             .join(",");
         let row = self
-            .txn
             .query_one_raw(Statement::from_string(
                 DbBackend::Postgres,
                 format!(
@@ -136,8 +173,9 @@ impl WriteTxn {
         }
     }
 
-    /// Writes the recorded events (one statement) and commits (on SQLite: releases the savepoint
-    /// and waits for its batch's commit); then counts them and wakes this process's feed.
+    /// Writes the deferred writes and the recorded events (one statement) and commits; on
+    /// SQLite in one call that also releases the rule's savepoint, and then waits for its
+    /// batch's commit. Then counts the events and wakes this process's feed.
     pub(crate) async fn commit(self) -> Result<(), DbErr> {
         let events = std::mem::take(
             &mut *self
@@ -146,12 +184,21 @@ impl WriteTxn {
                 .expect("the event list lock is never poisoned"),
         );
         let recorded = events.len() as u64;
-        let insert_events = (!events.is_empty())
-            .then(|| event::Entity::insert_many(events).build(self.txn.get_database_backend()));
-        self.send_deferred(insert_events).await?;
-        self.txn.commit().await?;
-        if let Some(seat) = self.seat {
-            seat.committed().await?;
+        let mut writes = self.take_deferred();
+        if !events.is_empty() {
+            writes.push(event::Entity::insert_many(events).build(self.get_database_backend()));
+        }
+        // A rule that wrote nothing and read nothing in its savepoint sends nothing.
+        if let Txn::Batch(seat) = &self.txn
+            && (!writes.is_empty() || seat.has_savepoint())
+        {
+            writes.splice(0..0, seat.open_savepoint());
+            writes.push(Seat::release_savepoint());
+        }
+        self.send(writes).await?;
+        match self.txn {
+            Txn::Own(txn) => txn.commit().await?,
+            Txn::Batch(seat) => seat.committed().await?,
         }
         if recorded > 0 {
             metrics::counter!("messaging_events_written_total").increment(recorded);
@@ -252,31 +299,34 @@ fn lock_key(id: Uuid) -> i64 {
 #[async_trait::async_trait]
 impl ConnectionTrait for WriteTxn {
     fn get_database_backend(&self) -> DbBackend {
-        self.txn.get_database_backend()
+        self.txn.connection().get_database_backend()
     }
 
+    // A statement that changes rows goes alone: its result counts its own rows.
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        self.send_deferred(None).await?;
-        self.txn.execute_raw(stmt).await
+        self.send(self.due()).await?;
+        self.txn.connection().execute_raw(stmt).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        self.send_deferred(None).await?;
-        self.txn.execute_unprepared(sql).await
+        self.send(self.due()).await?;
+        self.txn.connection().execute_unprepared(sql).await
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        self.send_deferred(None).await?;
-        self.txn.query_one_raw(stmt).await
+        let (due, query) = self.with_due(stmt);
+        self.send(due).await?;
+        self.txn.connection().query_one_raw(query).await
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        self.send_deferred(None).await?;
-        self.txn.query_all_raw(stmt).await
+        let (due, query) = self.with_due(stmt);
+        self.send(due).await?;
+        self.txn.connection().query_all_raw(query).await
     }
 
     fn support_returning(&self) -> bool {
-        self.txn.support_returning()
+        self.txn.connection().support_returning()
     }
 }
 
@@ -377,6 +427,48 @@ mod tests {
         // Id 2 exists: the primary key refuses it.
         txn.defer(event_prune_mark::Entity::insert(mark(2, 50)));
         assert!(txn.commit().await.is_err());
+        assert_eq!(marks(&service).await, [(2, 20), (3, 30)]);
+    }
+
+    /// On SQLite a rule given up after it wrote leaves none of its writes, and the rules in
+    /// its batch after it commit theirs: its savepoint, opened with its first statement, is
+    /// rolled back before the next rule's first.
+    #[tokio::test]
+    async fn a_rule_given_up_in_a_batch_leaves_nothing_and_the_batch_goes_on() {
+        let service = in_memory_service().await;
+        let given_up = service.begin_write().await.unwrap();
+        event_prune_mark::Entity::insert(mark(1, 10))
+            .exec(&given_up)
+            .await
+            .unwrap();
+        // The next rule queues for the writer while the first holds it: both are in one batch.
+        let next = tokio::spawn({
+            let service = service.clone();
+            async move {
+                let txn = service.begin_write().await?;
+                event_prune_mark::Entity::insert(mark(2, 20))
+                    .exec(&txn)
+                    .await?;
+                txn.defer(event_prune_mark::Entity::insert(mark(3, 30)));
+                txn.commit().await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        drop(given_up);
+        next.await.unwrap().unwrap();
+        assert_eq!(marks(&service).await, [(2, 20), (3, 30)]);
+
+        // A rule that only read leaves the batch as it was.
+        let reader = service.begin_write().await.unwrap();
+        assert_eq!(
+            event_prune_mark::Entity::find()
+                .all(&reader)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        reader.commit().await.unwrap();
         assert_eq!(marks(&service).await, [(2, 20), (3, 30)]);
     }
 }
