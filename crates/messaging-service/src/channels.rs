@@ -361,11 +361,9 @@ impl MessagingService {
         channel_id: Uuid,
         message: &Message,
     ) -> Result<(), ServiceError> {
-        let customer_is_member =
-            channel_member::Entity::find_by_id((channel_id, thread.customer_id.to_string()))
-                .one(txn)
-                .await?
-                .is_some();
+        let customer_is_member = self
+            .customer_in_channel(txn, channel_id, thread.customer_id)
+            .await?;
         let scope = EventScope::of(thread).store_only(!customer_is_member);
         events::record(
             txn,
@@ -376,6 +374,29 @@ impl MessagingService {
             },
         )
         .await
+    }
+
+    /// Whether `customer` is a member of `channel_id`. A channel's members are written with the
+    /// channel, in the transaction that makes it (`assign_channel`), and never change, so the
+    /// answer never does: each process keeps it (`Inner::channel_membership`, bounded) and a
+    /// send into a known channel reads nothing for it. A channel made in a transaction that
+    /// rolled back is never named again (its id is new), so keeping its answer does no harm.
+    async fn customer_in_channel<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        channel_id: Uuid,
+        customer: Uuid,
+    ) -> Result<bool, ServiceError> {
+        let key = (channel_id, customer);
+        if let Some(known) = self.inner.channel_membership.get(&key) {
+            return Ok(known);
+        }
+        let member = channel_member::Entity::find_by_id((channel_id, customer.to_string()))
+            .one(conn)
+            .await?
+            .is_some();
+        self.inner.channel_membership.insert(key, member);
+        Ok(member)
     }
 
     /// Runs the publisher every `interval` until the task is dropped. Errors are logged and the

@@ -56,6 +56,8 @@ struct Inner {
     config: ServiceConfig,
     /// Recently verified API keys, by keyed hash (never the key itself).
     key_cache: moka::sync::Cache<String, auth::Caller>,
+    /// Whether a customer is a member of a channel (`channels.rs`, `customer_in_channel`).
+    channel_membership: moka::sync::Cache<(uuid::Uuid, uuid::Uuid), bool>,
     /// This process's fan-out of the event feed.
     events: Arc<events::EventHub>,
     /// Wakes this process's webhook worker when deliveries were queued here.
@@ -66,6 +68,9 @@ struct Inner {
 /// rotating through this process takes effect at once; elsewhere (the CLI, other replicas)
 /// within this time.
 pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How many (channel, customer) memberships each process keeps: a few MB.
+const CHANNEL_MEMBERSHIP_CACHE: u64 = 100_000;
 
 impl MessagingService {
     /// Connects to `database_url` (`sqlite://…`, `sqlite::memory:` or `postgres://…`), runs
@@ -85,6 +90,7 @@ impl MessagingService {
                     .max_capacity(10_000)
                     .time_to_live(KEY_CACHE_TTL)
                     .build(),
+                channel_membership: moka::sync::Cache::new(CHANNEL_MEMBERSHIP_CACHE),
                 events: Arc::new(events::EventHub::new()),
                 webhook_wakeup: Arc::new(tokio::sync::Notify::new()),
             }),
