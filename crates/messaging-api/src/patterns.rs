@@ -3,7 +3,8 @@
 //! poem-openapi 5.1's `validation::Pattern` compiles its pattern on every check
 //! (`Regex::new(pattern).unwrap().is_match(value)`, in `poem-openapi/src/validation/pattern.rs`).
 //! With the spec's Unicode classes (a message's text, a thread id in the path), building those
-//! automata was a third of the server's CPU under a load of sendMessage.
+//! automata was a third of the CPU of `cargo bench-api` under sendMessage (client and server in
+//! one process, so more than that of the server's own).
 //!
 //! The generated code names poem-openapi through [`poem_openapi`] below
 //! (`use crate::patterns::poem_openapi;`), and the derive macros write their paths from that name
