@@ -270,6 +270,12 @@ enum Pool {
     SqliteCheckpointer,
 }
 
+/// Rows a SQLite connection's worker thread sends ahead of the task reading them: the largest
+/// page (200 items and the one that tells whether there are more) and the query's result. With
+/// sqlx's default of 50, the worker stopped in the middle of every page of 50 and waited for the
+/// task to take rows, two more thread switches per page (getThreadMessages +5%).
+const ROW_BUFFER: usize = 256;
+
 /// The writer's page cache, in KiB (1 024 pages of 4 KiB). A commit can cost a walk over every
 /// page in the writer's cache: when a transaction splits a b-tree page and renumbers the pages
 /// it made, SQLite moves a page through the locking page's number (page 262 145) on the way, and
@@ -315,7 +321,8 @@ async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, Star
             // A rule's savepoint inside a batch (`group_commit`) keeps the original of each page
             // it changes for its rollback: in memory, not in a temporary file on disk.
             .pragma("temp_store", "memory")
-            .busy_timeout(std::time::Duration::from_secs(10));
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .row_buffer_size(ROW_BUFFER);
         match pool {
             // A write through a reader is a bug: it fails at once instead of taking the lock.
             Pool::SqliteReaders => opts.pragma("query_only", "ON"),
