@@ -19,6 +19,7 @@ mod messages;
 mod migration;
 mod missing_database;
 mod reactions;
+mod sqlite_memory;
 mod stores;
 mod subscribers;
 mod threads;
@@ -287,6 +288,7 @@ const ROW_BUFFER: usize = 256;
 const WRITER_CACHE_KIB: u32 = 4_096;
 
 async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, StartupError> {
+    sqlite_memory::configure();
     let mut options = sea_orm::ConnectOptions::new(database_url.to_owned());
     options.sqlx_logging(false);
     if pool == Pool::Postgres {
