@@ -288,7 +288,6 @@ const ROW_BUFFER: usize = 256;
 const WRITER_CACHE_KIB: u32 = 4_096;
 
 async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, StartupError> {
-    sqlite_memory::configure();
     let mut options = sea_orm::ConnectOptions::new(database_url.to_owned());
     options.sqlx_logging(false);
     if pool == Pool::Postgres {
@@ -306,6 +305,7 @@ async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, Star
             connected => connected.map_err(StartupError::Connect),
         };
     }
+    sqlite_memory::configure();
     // WAL lets readers run beside the single writer; NORMAL sync is safe with WAL (a crash of
     // the process loses nothing: each commit is in the log file before it is answered; a power
     // cut may lose the last commits); a 64 MiB page cache per connection keeps the hot indexes

@@ -1,9 +1,6 @@
 //! Reactions (seed 004): each subscriber's emoji on a message, idempotent to add and remove.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::LazyLock,
-};
+use std::{collections::HashMap, sync::LazyLock};
 
 use messaging_api::{Message, Reaction};
 use sea_orm::{
@@ -47,9 +44,8 @@ pub async fn reactions_of<C: ConnectionTrait>(
     conn: &C,
     message_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, Vec<Reaction>>, ServiceError> {
-    let mut grouped: HashMap<Uuid, Vec<Reaction>> = HashMap::new();
     if message_ids.is_empty() {
-        return Ok(grouped);
+        return Ok(HashMap::new());
     }
     let rows = message_reaction::Entity::find()
         .filter(message_reaction::Column::MessageId.is_in(message_ids.iter().copied()))
@@ -57,29 +53,17 @@ pub async fn reactions_of<C: ConnectionTrait>(
         .order_by_asc(message_reaction::Column::SubscriberId)
         .all(conn)
         .await?;
-    let mut by_message: HashMap<Uuid, BTreeMap<usize, Reaction>> = HashMap::new();
-    let mut order: HashMap<(Uuid, String), usize> = HashMap::new();
+    let mut pairs: HashMap<Uuid, Vec<(String, String)>> = HashMap::new();
     for row in rows {
-        let next = order.len();
-        let slot = *order
-            .entry((row.message_id, row.emoji.clone()))
-            .or_insert(next);
-        let reaction = by_message
+        pairs
             .entry(row.message_id)
             .or_default()
-            .entry(slot)
-            .or_insert_with(|| Reaction {
-                emoji: row.emoji.clone(),
-                count: 0,
-                subscriber_ids: Vec::new(),
-            });
-        reaction.count += 1;
-        reaction.subscriber_ids.push(row.subscriber_id);
+            .push((row.emoji, row.subscriber_id));
     }
-    for (message_id, reactions) in by_message {
-        grouped.insert(message_id, reactions.into_values().collect());
-    }
-    Ok(grouped)
+    Ok(pairs
+        .into_iter()
+        .map(|(message_id, pairs)| (message_id, grouped(pairs)))
+        .collect())
 }
 
 /// A message read with its reactions as one row: the database aggregates the message's
