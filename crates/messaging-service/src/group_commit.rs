@@ -103,6 +103,32 @@ impl GroupCommit {
             savepoint: AtomicBool::new(false),
         })
     }
+
+    /// A handle that can hold the writer between batches (see [`Pause`]).
+    pub(crate) fn pause(&self) -> Pause {
+        Pause(Arc::downgrade(&self.batch))
+    }
+}
+
+/// Holds the writer between two batches, for the checkpointer (`checkpoint.rs`): while the
+/// guard [`Pause::hold`] returns lives, no write transaction is open on the writer connection
+/// and rules queue behind it, in their order of arrival.
+pub(crate) struct Pause(Weak<Mutex<Batch>>);
+
+/// The writer, held between batches.
+pub(crate) struct Held {
+    _turn: OwnedMutexGuard<Batch>,
+}
+
+impl Pause {
+    /// Waits for the writer's turn (behind the rules already waiting) and commits the batch
+    /// they made; `None` once the writer is gone.
+    pub(crate) async fn hold(&self) -> Option<Held> {
+        let batch = self.0.upgrade()?;
+        let mut turn = batch.lock_owned().await;
+        turn.commit().await;
+        Some(Held { _turn: turn })
+    }
 }
 
 impl Drop for GroupCommit {
@@ -133,6 +159,21 @@ impl Batch {
             let _ = transaction.rollback().await;
             outcome.send_replace(Some(Err(err.to_string())));
         }
+    }
+}
+
+impl Batch {
+    /// Commits the open batch, if any, and tells its rules the outcome.
+    async fn commit(&mut self) {
+        self.settle().await;
+        let Some((transaction, outcome)) = self.open.take() else {
+            return;
+        };
+        let result = transaction.commit().await.map_err(|err| {
+            tracing::error!(error = %err, "committing a batch of writes failed");
+            err.to_string()
+        });
+        outcome.send_replace(Some(result));
     }
 }
 
@@ -204,15 +245,6 @@ async fn commit_batches(batch: Weak<Mutex<Batch>>, finished: Arc<Notify>) {
         let Some(batch) = batch.upgrade() else {
             return;
         };
-        let mut turn = batch.lock().await;
-        turn.settle().await;
-        let Some((transaction, outcome)) = turn.open.take() else {
-            continue;
-        };
-        let result = transaction.commit().await.map_err(|err| {
-            tracing::error!(error = %err, "committing a batch of writes failed");
-            err.to_string()
-        });
-        outcome.send_replace(Some(result));
+        batch.lock().await.commit().await;
     }
 }

@@ -6,6 +6,7 @@
 mod api;
 mod auth;
 mod channels;
+mod checkpoint;
 mod config;
 mod cursor;
 pub mod entity;
@@ -175,34 +176,8 @@ struct Database {
     reader: Option<DatabaseConnection>,
     /// On SQLite, the batches write transactions commit in (`group_commit`).
     group_commit: Option<group_commit::GroupCommit>,
-    /// On a SQLite file, the task that checkpoints the write-ahead log (see `checkpoints`).
+    /// On a SQLite file, the task that checkpoints the write-ahead log (`checkpoint`).
     _checkpoints: Option<AbortOnDropHandle<()>>,
-}
-
-/// How often the write-ahead log is copied back into the database file.
-const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Checkpoints the write-ahead log every `CHECKPOINT_INTERVAL` on a connection of its own.
-/// SQLite's automatic checkpoint runs inside the commit that fills the log past 1 000 pages:
-/// the writer, and every request in its batch, waited while pages were copied and the file was
-/// synced. The writer's automatic checkpoints are off (`wal_autocheckpoint=0`); this passive
-/// checkpoint copies what no reader still needs without taking the write lock, so the writer
-/// goes on appending meanwhile, and the log restarts from its beginning once it has been copied
-/// whole.
-fn checkpoints(connection: DatabaseConnection) -> AbortOnDropHandle<()> {
-    AbortOnDropHandle::new(tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(CHECKPOINT_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            if let Err(err) = connection
-                .execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
-                .await
-            {
-                tracing::warn!(error = %err, "checkpointing the write-ahead log failed");
-            }
-        }
-    }))
 }
 
 impl Database {
@@ -247,11 +222,16 @@ impl Database {
         let writer = open(database_url, Pool::SqliteWriter).await?;
         let reader = open(database_url, Pool::SqliteReaders).await?;
         let checkpointer = open(database_url, Pool::SqliteCheckpointer).await?;
+        let group_commit = group_commit::GroupCommit::start(writer.clone());
         Ok(Self {
-            group_commit: Some(group_commit::GroupCommit::start(writer.clone())),
+            _checkpoints: Some(checkpoint::start(
+                checkpointer,
+                path.into(),
+                group_commit.pause(),
+            )),
+            group_commit: Some(group_commit),
             writer,
             reader: Some(reader),
-            _checkpoints: Some(checkpoints(checkpointer)),
         })
     }
 }
@@ -286,6 +266,11 @@ const ROW_BUFFER: usize = 256;
 /// little cache: the pages it reads but does not change come through the memory map, and what it
 /// keeps are the batch's dirty pages and the log's newest pages.
 const WRITER_CACHE_KIB: u32 = 4_096;
+
+/// The size, in bytes, the write-ahead log file is cut back to when it restarts from its
+/// beginning (`checkpoint.rs`): above what a steady load writes between two checkpoints (the
+/// send benchmark writes up to about 100 MB), so the file is not cut and grown again each time.
+const WAL_SIZE_LIMIT: u64 = 128 << 20;
 
 async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, StartupError> {
     let mut options = sea_orm::ConnectOptions::new(database_url.to_owned());
@@ -328,9 +313,11 @@ async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, Star
         match pool {
             // A write through a reader is a bug: it fails at once instead of taking the lock.
             Pool::SqliteReaders => opts.pragma("query_only", "ON"),
-            // The log is checkpointed in the background (`checkpoints`), not in its commits.
+            // The log is checkpointed in the background (`checkpoint`), not in its commits.
+            // After a burst, the log file shrinks back to `journal_size_limit` when it restarts.
             Pool::SqliteWriter => opts
                 .pragma("wal_autocheckpoint", "0")
+                .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
                 .pragma("cache_size", format!("-{WRITER_CACHE_KIB}")),
             _ => opts,
         }
