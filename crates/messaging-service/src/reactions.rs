@@ -3,7 +3,6 @@
 use std::{collections::HashMap, sync::LazyLock};
 
 use messaging_api::{Message, Reaction};
-use sea_orm::sqlx::Row;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
     PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Select, SelectModel,
@@ -14,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     MessagingService,
     auth::Caller,
-    entity::{message, message_reaction, thread},
+    entity::{message, message_reaction, read_with_text, thread},
     error::ServiceError,
     events::{self, EventData, EventScope, WriteTxn},
     limits::MAX_REACTIONS_PER_SUBSCRIBER,
@@ -96,22 +95,16 @@ impl MessageWithReactions {
 }
 
 impl FromQueryResult for MessageWithReactions {
-    /// Reads the row by position (`message::read_row`): the message's columns, then the
+    /// Reads the row by position (`entity::ReadRow`): the message's columns, then the
     /// aggregated reactions.
     fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
-        let read = match (pre, row.try_as_sqlite_row(), row.try_as_pg_row()) {
-            ("", Some(row), _) => message::read_row(row)
-                .and_then(|m| Ok((m, row.try_get::<&str, _>(message::COLUMNS)?))),
-            ("", _, Some(row)) => message::read_row(row)
-                .and_then(|m| Ok((m, row.try_get::<&str, _>(message::COLUMNS)?))),
-            _ => {
-                return Err(DbErr::Custom(
-                    "messages with reactions are read from SQLite or PostgreSQL rows".to_owned(),
-                ));
-            }
-        };
-        let (message, json) = read.map_err(|err| DbErr::Type(err.to_string()))?;
-        let reactions = aggregated(json)
+        if !pre.is_empty() {
+            return Err(DbErr::Custom(
+                "messages with reactions have no prefix".to_owned(),
+            ));
+        }
+        let (message, json) = read_with_text::<message::Model>(row)?;
+        let reactions = aggregated(&json)
             .map_err(|e| DbErr::Type(format!("reactions of message {}: {e}", message.id)))?;
         Ok(Self { message, reactions })
     }

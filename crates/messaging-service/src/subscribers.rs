@@ -22,7 +22,7 @@ use crate::{
     MessagingService,
     auth::{Actor, Caller},
     cursor,
-    entity::{customer, thread, thread_subscriber},
+    entity::{customer, read_with_text, thread, thread_subscriber},
     error::ServiceError,
     events::{self, EventData, EventScope, WriteTxn},
     limits::MAX_SUBSCRIBERS_PER_THREAD,
@@ -189,8 +189,13 @@ impl ThreadWithSubscribers {
 
 impl FromQueryResult for ThreadWithSubscribers {
     fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
-        let thread = thread::Model::from_query_result(row, pre)?;
-        let json: String = row.try_get(pre, SUBSCRIBERS_COLUMN)?;
+        if !pre.is_empty() {
+            return Err(DbErr::Custom(
+                "threads with subscribers have no prefix".to_owned(),
+            ));
+        }
+        // By position (`entity::ReadRow`): the thread's columns, then the subscribers.
+        let (thread, json) = read_with_text::<thread::Model>(row)?;
         let mut subscribers = serde_json::from_str::<Vec<SubscriberJson>>(&json)
             .map_err(|e| DbErr::Type(format!("subscribers of thread {}: {e}", thread.id)))?
             .into_iter()

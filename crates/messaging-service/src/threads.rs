@@ -21,7 +21,7 @@ use crate::{
     auth::{Actor, Caller},
     channels::RECENT_MESSAGES,
     cursor::{self, Position},
-    entity::{customer, message, thread},
+    entity::{ByPosition, customer, message, thread},
     error::{ServiceError, is_unique_violation},
     events::{self, EventData, EventScope, WriteTxn},
     now,
@@ -127,7 +127,8 @@ impl MessagingService {
         caller: &Caller,
         id: &ThreadRef,
     ) -> Result<thread::Model, ServiceError> {
-        let thread = thread_query(caller, id)
+        let ByPosition(thread) = thread_query(caller, id)
+            .into_model::<ByPosition<thread::Model>>()
             .one(conn)
             .await?
             .ok_or_else(thread_not_found)?;

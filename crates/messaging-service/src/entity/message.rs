@@ -40,70 +40,40 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// The columns `Entity::find()` selects, in the order of the fields.
-pub const COLUMNS: usize = 21;
-
-/// Reads a message from the first [`COLUMNS`] columns of a row of `Entity::find()`, by
-/// position. sea-orm's derived reader looks each column up by name and, for every NULL in an
-/// optional field, formats the column's name into an error that it then drops: with eleven
-/// optional fields, a fifth of the CPU a page of messages took on SQLite. The values are
-/// decoded as sea-orm decodes them (each is sqlx's `Option<T>`, for the same `T`).
-/// `tests::positional_read_matches_sea_orm` fails if the fields here and the entity's differ.
-pub fn read_row<R>(row: &R) -> Result<Model, sea_orm::sqlx::Error>
-where
-    R: sea_orm::sqlx::Row,
-    usize: sea_orm::sqlx::ColumnIndex<R>,
-    Uuid: for<'r> sea_orm::sqlx::Decode<'r, R::Database> + sea_orm::sqlx::Type<R::Database>,
-    String: for<'r> sea_orm::sqlx::Decode<'r, R::Database> + sea_orm::sqlx::Type<R::Database>,
-    bool: for<'r> sea_orm::sqlx::Decode<'r, R::Database> + sea_orm::sqlx::Type<R::Database>,
-    DateTimeUtc: for<'r> sea_orm::sqlx::Decode<'r, R::Database> + sea_orm::sqlx::Type<R::Database>,
-{
-    let mut column = 0..COLUMNS;
-    let mut next = || column.next().expect("no more fields than columns");
-    Ok(Model {
-        id: row.try_get(next())?,
-        thread_id: row.try_get(next())?,
-        store_id: row.try_get(next())?,
-        mode: row.try_get(next())?,
-        sender_type: row.try_get(next())?,
-        sender_id: row.try_get(next())?,
-        message_content: row.try_get(next())?,
-        is_edited: row.try_get(next())?,
-        edited_at: row.try_get(next())?,
-        is_deleted: row.try_get(next())?,
-        deleted_at: row.try_get(next())?,
-        created_at: row.try_get(next())?,
-        updated_at: row.try_get(next())?,
-        message_type: row.try_get(next())?,
-        event: row.try_get(next())?,
-        media_urls: row.try_get(next())?,
-        subscriber_id: row.try_get(next())?,
-        resource_id: row.try_get(next())?,
-        channel_id: row.try_get(next())?,
-        publish_to_channel_at: row.try_get(next())?,
-        published_at: row.try_get(next())?,
-    })
-}
+crate::entity::read_by_position!(Model {
+    id,
+    thread_id,
+    store_id,
+    mode,
+    sender_type,
+    sender_id,
+    message_content,
+    is_edited,
+    edited_at,
+    is_deleted,
+    deleted_at,
+    created_at,
+    updated_at,
+    message_type,
+    event,
+    media_urls,
+    subscriber_id,
+    resource_id,
+    channel_id,
+    publish_to_channel_at,
+    published_at,
+});
 
 #[cfg(test)]
 mod tests {
     use chrono::{TimeZone, Utc};
-    use sea_orm::{
-        ActiveModelTrait, ConnectionTrait, Database, FromQueryResult, IntoActiveModel, QueryTrait,
-        Schema,
-    };
 
     use super::*;
 
     /// Every column holds a value no other column of its type holds, so reading one column for
     /// another shows; and a row with every optional column NULL.
     #[tokio::test]
-    async fn positional_read_matches_sea_orm() {
-        let db = Database::connect("sqlite::memory:").await.unwrap();
-        let backend = db.get_database_backend();
-        db.execute(&Schema::new(backend).create_table_from_entity(Entity))
-            .await
-            .unwrap();
+    async fn reads_by_position_as_sea_orm() {
         let at = |second: i64| Utc.timestamp_opt(1_800_000_000 + second, 123_000).unwrap();
         let full = Model {
             id: Uuid::from_u128(1),
@@ -144,19 +114,6 @@ mod tests {
             published_at: None,
             ..full.clone()
         };
-        for model in [&full, &empty] {
-            model.clone().into_active_model().insert(&db).await.unwrap();
-        }
-        let rows = db
-            .query_all_raw(Entity::find().build(backend))
-            .await
-            .unwrap();
-        assert_eq!(rows.len(), 2);
-        for row in rows {
-            let named = Model::from_query_result(&row, "").unwrap();
-            let positional = read_row(row.try_as_sqlite_row().unwrap()).unwrap();
-            assert_eq!(positional, named);
-            assert!(positional == full || positional == empty);
-        }
+        crate::entity::assert_reads_by_position::<Entity>(&[full, empty]).await;
     }
 }
