@@ -78,11 +78,12 @@ macro_rules! read_by_position {
 pub(crate) use read_by_position;
 
 /// Reads a row of `Entity::find()` with one text column after the model's (an aggregate), by
-/// position.
+/// position. `pre` is `FromQueryResult`'s prefix, which a row read by position cannot have.
 pub(crate) fn read_with_text<M: ReadRow>(
     row: &sea_orm::QueryResult,
+    pre: &str,
 ) -> Result<(M, String), sea_orm::DbErr> {
-    let (model, text) = read(row, true)?;
+    let (model, text) = read(row, pre, true)?;
     Ok((model, text.unwrap_or_default()))
 }
 
@@ -91,12 +92,7 @@ pub(crate) struct ByPosition<M>(pub M);
 
 impl<M: ReadRow + Send + Sync> sea_orm::FromQueryResult for ByPosition<M> {
     fn from_query_result(row: &sea_orm::QueryResult, pre: &str) -> Result<Self, sea_orm::DbErr> {
-        if !pre.is_empty() {
-            return Err(sea_orm::DbErr::Custom(
-                "a row read by position has no prefix".to_owned(),
-            ));
-        }
-        Ok(Self(read(row, false)?.0))
+        Ok(Self(read(row, pre, false)?.0))
     }
 }
 
@@ -104,9 +100,15 @@ impl<M: ReadRow + Send + Sync> sea_orm::FromQueryResult for ByPosition<M> {
 /// columns if `text_after`.
 fn read<M: ReadRow>(
     row: &sea_orm::QueryResult,
+    pre: &str,
     text_after: bool,
 ) -> Result<(M, Option<String>), sea_orm::DbErr> {
     use sea_orm::sqlx::Row;
+    if !pre.is_empty() {
+        return Err(sea_orm::DbErr::Custom(format!(
+            "a row read by position has no prefix (asked for `{pre}`)"
+        )));
+    }
     let read = if let Some(row) = row.try_as_sqlite_row() {
         M::read_row(row).and_then(|model| {
             let text = text_after.then(|| row.try_get(M::COLUMNS)).transpose()?;

@@ -160,9 +160,7 @@ impl Batch {
             outcome.send_replace(Some(Err(err.to_string())));
         }
     }
-}
 
-impl Batch {
     /// Commits the open batch, if any, and tells its rules the outcome.
     async fn commit(&mut self) {
         self.settle().await;

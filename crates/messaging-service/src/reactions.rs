@@ -98,12 +98,7 @@ impl FromQueryResult for MessageWithReactions {
     /// Reads the row by position (`entity::ReadRow`): the message's columns, then the
     /// aggregated reactions.
     fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
-        if !pre.is_empty() {
-            return Err(DbErr::Custom(
-                "messages with reactions have no prefix".to_owned(),
-            ));
-        }
-        let (message, json) = read_with_text::<message::Model>(row)?;
+        let (message, json) = read_with_text::<message::Model>(row, pre)?;
         let reactions = aggregated(&json)
             .map_err(|e| DbErr::Type(format!("reactions of message {}: {e}", message.id)))?;
         Ok(Self { message, reactions })

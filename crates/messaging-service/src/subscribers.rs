@@ -189,13 +189,8 @@ impl ThreadWithSubscribers {
 
 impl FromQueryResult for ThreadWithSubscribers {
     fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
-        if !pre.is_empty() {
-            return Err(DbErr::Custom(
-                "threads with subscribers have no prefix".to_owned(),
-            ));
-        }
         // By position (`entity::ReadRow`): the thread's columns, then the subscribers.
-        let (thread, json) = read_with_text::<thread::Model>(row)?;
+        let (thread, json) = read_with_text::<thread::Model>(row, pre)?;
         let mut subscribers = serde_json::from_str::<Vec<SubscriberJson>>(&json)
             .map_err(|e| DbErr::Type(format!("subscribers of thread {}: {e}", thread.id)))?
             .into_iter()
