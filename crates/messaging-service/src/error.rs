@@ -17,6 +17,8 @@ pub enum StartupError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot read the event feed's position: {0}")]
+    EventFeed(#[source] sea_orm::DbErr),
     #[error("cannot load the server secret: {0}")]
     Secret(#[source] sea_orm::DbErr),
     #[error(

@@ -83,6 +83,11 @@ impl MessagingService {
             .await
             .map_err(StartupError::Migrate)?;
         let keys = auth::ServerKeys::load(&db.writer, config.secret.as_deref()).await?;
+        // Where this process's tail reader starts: read before any request can open a stream,
+        // so every stream's own starting position is at or after it (`events/hub.rs`).
+        let feed_start = events::frontier(db.reader.as_ref().unwrap_or(&db.writer))
+            .await
+            .map_err(StartupError::EventFeed)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -93,7 +98,7 @@ impl MessagingService {
                     .time_to_live(KEY_CACHE_TTL)
                     .build(),
                 channel_membership: moka::sync::Cache::new(CHANNEL_MEMBERSHIP_CACHE),
-                events: Arc::new(events::EventHub::new()),
+                events: Arc::new(events::EventHub::new(feed_start)),
                 webhook_wakeup: Arc::new(tokio::sync::Notify::new()),
             }),
         })

@@ -19,7 +19,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
-use super::{Position, StoredEvent, frontier, read_page};
+use super::{Position, StoredEvent, read_page};
 use crate::{MessagingService, auth::Mode};
 
 /// Settings of the event feed.
@@ -91,13 +91,21 @@ const CHANNEL: &str = "messaging_events";
 
 /// The process's fan-out point.
 pub(crate) struct EventHub {
+    /// Where the tail reader starts: the frontier when the service connected, before any
+    /// stream could open. A stream reads the database from its own position (read later, so
+    /// at or after this one) until it reaches the frontier, then takes the tail's batches: the
+    /// tail must not start after any stream's position, or the events between would reach
+    /// neither. Started from a frontier read when its task first ran, it could (a stream that
+    /// opened in a new process's first milliseconds missed a conversation's events).
+    start: Position,
     wake: Notify,
     sender: Mutex<Option<broadcast::Sender<Batch>>>,
 }
 
 impl EventHub {
-    pub fn new() -> Self {
+    pub fn new(start: Position) -> Self {
         Self {
+            start,
             wake: Notify::new(),
             sender: Mutex::new(Some(broadcast::channel(BACKLOG).0)),
         }
@@ -150,15 +158,7 @@ impl MessagingService {
             )))
         });
         let reread = self.inner.config.events.reread_interval;
-        let mut position = loop {
-            match frontier(self.reader()).await {
-                Ok(position) => break position,
-                Err(err) => {
-                    tracing::warn!(error = %err, "event feed: cannot read the frontier; retrying");
-                    tokio::time::sleep(reread).await;
-                }
-            }
-        };
+        let mut position = hub.start;
         let mut retry: Option<Duration> = None;
         loop {
             let pause = retry.unwrap_or(reread);
