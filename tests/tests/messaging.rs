@@ -943,6 +943,71 @@ both_backends!(thread_gates_and_store_scoping, |app| async move {
         404
     );
     assert!(live.list_threads().send().await.unwrap().threads.is_empty());
+    // A page of messages checks the gates in its own query: refused, it is still 404 or 403,
+    // never an empty page.
+    let hidden_page = problem(
+        other_store
+            .get_thread_messages()
+            .id(thread.to_string())
+            .send()
+            .await,
+    );
+    assert_eq!(
+        (hidden_page.status, hidden_page.code.as_str()),
+        (404, "thread_not_found")
+    );
+    assert_eq!(
+        problem(
+            live.get_thread_messages()
+                .id(thread.to_string())
+                .send()
+                .await
+        )
+        .status,
+        404
+    );
+    let jane = w.jane.token.as_str();
+    let own = w
+        .public
+        .get_thread_messages()
+        .x_auth_token(jane)
+        .id(thread.to_string())
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.messages.len(), 1);
+    // With its only message deleted, Jane's thread is an empty page, and Bob's answer is the
+    // same 403 as before.
+    w.public
+        .delete_message()
+        .x_auth_token(jane)
+        .id(own.messages[0].id)
+        .send()
+        .await
+        .unwrap();
+    let empty = w
+        .public
+        .get_thread_messages()
+        .x_auth_token(jane)
+        .id(thread.to_string())
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.messages.is_empty() && !empty.pagination.has_more);
+    let refused = problem(
+        w.public
+            .get_thread_messages()
+            .x_auth_token(bob)
+            .id(thread.to_string())
+            .send()
+            .await,
+    );
+    assert_eq!(
+        (refused.status, refused.code.as_str()),
+        (403, "thread_not_owned")
+    );
     // A publishable key without a customer token is 401 on messaging.
     let anonymous = problem(w.public.list_threads().send().await);
     assert_eq!(

@@ -44,6 +44,19 @@ fn thread_query(caller: &Caller, id: &ThreadRef) -> sea_orm::Select<thread::Enti
     }
 }
 
+/// Finds thread `id` only if the caller may read it: [`thread_query`] and, for a customer,
+/// gateByThreadId. A read that tests it with `EXISTS` checks the gates in its own query; when it
+/// finds nothing, [`MessagingService::load_thread`] says which gate failed.
+pub(crate) fn readable_thread(caller: &Caller, id: Uuid) -> sea_orm::sea_query::SelectStatement {
+    let mut select = thread_query(caller, &ThreadRef::Id(id))
+        .select_only()
+        .column(thread::Column::Id);
+    if let Some(customer) = caller.customer_id() {
+        select = select.filter(thread::Column::CustomerId.eq(customer));
+    }
+    sea_orm::QueryTrait::into_query(select)
+}
+
 /// gateByThreadId: a customer may only touch its own threads.
 fn gate_by_thread(caller: &Caller, thread: &thread::Model) -> Result<(), ServiceError> {
     match caller.customer_id() {
