@@ -146,19 +146,20 @@ impl WriteTxn {
         // One order for everyone: no two transactions wait for each other in a circle.
         keys.sort_unstable();
         keys.dedup();
-        // Integers only: safe to write into the statement.
-        let keys = keys
-            .iter()
-            .map(i64::to_string)
+        // The keys are parameters: the statement's text depends only on their count, so the
+        // connection prepares it once, not once per thread.
+        let placeholders = (1..=keys.len())
+            .map(|n| format!("${n}"))
             .collect::<Vec<_>>()
             .join(",");
         let row = self
-            .query_one_raw(Statement::from_string(
+            .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 format!(
                     "SELECT (pg_current_xact_id_if_assigned() IS NULL) AS fresh, count(*) AS locked \
-                     FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{keys}]::bigint[]) AS k) AS locks"
+                     FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{placeholders}]::bigint[]) AS k) AS locks"
                 ),
+                keys.into_iter().map(sea_orm::Value::from),
             ))
             .await?
             .ok_or_else(|| DbErr::RecordNotFound("thread locks".to_owned()))?;
