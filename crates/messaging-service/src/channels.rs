@@ -13,6 +13,7 @@
 //! update of `published_at` (`WHERE published_at IS NULL`), so a message is published exactly
 //! once however many publishers run, and pending work survives restarts in the database.
 
+use chrono::{DateTime, Utc};
 use std::{collections::HashMap, time::Duration};
 
 use messaging_api::{
@@ -277,17 +278,7 @@ impl MessagingService {
     /// Publishes every due message once. Returns how many this call published.
     pub async fn publish_due(&self) -> Result<u64, ServiceError> {
         let at = now();
-        let due: Vec<(Uuid, Uuid)> = message::Entity::find()
-            .select_only()
-            .column(message::Column::Id)
-            .column(message::Column::ThreadId)
-            .filter(message::Column::PublishedAt.is_null())
-            .filter(message::Column::PublishToChannelAt.lte(at))
-            .order_by_asc(message::Column::PublishToChannelAt)
-            .limit(1_000)
-            .into_tuple()
-            .all(self.reader())
-            .await?;
+        let due: Vec<(Uuid, Uuid)> = due_messages(at).into_tuple().all(self.reader()).await?;
         if due.is_empty() {
             return Ok(0);
         }
@@ -638,9 +629,63 @@ fn wire_channel(
     }
 }
 
+/// The publisher's work list: ids and threads of up to 1 000 unpublished messages due by `at`,
+/// soonest first, read through the partial index `idx_messages_due`.
+fn due_messages(at: DateTime<Utc>) -> sea_orm::Select<message::Entity> {
+    message::Entity::find()
+        .select_only()
+        .column(message::Column::Id)
+        .column(message::Column::ThreadId)
+        .filter(message::Column::PublishedAt.is_null())
+        .filter(message::Column::PublishToChannelAt.lte(at))
+        .order_by_asc(message::Column::PublishToChannelAt)
+        .limit(1_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The publisher's query reads the index of unpublished messages, in due order, and that
+    /// index holds no published message.
+    #[tokio::test]
+    async fn the_publisher_reads_the_index_of_unpublished_messages() {
+        use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+        let service = crate::in_memory_service().await;
+        let select = due_messages(now()).build(DbBackend::Sqlite);
+        let plan = service
+            .reader()
+            .query_all_raw(Statement {
+                sql: format!("EXPLAIN QUERY PLAN {}", select.sql),
+                ..select
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| row.try_get::<String>("", "detail").unwrap())
+            .collect::<Vec<_>>()
+            .join("; ");
+        assert!(
+            plan.contains("USING INDEX idx_messages_due (publish_to_channel_at<?)")
+                && !plan.contains("TEMP B-TREE"),
+            "the plan searches the due index in order: {plan}"
+        );
+        let definition = service
+            .reader()
+            .query_one_raw(Statement::from_string(
+                DbBackend::Sqlite,
+                "SELECT sql FROM sqlite_master WHERE name = 'idx_messages_due'",
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+            .try_get::<String>("", "sql")
+            .unwrap();
+        assert!(
+            definition.contains(r#"WHERE "published_at" IS NULL"#),
+            "{definition}"
+        );
+    }
 
     #[test]
     fn the_hash_names_the_set_not_the_order() {
