@@ -650,21 +650,9 @@ mod tests {
     /// index holds no published message.
     #[tokio::test]
     async fn the_publisher_reads_the_index_of_unpublished_messages() {
-        use sea_orm::{ConnectionTrait, DbBackend, QueryTrait, Statement};
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
         let service = crate::in_memory_service().await;
-        let select = due_messages(now()).build(DbBackend::Sqlite);
-        let plan = service
-            .reader()
-            .query_all_raw(Statement {
-                sql: format!("EXPLAIN QUERY PLAN {}", select.sql),
-                ..select
-            })
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|row| row.try_get::<String>("", "detail").unwrap())
-            .collect::<Vec<_>>()
-            .join("; ");
+        let plan = crate::sqlite_plan(&service, due_messages(now())).await;
         assert!(
             plan.contains("USING INDEX idx_messages_due (publish_to_channel_at<?)")
                 && !plan.contains("TEMP B-TREE"),

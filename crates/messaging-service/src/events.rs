@@ -518,27 +518,14 @@ mod tests {
     /// `seq`, not a walk over every event with the same `xid` (all of them, on SQLite).
     #[tokio::test]
     async fn a_read_on_sqlite_searches_a_range_of_seq() {
-        use sea_orm::QueryTrait;
         let service = crate::in_memory_service().await;
         let after = Position { xid: 0, seq: 10 };
         let until = Position { xid: 0, seq: 20 };
         let select = event::Entity::find()
             .filter(between(after, until))
             .order_by_asc(event::Column::Xid)
-            .order_by_asc(event::Column::Seq)
-            .build(DbBackend::Sqlite);
-        let plan = service
-            .reader()
-            .query_all_raw(Statement {
-                sql: format!("EXPLAIN QUERY PLAN {}", select.sql),
-                ..select
-            })
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|row| row.try_get::<String>("", "detail").unwrap())
-            .collect::<Vec<_>>()
-            .join("; ");
+            .order_by_asc(event::Column::Seq);
+        let plan = crate::sqlite_plan(&service, select).await;
         assert!(
             plan.contains("xid=? AND seq>? AND seq<?"),
             "the plan reads a range of seq: {plan}"

@@ -377,6 +377,28 @@ pub(crate) async fn in_memory_service() -> MessagingService {
         .expect("an in-memory SQLite database opens")
 }
 
+/// SQLite's plan for `query` (`EXPLAIN QUERY PLAN`), its steps joined with `; `, for tests that
+/// check which index a query reads.
+#[cfg(test)]
+pub(crate) async fn sqlite_plan(
+    service: &MessagingService,
+    query: impl sea_orm::QueryTrait,
+) -> String {
+    let query = query.build(sea_orm::DbBackend::Sqlite);
+    service
+        .reader()
+        .query_all_raw(sea_orm::Statement {
+            sql: format!("EXPLAIN QUERY PLAN {}", query.sql),
+            ..query
+        })
+        .await
+        .expect("SQLite explains the query")
+        .into_iter()
+        .map(|row| row.try_get::<String>("", "detail").expect("a plan step"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 #[cfg(test)]
 mod tests {
     use sea_orm::{ConnectionTrait, Statement};
