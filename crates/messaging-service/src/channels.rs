@@ -13,9 +13,9 @@
 //! update of `published_at` (`WHERE published_at IS NULL`), so a message is published exactly
 //! once however many publishers run, and pending work survives restarts in the database.
 
-use chrono::{DateTime, Utc};
 use std::{collections::HashMap, time::Duration};
 
+use chrono::{DateTime, Utc};
 use messaging_api::{
     Channel, ChannelList, Message, MessageList, Pagination, SortOrder, Subscriber,
 };
