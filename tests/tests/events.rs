@@ -924,3 +924,54 @@ async fn a_customer_stream_ends_with_its_token_sqlite() {
 async fn a_customer_stream_ends_with_its_token_postgres() {
     a_customer_stream_ends_with_its_token(Backend::Postgres).await;
 }
+
+/// On PostgreSQL a process tells the other replicas of its commits of events with `NOTIFY`,
+/// sent after them and naming the process, never from inside the write transaction: no trigger
+/// on `events` (a `NOTIFY` in the transaction would make every replica's writes commit one at
+/// a time, `events/hub.rs`). Delivery from one process to another is
+/// `crates/messaging-server/tests/events.rs`.
+#[tokio::test]
+async fn commits_are_announced_after_them_on_postgres() {
+    use sea_orm::sqlx::{self, postgres::PgListener};
+
+    /// The process the next notification names.
+    async fn announced(listener: &mut PgListener) -> String {
+        tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .expect("a commit of events is announced within 5 s")
+            .unwrap()
+            .payload()
+            .to_owned()
+    }
+
+    let Some(shop) = open(Backend::Postgres).await else {
+        return;
+    };
+    let pool = sqlx::PgPool::connect(shop.app.database_url())
+        .await
+        .unwrap();
+    let triggers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'events'::regclass AND NOT tgisinternal",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(triggers, 0, "no trigger notifies from inside a write");
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("messaging_events").await.unwrap();
+    let conversation = start_conversation(&shop, &shop.jane, "Where is my order?").await;
+    let process = announced(&mut listener).await;
+    assert!(!process.is_empty(), "the notification names its process");
+    // Drain what the conversation's commit announced, then one more commit, one more notice.
+    while tokio::time::timeout(Duration::from_millis(300), listener.recv())
+        .await
+        .is_ok()
+    {}
+    store_says(
+        &shop,
+        conversation.thread.id,
+        json!({"message": "On its way"}),
+    )
+    .await;
+    assert_eq!(announced(&mut listener).await, process);
+}

@@ -1,6 +1,6 @@
 //! Write transactions: the only transactions rules change data in. Events recorded in one are
-//! counted, and its commit wakes this process's feed at once (other processes hear of it by
-//! `NOTIFY`, sent by a trigger on `events` and delivered by PostgreSQL at commit).
+//! counted, and its commit wakes this process's feed at once (other processes hear of it by a
+//! `NOTIFY` this process sends after the commit: `hub`).
 //!
 //! **Deferred writes.** A write whose outcome the rule does not read (moving a thread's counters,
 //! touching a channel) can be [`WriteTxn::defer`]red: it is sent with the next statement of the
@@ -203,7 +203,7 @@ impl WriteTxn {
         }
         if recorded > 0 {
             metrics::counter!("messaging_events_written_total").increment(recorded);
-            self.hub.wake();
+            self.hub.committed();
         }
         Ok(())
     }
