@@ -89,17 +89,7 @@ impl MigrationTrait for Migration {
             )
             .await?;
         if postgres {
-            let db = manager.get_connection();
-            db.execute_unprepared(
-                "CREATE FUNCTION notify_messaging_events() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                 BEGIN PERFORM pg_notify('messaging_events', ''); RETURN NULL; END $$",
-            )
-            .await?;
-            db.execute_unprepared(
-                "CREATE TRIGGER events_notify AFTER INSERT ON events \
-                 FOR EACH STATEMENT EXECUTE FUNCTION notify_messaging_events()",
-            )
-            .await?;
+            create_notify_trigger(manager).await?;
         }
         Ok(())
     }
@@ -119,6 +109,23 @@ impl MigrationTrait for Migration {
         }
         Ok(())
     }
+}
+
+/// The trigger that notified `messaging_events` from inside each transaction that wrote events
+/// (PostgreSQL); dropped by `m20261130_000190_notify_after_commit`.
+pub(super) async fn create_notify_trigger(manager: &SchemaManager<'_>) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    db.execute_unprepared(
+        "CREATE FUNCTION notify_messaging_events() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_notify('messaging_events', ''); RETURN NULL; END $$",
+    )
+    .await?;
+    db.execute_unprepared(
+        "CREATE TRIGGER events_notify AFTER INSERT ON events \
+         FOR EACH STATEMENT EXECUTE FUNCTION notify_messaging_events()",
+    )
+    .await?;
+    Ok(())
 }
 
 #[derive(DeriveIden)]

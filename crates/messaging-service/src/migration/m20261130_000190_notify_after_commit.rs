@@ -29,17 +29,6 @@ impl MigrationTrait for Migration {
         if manager.get_database_backend() != DbBackend::Postgres {
             return Ok(());
         }
-        let db = manager.get_connection();
-        db.execute_unprepared(
-            "CREATE FUNCTION notify_messaging_events() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN PERFORM pg_notify('messaging_events', ''); RETURN NULL; END $$",
-        )
-        .await?;
-        db.execute_unprepared(
-            "CREATE TRIGGER events_notify AFTER INSERT ON events \
-             FOR EACH STATEMENT EXECUTE FUNCTION notify_messaging_events()",
-        )
-        .await?;
-        Ok(())
+        super::m20261129_000100_create_events::create_notify_trigger(manager).await
     }
 }
