@@ -176,7 +176,8 @@ impl MessagingService {
     /// the next wake-up reads again from the same position, so nothing is lost.
     pub async fn run_event_feed(self) {
         let hub = self.inner.events.clone();
-        let _listener = (self.backend() == DbBackend::Postgres).then(|| {
+        // PostgreSQL: hearing of the other processes' commits, and announcing this one's.
+        let _replicas = (self.backend() == DbBackend::Postgres).then(|| {
             let pool = self.writer().get_postgres_connection_pool();
             (
                 AbortOnDropHandle::new(tokio::spawn(listen(pool.clone(), hub.clone()))),
