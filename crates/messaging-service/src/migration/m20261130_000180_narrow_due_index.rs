@@ -13,37 +13,36 @@ const NAME: &str = "idx_messages_due";
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        drop_due(manager).await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name(NAME)
-                    .table(Messages::Table)
-                    .col(Messages::PublishToChannelAt)
-                    .and_where(Expr::col(Messages::PublishedAt).is_null())
-                    .to_owned(),
-            )
-            .await
+        recreate(
+            manager,
+            Index::create()
+                .col(Messages::PublishToChannelAt)
+                .and_where(Expr::col(Messages::PublishedAt).is_null()),
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        drop_due(manager).await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name(NAME)
-                    .table(Messages::Table)
-                    .col(Messages::PublishedAt)
-                    .col(Messages::PublishToChannelAt)
-                    .to_owned(),
-            )
-            .await
+        recreate(
+            manager,
+            Index::create()
+                .col(Messages::PublishedAt)
+                .col(Messages::PublishToChannelAt),
+        )
+        .await
     }
 }
 
-async fn drop_due(manager: &SchemaManager<'_>) -> Result<(), DbErr> {
+/// Drops `idx_messages_due` and makes it again with the columns (and condition) of `index`.
+async fn recreate(
+    manager: &SchemaManager<'_>,
+    index: &mut IndexCreateStatement,
+) -> Result<(), DbErr> {
     manager
         .drop_index(Index::drop().name(NAME).table(Messages::Table).to_owned())
+        .await?;
+    manager
+        .create_index(index.name(NAME).table(Messages::Table).to_owned())
         .await
 }
 
