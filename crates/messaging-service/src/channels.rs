@@ -334,7 +334,7 @@ impl MessagingService {
         let messages = wire_messages_in(&txn, pending).await?;
         for ((thread_id, channel_id), message) in rows.into_iter().zip(&messages) {
             if let (Some(thread), Some(channel_id)) = (threads.get(&thread_id), channel_id) {
-                self.record_published(&txn, thread, channel_id, message)
+                self.record_published(&txn, &EventScope::of(thread), channel_id, message)
                     .await?;
             }
         }
@@ -342,20 +342,21 @@ impl MessagingService {
         Ok(published)
     }
 
-    /// Records `channel.message_published`: `message` of `thread` reached `channel_id`. Only
+    /// Records `channel.message_published`: `message` of the thread of `scope` reached
+    /// `channel_id`. Only
     /// the store reads it when the thread's customer is not a member of that channel (it was
     /// removed from the thread).
     pub(crate) async fn record_published(
         &self,
         txn: &WriteTxn,
-        thread: &thread::Model,
+        scope: &EventScope,
         channel_id: Uuid,
         message: &Message,
     ) -> Result<(), ServiceError> {
         let customer_is_member = self
-            .customer_in_channel(txn, channel_id, thread.customer_id)
+            .customer_in_channel(txn, channel_id, scope.customer_id)
             .await?;
-        let scope = EventScope::of(thread).store_only(!customer_is_member);
+        let scope = scope.clone().store_only(!customer_is_member);
         events::record(
             txn,
             &scope,

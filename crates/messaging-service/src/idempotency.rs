@@ -270,6 +270,11 @@ async fn store_answer<C: ConnectionTrait>(
     Ok(updated.rows_affected == 1)
 }
 
+/// Whether this task runs an idempotent request (inside [`Claim::run`]).
+fn in_idempotent_request() -> bool {
+    CURRENT_WRITE.try_with(|_| ()).is_ok()
+}
+
 /// Parks `txn` with the claim of the current request, or gives it back when there is none.
 fn park(txn: WriteTransaction) -> Result<Option<WriteTransaction>, ServiceError> {
     let mut txn = Some(txn);
@@ -297,6 +302,10 @@ impl MessagingService {
     /// together with the request's answer: so this must be the rule's last use of the
     /// database, with the answer built from what the transaction wrote and read.
     pub(crate) async fn commit(&self, txn: WriteTransaction) -> Result<(), ServiceError> {
+        if in_idempotent_request() {
+            // What the rule assumed must be checked while it runs: it may run again.
+            txn.run_checks().await?;
+        }
         match park(txn)? {
             Some(txn) => Ok(txn.commit().await?),
             None => Ok(()),

@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod group_commit;
 pub mod idempotency;
+mod known_threads;
 pub mod limits;
 mod login_failures;
 mod messages;
@@ -60,6 +61,8 @@ struct Inner {
     key_cache: moka::sync::Cache<String, auth::Caller>,
     /// Whether a customer is a member of a channel (`channels.rs`, `customer_in_channel`).
     channel_membership: moka::sync::Cache<(uuid::Uuid, uuid::Uuid), bool>,
+    /// The threads this process sent into last (`known_threads`); on SQLite only.
+    known_threads: Option<known_threads::KnownThreads>,
     /// This process's fan-out of the event feed.
     events: Arc<events::EventHub>,
     /// Wakes this process's webhook worker when deliveries were queued here.
@@ -88,6 +91,10 @@ impl MessagingService {
         let feed_start = events::frontier(db.reader.as_ref().unwrap_or(&db.writer))
             .await
             .map_err(StartupError::EventFeed)?;
+        let known_threads = db
+            .group_commit
+            .is_some()
+            .then(known_threads::KnownThreads::new);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -98,6 +105,7 @@ impl MessagingService {
                     .time_to_live(KEY_CACHE_TTL)
                     .build(),
                 channel_membership: moka::sync::Cache::new(CHANNEL_MEMBERSHIP_CACHE),
+                known_threads,
                 events: Arc::new(events::EventHub::new(feed_start)),
                 webhook_wakeup: Arc::new(tokio::sync::Notify::new()),
             }),
@@ -336,6 +344,18 @@ async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, Star
         _ => 1,
     };
     options.max_connections(connections).min_connections(1);
+    if matches!(pool, Pool::SqliteWriter | Pool::Only) {
+        // What a send into a known thread checks its guess against (`known_threads`).
+        options.map_sqlx_sqlite_pool_opts(|pool| {
+            pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sea_orm::sqlx::Executor::execute(conn, known_threads::CREATE_GUARD_TABLE)
+                        .await
+                        .map(drop)
+                })
+            })
+        });
+    }
     // An embedded database cannot drop a connection: no ping before each checkout (on SQLite
     // that ping is a round trip to the connection's worker thread).
     options.test_before_acquire(false);

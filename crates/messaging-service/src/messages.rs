@@ -22,6 +22,7 @@ use crate::{
     entity::{channel, message, message_edit, thread},
     error::ServiceError,
     events::{self, EventData, EventScope},
+    known_threads::{self, SendTarget},
     now,
     reactions::MessageWithReactions,
     subscribers::{self, Participant},
@@ -178,6 +179,10 @@ impl MessagingService {
     /// Writes the message and moves the thread's last-message fields, unread counts and status in
     /// one transaction, with atomic increments so concurrent senders never lose a count. The
     /// message is in its thread at once and in its channel at once or when due.
+    ///
+    /// Into a thread this process sent into before, on SQLite, the thread is not read: what the
+    /// send takes from it is checked in the call that writes (`known_threads`), and the send
+    /// runs again the usual way when that check fails.
     pub(crate) async fn send_message(
         &self,
         caller: &Caller,
@@ -205,26 +210,6 @@ impl MessagingService {
             // Non-text messages are system messages: they notify the customer.
             (_, (_, store)) => (SenderType::System, store),
         };
-        let txn = self.begin_write().await?;
-        let thread = self.load_thread_for_write(&txn, caller, thread_ref).await?;
-        subscribers::require_member(&txn, thread.id, author).await?;
-        if thread.status == ThreadStatus::Closed.as_str() {
-            return Err(ServiceError::conflict(
-                "thread_closed",
-                "The thread is closed; start a new conversation.",
-            ));
-        }
-        let thread = match thread.channel_id {
-            Some(_) => thread,
-            None => {
-                let channel_id = self.assign_channel(&txn, &thread).await?;
-                thread::Model {
-                    channel_id: Some(channel_id),
-                    ..thread
-                }
-            }
-        };
-        let at = now();
         let new = NewMessage {
             sender_type,
             sender_id: Some(sender_id),
@@ -235,6 +220,62 @@ impl MessagingService {
             media_urls,
             publish_to_channel_at: body.publish_to_channel_at.map(truncate_micros),
         };
+        let known_threads = self.inner.known_threads.as_ref();
+        let known = match (known_threads, thread_ref) {
+            (Some(known_threads), ThreadRef::Id(id)) => known_threads.get(caller, *id),
+            _ => None,
+        };
+        if let (Some(known_threads), Some(known)) = (known_threads, known) {
+            let id = known.id;
+            match self
+                .send_into(caller, thread_ref, Some(known), new.clone())
+                .await
+            {
+                Err(err) if known_threads::is_stale(&err) => known_threads.forget(id),
+                sent => return sent,
+            }
+        }
+        self.send_into(caller, thread_ref, None, new).await
+    }
+
+    /// [`Self::send_message`] once: into `known` when given (the thread as this process last
+    /// left it, checked in the call that writes), otherwise into the thread read under the
+    /// write's turn or lock.
+    async fn send_into(
+        &self,
+        caller: &Caller,
+        thread_ref: &ThreadRef,
+        known: Option<SendTarget>,
+        new: NewMessage,
+    ) -> Result<Message, ServiceError> {
+        let author = new.author.clone();
+        let sender_type = new.sender_type;
+        let txn = self.begin_write().await?;
+        let thread = match known {
+            Some(known) => {
+                txn.check_first(known.guard(&author));
+                known
+            }
+            None => {
+                let thread = self.load_thread_for_write(&txn, caller, thread_ref).await?;
+                subscribers::require_member(&txn, thread.id, &author).await?;
+                if thread.status == ThreadStatus::Closed.as_str() {
+                    return Err(ServiceError::conflict(
+                        "thread_closed",
+                        "The thread is closed; start a new conversation.",
+                    ));
+                }
+                let channel_id = match thread.channel_id {
+                    Some(channel_id) => channel_id,
+                    None => self.assign_channel(&txn, &thread).await?,
+                };
+                SendTarget {
+                    channel_id: Some(channel_id),
+                    ..SendTarget::of(&thread)
+                }
+            }
+        };
+        let at = now();
         // Every column is set here, so the row is known without reading it back, and the
         // insert goes with the other writes at the commit.
         let row = new.row(&thread, at);
@@ -267,7 +308,7 @@ impl MessagingService {
             );
         }
         txn.defer(update);
-        subscribers::count_unread(&txn, thread.id, author);
+        subscribers::count_unread(&txn, thread.id, &author);
         let published_to = message
             .channel_id
             .filter(|_| message.published_at.is_some());
@@ -278,7 +319,7 @@ impl MessagingService {
                     .filter(channel::Column::Id.eq(channel_id)),
             );
         }
-        let scope = EventScope::of(&thread);
+        let scope = thread.scope();
         let wire = crate::wire::message(message, Vec::new())?;
         events::record(&txn, &scope, EventData::MessageCreated(&wire)).await?;
         if reopens {
@@ -289,10 +330,20 @@ impl MessagingService {
             events::record(&txn, &scope, EventData::ThreadUpdated(&reopened)).await?;
         }
         if let Some(channel_id) = published_to {
-            self.record_published(&txn, &thread, channel_id, &wire)
+            self.record_published(&txn, &scope, channel_id, &wire)
                 .await?;
         }
         self.commit(txn).await?;
+        if let Some(known_threads) = &self.inner.known_threads {
+            known_threads.remember(SendTarget {
+                status: if reopens {
+                    ThreadStatus::Active.as_str().to_owned()
+                } else {
+                    thread.status
+                },
+                ..thread
+            });
+        }
         Ok(wire)
     }
 

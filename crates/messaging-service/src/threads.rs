@@ -24,6 +24,7 @@ use crate::{
     entity::{ByPosition, customer, message, thread},
     error::{ServiceError, is_unique_violation},
     events::{self, EventData, EventScope, WriteTxn},
+    known_threads::SendTarget,
     now,
     subscribers::{self, Participant, ThreadWithSubscribers, initial_subscribers, subscribers_of},
     wire,
@@ -540,7 +541,7 @@ impl MessagingService {
             media_urls: Vec::new(),
             publish_to_channel_at: None,
         };
-        let message = first.row(&thread, at).insert(&txn).await?;
+        let message = first.row(&SendTarget::of(&thread), at).insert(&txn).await?;
         subscribers::count_unread(&txn, thread.id, author);
         let scope = EventScope::of(&thread);
         let conversation = Conversation {
@@ -556,7 +557,7 @@ impl MessagingService {
             },
         )
         .await?;
-        self.record_published(&txn, &thread, channel_id, &conversation.message)
+        self.record_published(&txn, &scope, channel_id, &conversation.message)
             .await?;
         self.commit(txn).await?;
         Ok(conversation)
@@ -578,6 +579,7 @@ async fn thread_subscriber_rows<C: ConnectionTrait>(
 }
 
 /// A message about to be written, with everything seed 004 adds.
+#[derive(Clone)]
 pub struct NewMessage {
     pub sender_type: SenderType,
     pub sender_id: Option<Uuid>,
@@ -592,7 +594,7 @@ pub struct NewMessage {
 
 impl NewMessage {
     /// The row in `thread`, published into the thread's channel at once unless scheduled.
-    pub fn row(self, thread: &thread::Model, at: DateTime<Utc>) -> message::ActiveModel {
+    pub fn row(self, thread: &SendTarget, at: DateTime<Utc>) -> message::ActiveModel {
         let scheduled = self.publish_to_channel_at.filter(|due| *due > at);
         message::ActiveModel {
             id: Set(Uuid::now_v7()),

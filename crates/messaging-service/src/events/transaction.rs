@@ -14,7 +14,10 @@
 //! Deferred writes must not depend on each other (a row one inserts that another refers to): in
 //! one PostgreSQL statement each sees the database as it was before all of them.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicBool, Ordering},
+};
 
 use sea_orm::{
     ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, ExecResult, QueryResult,
@@ -33,6 +36,8 @@ pub(crate) struct WriteTxn {
     events: Mutex<Vec<event::ActiveModel>>,
     /// Deferred writes, in order, not sent yet.
     deferred: Mutex<Vec<Statement>>,
+    /// Whether a check ([`Self::check_first`]) is among them.
+    checking: AtomicBool,
 }
 
 /// Where a rule's statements go.
@@ -60,6 +65,7 @@ impl WriteTxn {
             hub,
             events: Mutex::new(Vec::new()),
             deferred: Mutex::new(Vec::new()),
+            checking: AtomicBool::new(false),
         }
     }
 
@@ -74,6 +80,27 @@ impl WriteTxn {
             .push(statement);
     }
 
+    /// Queues a statement that fails unless what the rule assumed without reading still holds
+    /// (`known_threads`). It goes before everything else the rule sends, so when it fails
+    /// nothing of the rule is written.
+    pub(crate) fn check_first(&self, statement: Statement) {
+        self.deferred
+            .lock()
+            .expect("the deferred list lock is never poisoned")
+            .insert(0, statement);
+        self.checking.store(true, Ordering::Relaxed);
+    }
+
+    /// Sends a pending check, with what is due before it, now: so that it fails the rule,
+    /// not whoever commits the transaction later (an idempotent request's answer, which is
+    /// written after the rule). Nothing is sent when no check is pending.
+    pub(crate) async fn run_checks(&self) -> Result<(), DbErr> {
+        if self.checking.load(Ordering::Relaxed) {
+            self.send(self.due()).await?;
+        }
+        Ok(())
+    }
+
     /// What must run before the rule's next statement: the opening of its savepoint, the first
     /// time (SQLite), and the deferred writes.
     fn due(&self) -> Vec<Statement> {
@@ -86,6 +113,7 @@ impl WriteTxn {
     }
 
     fn take_deferred(&self) -> Vec<Statement> {
+        self.checking.store(false, Ordering::Relaxed);
         std::mem::take(
             &mut self
                 .deferred
