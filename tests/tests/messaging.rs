@@ -1369,3 +1369,134 @@ async fn concurrent_writers_on_a_sqlite_file_all_succeed() {
     server.abort();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+// On SQLite a process keeps what a send takes from a thread (its status, its channel) for the
+// threads it sent into, and a later send does not read the thread again: the kept state is
+// checked in the call that writes (`known_threads`). Each change here is made behind the
+// server's back, as another process would: without that check every send below would be
+// written as if nothing had changed. On PostgreSQL each send reads its thread under its lock.
+both_backends!(
+    sends_see_what_changed_in_their_thread_since_the_last_send,
+    |app| async move {
+        use sea_orm::{ColumnTrait, QueryFilter, sea_query::Expr};
+        let w = world(app).await;
+        let db = w.app.service.database();
+        let thread_id = w.jane_thread("Known thread").await;
+        let path = format!("/v1/messaging/threads/{thread_id}/messages");
+        let set = |column: thread::Column, value: sea_orm::Value| async move {
+            thread::Entity::update_many()
+                .col_expr(column, Expr::value(value))
+                .filter(thread::Column::Id.eq(thread_id))
+                .exec(db)
+                .await
+                .unwrap();
+        };
+        let channel_of = |id: Uuid| async move {
+            message::Entity::find_by_id(id)
+                .one(db)
+                .await
+                .unwrap()
+                .unwrap()
+                .channel_id
+        };
+        w.store_reply(thread_id, "Looking into it.").await;
+        w.store_reply(thread_id, "Found it.").await;
+
+        // Closed elsewhere: refused, and nothing written.
+        set(thread::Column::Status, "closed".into()).await;
+        let refused = w
+            .raw(reqwest::Method::POST, &path, &w.secret_key, None)
+            .json(&json!({"message": "Still there?"}))
+            .send()
+            .await
+            .unwrap();
+        let (status, problem) = problem_of(refused).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (409, Some("thread_closed"))
+        );
+        set(thread::Column::Status, "active".into()).await;
+        let sent = w.store_reply(thread_id, "Back again.").await;
+        assert_eq!(
+            w.thread_as_store(thread_id).await.status,
+            Some(ThreadStatus::Active)
+        );
+
+        // Resolved elsewhere: the customer's next message reopens it.
+        set(thread::Column::Status, "resolved".into()).await;
+        w.jane_says(thread_id, "One more thing.").await;
+        assert_eq!(
+            w.thread_as_store(thread_id).await.status,
+            Some(ThreadStatus::Active)
+        );
+
+        // Moved to another channel elsewhere: the next message follows the thread.
+        let before = channel_of(sent.id).await;
+        let moved = Uuid::now_v7();
+        assert!(before.is_some() && before != Some(moved));
+        set(thread::Column::ChannelId, moved.into()).await;
+        let sent = w.store_reply(thread_id, "In the new channel.").await;
+        assert_eq!(channel_of(sent.id).await, Some(moved));
+        let sent = w.store_reply(thread_id, "Still there.").await;
+        assert_eq!(channel_of(sent.id).await, Some(moved));
+
+        // A staff member who sent, then was removed elsewhere, may not send.
+        let staff = |text: &'static str| {
+            w.raw(reqwest::Method::POST, &path, &w.secret_key, None)
+                .header("x-acting-user", "staff-7")
+                .json(&json!({ "message": text }))
+                .send()
+        };
+        w.store
+            .add_subscriber()
+            .id(thread_id.to_string())
+            .body(
+                serde_json::from_value::<types::AddSubscriberRequest>(
+                    json!({"type": "user", "id": "staff-7", "name": "Sam"}),
+                )
+                .unwrap(),
+            )
+            .send()
+            .await
+            .expect("staff joins");
+        assert_eq!(staff("Hi, Sam here.").await.unwrap().status(), 201);
+        assert_eq!(staff("Packing it.").await.unwrap().status(), 201);
+        messaging_service::entity::thread_subscriber::Entity::update_many()
+            .col_expr(
+                messaging_service::entity::thread_subscriber::Column::IsArchived,
+                Expr::value(true),
+            )
+            .filter(
+                messaging_service::entity::thread_subscriber::Column::SubscriberId.eq("staff-7"),
+            )
+            .exec(db)
+            .await
+            .unwrap();
+        let (status, problem) = problem_of(staff("Sam again.").await.unwrap()).await;
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (403, Some("not_a_subscriber"))
+        );
+
+        let texts: Vec<String> = w
+            .store
+            .get_thread_messages()
+            .id(thread_id.to_string())
+            .limit(page_size(50))
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .messages
+            .into_iter()
+            .map(|m| m.message_content)
+            .collect();
+        assert!(
+            !texts
+                .iter()
+                .any(|t| t == "Still there?" || t == "Sam again."),
+            "{texts:?}"
+        );
+        assert_eq!(texts.len(), 9, "{texts:?}");
+    }
+);
