@@ -556,7 +556,9 @@ impl Load {
         // is that of a server whose threads are in memory, at every table size.
         // sendMessage's first warm-up sends once into every thread: a thread made through the
         // API has its channel from its first message, and the bulk-filled ones get theirs here,
-        // so the measured sends are the steady state, not the one-time channel creation.
+        // so the measured sends are the steady state, not the one-time channel creation. On
+        // SQLite it also leaves every thread known to the process (`known_threads`), as the
+        // threads of a running store are: the measured sends do not read their thread.
         // That one-time pass rewrites every thread's row, so the database is settled after it as
         // after the bulk fill: on PostgreSQL the measured sends would otherwise share the two
         // cores with the vacuum of 100 000 dead thread rows.

@@ -251,6 +251,8 @@ impl MessagingService {
         let author = new.author.clone();
         let sender_type = new.sender_type;
         let txn = self.begin_write().await?;
+        // Whether the thread is as this process kept it (checked with the writes).
+        let kept = known.is_some();
         let thread = match known {
             Some(known) => {
                 txn.check_first(known.guard(&author));
@@ -334,7 +336,9 @@ impl MessagingService {
                 .await?;
         }
         self.commit(txn).await?;
-        if let Some(known_threads) = &self.inner.known_threads {
+        if let Some(known_threads) = &self.inner.known_threads
+            && (!kept || reopens)
+        {
             known_threads.remember(SendTarget {
                 status: if reopens {
                     ThreadStatus::Active.as_str().to_owned()
