@@ -343,9 +343,8 @@ impl MessagingService {
     }
 
     /// Records `channel.message_published`: `message` of the thread of `scope` reached
-    /// `channel_id`. Only
-    /// the store reads it when the thread's customer is not a member of that channel (it was
-    /// removed from the thread).
+    /// `channel_id`. Only the store reads it when the thread's customer is not a member of that
+    /// channel (it was removed from the thread).
     pub(crate) async fn record_published(
         &self,
         txn: &WriteTxn,
