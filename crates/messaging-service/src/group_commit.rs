@@ -5,22 +5,29 @@
 //! path. Here a rule's write transaction is a savepoint inside a batch transaction on the one
 //! writer connection:
 //!
-//! 1. `begin` waits for its turn on the writer (a fair mutex: in order of arrival) and opens the
-//!    batch transaction (`BEGIN IMMEDIATE`) if none is open.
+//! 1. `begin` seats a rule; it takes nothing yet. With its first statement the rule waits for
+//!    its turn on the writer (a fair mutex: in order of arrival), which first runs the writes
+//!    queued so far (3.) and opens the batch transaction (`BEGIN IMMEDIATE`) if none is open.
 //! 2. The rule runs. Its savepoint opens in the same call as its first statement
 //!    ([`Seat::open_savepoint`]), and `WriteTxn::commit` releases it in the same call as its
-//!    last writes, so a send is two calls on the writer (its thread read, its writes), not
-//!    four. `Seat::committed` then gives up the turn, wakes the committer and waits for the
-//!    batch's outcome.
-//! 3. The committer queues for the turn behind every rule already waiting, so they join the
-//!    batch; then it commits the batch and tells every rule in it.
+//!    last writes. `Seat::committed` then gives up the turn, wakes the committer and waits for
+//!    the batch's outcome.
+//! 3. A rule that sent nothing before its commit (it read nothing through the writer: a send
+//!    into a thread the process knows) does not take the turn at all: [`Seat::submit`] queues
+//!    its writes and wakes the committer. Whoever takes the turn next runs everything queued in
+//!    one call, each rule's writes after the one before, so a hundred such rules cost the
+//!    writer one call, not a hundred turns. Should that call fail (a rule's check found its
+//!    thread changed, or a constraint refused a write), it is rolled back and each queued rule
+//!    runs alone, in its own savepoint, and learns its own outcome.
+//! 4. The committer queues for the turn behind every rule already waiting, so they join the
+//!    batch; then it runs what is queued, commits the batch and tells every rule in it.
 //!
 //! A rule is answered only after the commit that holds its write (WAL: in the log file, so
 //! killing the process loses nothing acknowledged). A rule that fails leaves its savepoint open;
 //! whoever takes the turn next rolls it back first (`Batch::settle`), so the others' writes stay
 //! and none of its own do. A failed batch commit fails every rule in it. Nothing asynchronous
-//! is left behind a write: its events and Idempotency-Key record are in the same savepoint, so
-//! in the same commit.
+//! is left behind a write: its events and Idempotency-Key record are in the same savepoint (or
+//! the same queued writes), so in the same commit.
 
 use std::sync::{
     Arc, Weak,
@@ -29,9 +36,9 @@ use std::sync::{
 
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Values,
 };
-use tokio::sync::{Mutex, Notify, OwnedMutexGuard, watch};
+use tokio::sync::{Mutex, Notify, OnceCell, OwnedMutexGuard, oneshot, watch};
 
 /// The outcome of a batch's commit, as its rules learn it.
 type Outcome = Option<Result<(), String>>;
@@ -40,13 +47,31 @@ type Outcome = Option<Result<(), String>>;
 const SAVEPOINT: &str = "SAVEPOINT rule";
 const RELEASE: &str = "RELEASE rule";
 const ROLLBACK: &str = "ROLLBACK TO rule; RELEASE rule";
+/// The savepoint around the queued writes run together.
+const QUEUED: &str = "SAVEPOINT queued";
+const QUEUED_RELEASE: &str = "RELEASE queued";
+const QUEUED_ROLLBACK: &str = "ROLLBACK TO queued; RELEASE queued";
 
 /// The writer connection's batches (SQLite only).
 pub(crate) struct GroupCommit {
+    group: Arc<Group>,
+}
+
+/// What the rules, the committer and the checkpointer share.
+struct Group {
     writer: DatabaseConnection,
     batch: Arc<Mutex<Batch>>,
-    /// Wakes the committer: a rule finished its part of the open batch.
-    finished: Arc<Notify>,
+    /// Writes of rules that did not take the turn, in the order they were submitted.
+    queue: std::sync::Mutex<Vec<Queued>>,
+    /// Wakes the committer: a rule finished its part of the open batch, or queued its writes.
+    finished: Notify,
+}
+
+/// A rule's writes, waiting for whoever takes the turn next.
+struct Queued {
+    statements: Vec<Statement>,
+    /// Their outcome: the batch they are in, or why they were refused.
+    answer: oneshot::Sender<Result<watch::Receiver<Outcome>, DbErr>>,
 }
 
 /// The open batch: the transaction the rules' savepoints are in, and where its outcome goes.
@@ -57,12 +82,13 @@ struct Batch {
     rollback: bool,
 }
 
-/// A rule's place in a batch: its turn on the writer until it lets go, then its wait for the
-/// batch's commit.
+/// A rule's place in a batch: its turn on the writer (from its first statement) until it lets
+/// go, then its wait for the batch's commit.
 pub(crate) struct Seat {
-    turn: Option<OwnedMutexGuard<Batch>>,
-    outcome: watch::Receiver<Outcome>,
-    finished: Arc<Notify>,
+    group: Arc<Group>,
+    turn: OnceCell<OwnedMutexGuard<Batch>>,
+    /// The batch's outcome, once the rule is in one.
+    outcome: std::sync::Mutex<Option<watch::Receiver<Outcome>>>,
     /// Whether the rule's savepoint has been sent (and not released).
     savepoint: AtomicBool,
 }
@@ -70,50 +96,37 @@ pub(crate) struct Seat {
 impl GroupCommit {
     /// Starts the committer task; it ends when the `GroupCommit` is dropped.
     pub(crate) fn start(writer: DatabaseConnection) -> Self {
-        let batch = Arc::new(Mutex::new(Batch::default()));
-        let finished = Arc::new(Notify::new());
-        tokio::spawn(commit_batches(Arc::downgrade(&batch), finished.clone()));
-        Self {
+        let group = Arc::new(Group {
             writer,
-            batch,
-            finished,
-        }
+            batch: Arc::new(Mutex::new(Batch::default())),
+            queue: std::sync::Mutex::new(Vec::new()),
+            finished: Notify::new(),
+        });
+        tokio::spawn(commit_batches(Arc::downgrade(&group)));
+        Self { group }
     }
 
-    /// Waits for the writer and seats one rule in the open batch. Nothing is sent for the rule
-    /// yet: its savepoint opens with its first statement.
-    pub(crate) async fn begin(&self) -> Result<Seat, DbErr> {
-        let mut turn = self.batch.clone().lock_owned().await;
-        turn.settle().await;
-        if turn.open.is_none() {
-            let transaction = self
-                .writer
-                .begin_with_options(TransactionOptions {
-                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                    ..TransactionOptions::default()
-                })
-                .await?;
-            turn.open = Some((transaction, watch::channel(None).0));
-        }
-        let outcome = turn.open.as_ref().expect("a batch is open").1.subscribe();
-        Ok(Seat {
-            turn: Some(turn),
-            outcome,
-            finished: self.finished.clone(),
+    /// Seats one rule. Nothing is sent and nothing waited for yet: the rule takes its turn with
+    /// its first statement ([`Seat::transaction`]), or never ([`Seat::submit`]).
+    pub(crate) fn begin(&self) -> Seat {
+        Seat {
+            group: self.group.clone(),
+            turn: OnceCell::new(),
+            outcome: std::sync::Mutex::new(None),
             savepoint: AtomicBool::new(false),
-        })
+        }
     }
 
     /// A handle that can hold the writer between batches (see [`Pause`]).
     pub(crate) fn pause(&self) -> Pause {
-        Pause(Arc::downgrade(&self.batch))
+        Pause(Arc::downgrade(&self.group))
     }
 }
 
 /// Holds the writer between two batches, for the checkpointer (`checkpoint.rs`): while the
 /// guard [`Pause::hold`] returns lives, no write transaction is open on the writer connection
 /// and rules queue behind it, in their order of arrival.
-pub(crate) struct Pause(Weak<Mutex<Batch>>);
+pub(crate) struct Pause(Weak<Group>);
 
 /// The writer, held between batches.
 pub(crate) struct Held {
@@ -122,19 +135,19 @@ pub(crate) struct Held {
 
 impl Pause {
     /// Waits for the writer's turn (behind the rules already waiting) and commits the batch
-    /// they made; `None` once the writer is gone.
+    /// they made, with the writes queued; `None` once the writer is gone.
     pub(crate) async fn hold(&self) -> Option<Held> {
-        let batch = self.0.upgrade()?;
-        let mut turn = batch.lock_owned().await;
-        turn.commit().await;
+        let group = self.0.upgrade()?;
+        let mut turn = group.batch.clone().lock_owned().await;
+        turn.commit(&group).await;
         Some(Held { _turn: turn })
     }
 }
 
 impl Drop for GroupCommit {
     fn drop(&mut self) {
-        // The committer finds the batch gone and ends.
-        self.finished.notify_one();
+        // The committer finds the group gone and ends.
+        self.group.finished.notify_one();
     }
 }
 
@@ -148,12 +161,16 @@ impl Batch {
         let Some((transaction, _)) = &self.open else {
             return;
         };
-        let err = match transaction.execute_unprepared(ROLLBACK).await {
-            Ok(_) => return,
+        match transaction.execute_unprepared(ROLLBACK).await {
+            Ok(_) => {}
             // The rule failed before its savepoint was opened, or after it was released.
-            Err(err) if err.to_string().contains("no such savepoint") => return,
-            Err(err) => err,
-        };
+            Err(err) if err.to_string().contains("no such savepoint") => {}
+            Err(err) => self.fail(err).await,
+        }
+    }
+
+    /// Gives the open batch up: none of it is committed, and each of its rules learns why.
+    async fn fail(&mut self, err: DbErr) {
         tracing::error!(error = %err, "rolling back a failed write left the batch unusable");
         if let Some((transaction, outcome)) = self.open.take() {
             let _ = transaction.rollback().await;
@@ -161,9 +178,104 @@ impl Batch {
         }
     }
 
-    /// Commits the open batch, if any, and tells its rules the outcome.
-    async fn commit(&mut self) {
+    /// Opens the batch transaction if none is open, and returns it with its outcome.
+    async fn open(
+        &mut self,
+        group: &Group,
+    ) -> Result<&(DatabaseTransaction, watch::Sender<Outcome>), DbErr> {
+        if self.open.is_none() {
+            let transaction = group
+                .writer
+                .begin_with_options(TransactionOptions {
+                    sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                    ..TransactionOptions::default()
+                })
+                .await?;
+            self.open = Some((transaction, watch::channel(None).0));
+        }
+        Ok(self.open.as_ref().expect("a batch is open"))
+    }
+
+    /// Runs the queued writes in the open batch (opening it if needed): all in one call, or,
+    /// when that call fails, each alone in its savepoint. Each rule learns its own outcome.
+    async fn run_queued(&mut self, group: &Group) {
+        let queued = std::mem::take(&mut *group.queue.lock().expect("the queue is never poisoned"));
+        if queued.is_empty() {
+            return;
+        }
+        let together = {
+            let (transaction, outcome) = match self.open(group).await {
+                Ok(open) => open,
+                Err(err) => {
+                    for rule in queued {
+                        let _ = rule.answer.send(Err(DbErr::Custom(err.to_string())));
+                    }
+                    return;
+                }
+            };
+            let mut statements = vec![Statement::from_string(DbBackend::Sqlite, QUEUED)];
+            for rule in &queued {
+                statements.extend(rule.statements.iter().cloned());
+            }
+            statements.push(Statement::from_string(DbBackend::Sqlite, QUEUED_RELEASE));
+            match transaction.execute_raw(joined(statements)).await {
+                Ok(_) => Ok(Some(outcome.subscribe())),
+                Err(_) => transaction
+                    .execute_unprepared(QUEUED_ROLLBACK)
+                    .await
+                    .map(|_| None),
+            }
+        };
+        match together {
+            Ok(Some(outcome)) => {
+                for rule in queued {
+                    let _ = rule.answer.send(Ok(outcome.clone()));
+                }
+            }
+            // One of them failed: each runs alone, and learns its own outcome.
+            Ok(None) => {
+                for rule in queued {
+                    let answer = self.run_alone(rule.statements).await;
+                    let _ = rule.answer.send(answer);
+                }
+            }
+            Err(err) => {
+                for rule in queued {
+                    let _ = rule.answer.send(Err(DbErr::Custom(err.to_string())));
+                }
+                self.fail(err).await;
+            }
+        }
+    }
+
+    /// One queued rule's writes in its own savepoint in the open batch.
+    async fn run_alone(
+        &mut self,
+        statements: Vec<Statement>,
+    ) -> Result<watch::Receiver<Outcome>, DbErr> {
+        let Some((transaction, outcome)) = &self.open else {
+            return Err(DbErr::Custom(
+                "the write batch failed before this write ran".to_owned(),
+            ));
+        };
+        let mut all = vec![Statement::from_string(DbBackend::Sqlite, SAVEPOINT)];
+        all.extend(statements);
+        all.push(Seat::release_savepoint());
+        match transaction.execute_raw(joined(all)).await {
+            Ok(_) => Ok(outcome.subscribe()),
+            Err(err) => {
+                self.rollback = true;
+                self.settle().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs what is queued, then commits the open batch, if any, and tells its rules the
+    /// outcome.
+    async fn commit(&mut self, group: &Group) {
         self.settle().await;
+        self.run_queued(group).await;
         let Some((transaction, outcome)) = self.open.take() else {
             return;
         };
@@ -176,10 +288,36 @@ impl Batch {
 }
 
 impl Seat {
-    /// The batch's transaction, which the rule's statements go through.
-    pub(crate) fn transaction(&self) -> &DatabaseTransaction {
-        let turn = self.turn.as_ref().expect("the seat holds its turn");
-        &turn.open.as_ref().expect("a batch is open").0
+    /// The batch's transaction, which the rule's statements go through. The first call waits
+    /// for the rule's turn on the writer, runs the writes queued before it and opens the batch
+    /// if none is open.
+    pub(crate) async fn transaction(&self) -> Result<&DatabaseTransaction, DbErr> {
+        let turn = self
+            .turn
+            .get_or_try_init(|| async {
+                let mut turn = self.group.batch.clone().lock_owned().await;
+                turn.settle().await;
+                turn.run_queued(&self.group).await;
+                let outcome = turn.open(&self.group).await?.1.subscribe();
+                *self.outcome.lock().expect("never poisoned") = Some(outcome);
+                Ok::<_, DbErr>(turn)
+            })
+            .await?;
+        Ok(&turn
+            .open
+            .as_ref()
+            .expect("a batch is open while a rule holds the turn")
+            .0)
+    }
+
+    /// Whether the rule has taken its turn on the writer.
+    pub(crate) fn has_turn(&self) -> bool {
+        self.turn.initialized()
+    }
+
+    /// Whether the writer connection supports `RETURNING`.
+    pub(crate) fn support_returning(&self) -> bool {
+        self.group.writer.support_returning()
     }
 
     /// The statement that opens the rule's savepoint, the first time it is asked for: the rule
@@ -199,20 +337,37 @@ impl Seat {
         Statement::from_string(DbBackend::Sqlite, RELEASE)
     }
 
+    /// For a rule that never took its turn: queues all its writes, to run after those queued
+    /// before them when someone next takes the turn, and waits until the batch holding them is
+    /// committed. Fails, writing nothing of the rule, when one of them fails.
+    pub(crate) async fn submit(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
+        debug_assert!(
+            !self.has_turn(),
+            "a rule that holds the turn sends its writes"
+        );
+        let (answer, answered) = oneshot::channel();
+        self.group
+            .queue
+            .lock()
+            .expect("the queue is never poisoned")
+            .push(Queued { statements, answer });
+        self.group.finished.notify_one();
+        let outcome = answered.await.map_err(|_| {
+            DbErr::Custom("the writer stopped before running this write".to_owned())
+        })??;
+        wait_for(outcome).await
+    }
+
     /// After the rule released its savepoint: lets the next rule run and waits until the batch
-    /// holding this rule's write is committed.
+    /// holding this rule's write is committed. A rule that never took its turn wrote nothing
+    /// and waits for nothing.
     pub(crate) async fn committed(mut self) -> Result<(), DbErr> {
         self.savepoint.store(false, Ordering::Relaxed);
         self.leave();
-        loop {
-            if let Some(outcome) = self.outcome.borrow_and_update().clone() {
-                return outcome.map_err(DbErr::Custom);
-            }
-            if self.outcome.changed().await.is_err() {
-                return Err(DbErr::Custom(
-                    "the write batch ended without committing".to_owned(),
-                ));
-            }
+        let outcome = self.outcome.lock().expect("never poisoned").take();
+        match outcome {
+            Some(outcome) => wait_for(outcome).await,
+            None => Ok(()),
         }
     }
 
@@ -223,7 +378,21 @@ impl Seat {
                 turn.rollback = true;
             }
             drop(turn);
-            self.finished.notify_one();
+            self.group.finished.notify_one();
+        }
+    }
+}
+
+/// Waits for the outcome of a batch's commit.
+async fn wait_for(mut outcome: watch::Receiver<Outcome>) -> Result<(), DbErr> {
+    loop {
+        if let Some(outcome) = outcome.borrow_and_update().clone() {
+            return outcome.map_err(DbErr::Custom);
+        }
+        if outcome.changed().await.is_err() {
+            return Err(DbErr::Custom(
+                "the write batch ended without committing".to_owned(),
+            ));
         }
     }
 }
@@ -235,14 +404,37 @@ impl Drop for Seat {
     }
 }
 
-/// The committer: after rules finish, commits the open batch once every rule queued before it
-/// has run.
-async fn commit_batches(batch: Weak<Mutex<Batch>>, finished: Arc<Notify>) {
+/// The committer: after rules finish or queue their writes, runs what is queued and commits
+/// the open batch once every rule queued before it has run.
+async fn commit_batches(group: Weak<Group>) {
     loop {
-        finished.notified().await;
-        let Some(batch) = batch.upgrade() else {
+        let Some(waiting) = group.upgrade() else {
             return;
         };
-        batch.lock().await.commit().await;
+        waiting.finished.notified().await;
+        // Dropping the `GroupCommit` wakes this task, which then finds the group gone.
+        drop(waiting);
+        let Some(group) = group.upgrade() else {
+            return;
+        };
+        let mut turn = group.batch.clone().lock_owned().await;
+        turn.commit(&group).await;
+    }
+}
+
+/// SQLite statements as one: their text in order, and their parameters in the same order (the
+/// driver binds each statement's `?`s from where the previous one's ended).
+pub(crate) fn joined(statements: Vec<Statement>) -> Statement {
+    let mut sql = String::new();
+    let mut values = Vec::new();
+    for statement in statements {
+        sql.push_str(&statement.sql);
+        sql.push_str(";\n");
+        values.extend(statement.values.map(|v| v.0).unwrap_or_default());
+    }
+    Statement {
+        sql,
+        values: Some(Values(values)),
+        db_backend: DbBackend::Sqlite,
     }
 }

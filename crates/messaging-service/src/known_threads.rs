@@ -4,10 +4,11 @@
 //! send held the turn for two calls to that connection's thread: the read of its thread, then
 //! its writes. What a send takes from its thread ([`SendTarget`]: whose it is, its status, its
 //! channel) rarely changes, so each process keeps it for the threads it sent into last
-//! ([`KnownThreads`]). A send into a known thread makes one call: its writes, behind a guard
-//! ([`SendTarget::guard`]) that fails the call, before anything is written, unless the thread
-//! still is as kept. A send whose guard failed is rolled back and runs again the usual way,
-//! reading its thread under its turn.
+//! ([`KnownThreads`]). A send into a known thread reads nothing: its writes, behind a guard
+//! ([`SendTarget::guard`]) that fails them, before anything is written, unless the thread still
+//! is as kept, do not even take the turn: they are queued and run with the other queued writes
+//! in one call (`group_commit`). A send whose guard failed is rolled back and runs again the
+//! usual way, reading its thread under its turn.
 //!
 //! What is kept is only a guess, checked by the database in the same call as the writes it
 //! decided: so it is per process without harm, and nothing has to tell this process that another

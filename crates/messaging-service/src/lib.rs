@@ -172,11 +172,12 @@ impl MessagingService {
 
     /// Starts a transaction that will write (and may record events), on the writer. On SQLite
     /// it is a savepoint in the open batch of writes (`group_commit`), which holds the write lock
-    /// from its start (`BEGIN IMMEDIATE`).
+    /// (`BEGIN IMMEDIATE`); the rule takes its turn on the writer with its first statement, and
+    /// one that sends none before its commit queues its writes instead.
     async fn begin_write(&self) -> Result<events::WriteTxn, DbErr> {
         use sea_orm::TransactionTrait;
         let txn = match &self.inner.db.group_commit {
-            Some(group) => events::Txn::Batch(group.begin().await?),
+            Some(group) => events::Txn::Batch(group.begin()),
             None => events::Txn::Own(self.writer().begin().await?),
         };
         Ok(events::WriteTxn::new(txn, self.inner.events.clone()))

@@ -26,7 +26,10 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::EventHub;
-use crate::{entity::event, group_commit::Seat};
+use crate::{
+    entity::event,
+    group_commit::{Seat, joined},
+};
 
 /// A database transaction that may record events.
 pub(crate) struct WriteTxn {
@@ -50,10 +53,11 @@ pub(crate) enum Txn {
 }
 
 impl Txn {
-    fn connection(&self) -> &DatabaseTransaction {
+    /// The transaction to send through; on SQLite the first call takes the rule's turn.
+    async fn connection(&self) -> Result<&DatabaseTransaction, DbErr> {
         match self {
-            Self::Own(txn) => txn,
-            Self::Batch(seat) => seat.transaction(),
+            Self::Own(txn) => Ok(txn),
+            Self::Batch(seat) => seat.transaction().await,
         }
     }
 }
@@ -133,7 +137,7 @@ impl WriteTxn {
             };
         }
         for statement in statements {
-            self.txn.connection().execute_raw(statement).await?;
+            self.txn.connection().await?.execute_raw(statement).await?;
         }
         Ok(())
     }
@@ -217,40 +221,34 @@ impl WriteTxn {
         if !events.is_empty() {
             writes.push(event::Entity::insert_many(events).build(self.get_database_backend()));
         }
-        // A rule that wrote nothing and read nothing in its savepoint sends nothing.
-        if let Txn::Batch(seat) = &self.txn
-            && (!writes.is_empty() || seat.has_savepoint())
-        {
-            writes.splice(0..0, seat.open_savepoint());
-            writes.push(Seat::release_savepoint());
-        }
-        self.send(writes).await?;
-        match self.txn {
-            Txn::Own(txn) => txn.commit().await?,
-            Txn::Batch(seat) => seat.committed().await?,
+        match &self.txn {
+            // A rule that sent nothing before its commit does not take the writer's turn: its
+            // writes are queued and run with the others queued (`group_commit`).
+            Txn::Batch(seat) if !seat.has_turn() => {
+                if !writes.is_empty() {
+                    seat.submit(writes).await?;
+                }
+            }
+            _ => {
+                // A rule that wrote nothing and read nothing in its savepoint sends nothing.
+                if let Txn::Batch(seat) = &self.txn
+                    && (!writes.is_empty() || seat.has_savepoint())
+                {
+                    writes.splice(0..0, seat.open_savepoint());
+                    writes.push(Seat::release_savepoint());
+                }
+                self.send(writes).await?;
+                match self.txn {
+                    Txn::Own(txn) => txn.commit().await?,
+                    Txn::Batch(seat) => seat.committed().await?,
+                }
+            }
         }
         if recorded > 0 {
             metrics::counter!("messaging_events_written_total").increment(recorded);
             self.hub.committed();
         }
         Ok(())
-    }
-}
-
-/// SQLite statements as one: their text in order, and their parameters in the same order (the
-/// driver binds each statement's `?`s from where the previous one's ended).
-fn joined(statements: Vec<Statement>) -> Statement {
-    let mut sql = String::new();
-    let mut values = Vec::new();
-    for statement in statements {
-        sql.push_str(&statement.sql);
-        sql.push_str(";\n");
-        values.extend(statement.values.map(|v| v.0).unwrap_or_default());
-    }
-    Statement {
-        sql,
-        values: Some(Values(values)),
-        db_backend: DbBackend::Sqlite,
     }
 }
 
@@ -328,34 +326,40 @@ fn lock_key(id: Uuid) -> i64 {
 #[async_trait::async_trait]
 impl ConnectionTrait for WriteTxn {
     fn get_database_backend(&self) -> DbBackend {
-        self.txn.connection().get_database_backend()
+        match &self.txn {
+            Txn::Own(txn) => txn.get_database_backend(),
+            Txn::Batch(_) => DbBackend::Sqlite,
+        }
     }
 
     // A statement that changes rows goes alone: its result counts its own rows.
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         self.send(self.due()).await?;
-        self.txn.connection().execute_raw(stmt).await
+        self.txn.connection().await?.execute_raw(stmt).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
         self.send(self.due()).await?;
-        self.txn.connection().execute_unprepared(sql).await
+        self.txn.connection().await?.execute_unprepared(sql).await
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         let (due, query) = self.with_due(stmt);
         self.send(due).await?;
-        self.txn.connection().query_one_raw(query).await
+        self.txn.connection().await?.query_one_raw(query).await
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let (due, query) = self.with_due(stmt);
         self.send(due).await?;
-        self.txn.connection().query_all_raw(query).await
+        self.txn.connection().await?.query_all_raw(query).await
     }
 
     fn support_returning(&self) -> bool {
-        self.txn.connection().support_returning()
+        match &self.txn {
+            Txn::Own(txn) => txn.support_returning(),
+            Txn::Batch(seat) => seat.support_returning(),
+        }
     }
 }
 
@@ -457,6 +461,42 @@ mod tests {
         txn.defer(event_prune_mark::Entity::insert(mark(2, 50)));
         assert!(txn.commit().await.is_err());
         assert_eq!(marks(&service).await, [(2, 20), (3, 30)]);
+    }
+
+    /// On SQLite a rule that sends nothing before its commit queues its writes, and queued
+    /// writes run together when the writer is next free; when one of them fails, each runs alone
+    /// and only the failing rule fails, writing nothing.
+    #[tokio::test]
+    async fn queued_writes_commit_together_and_a_failing_one_fails_alone() {
+        let service = in_memory_service().await;
+        // A rule that read holds the writer's turn while the others queue behind it.
+        let holder = service.begin_write().await.unwrap();
+        event_prune_mark::Entity::find().all(&holder).await.unwrap();
+        holder.defer(event_prune_mark::Entity::insert(mark(1, 10)));
+        let queue = |marks: Vec<event_prune_mark::ActiveModel>| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let txn = service.begin_write().await?;
+                for mark in marks {
+                    txn.defer(event_prune_mark::Entity::insert(mark));
+                }
+                txn.commit().await
+            })
+        };
+        let first = queue(vec![mark(2, 20)]);
+        // Id 1 is the holder's: the primary key refuses the second of these two writes.
+        let failing = queue(vec![mark(3, 30), mark(1, 99)]);
+        let last = queue(vec![mark(4, 40)]);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            !first.is_finished() && !last.is_finished(),
+            "queued writes wait for the writer"
+        );
+        holder.commit().await.unwrap();
+        first.await.unwrap().unwrap();
+        assert!(failing.await.unwrap().is_err());
+        last.await.unwrap().unwrap();
+        assert_eq!(marks(&service).await, [(1, 10), (2, 20), (4, 40)]);
     }
 
     /// On SQLite a rule given up after it wrote leaves none of its writes, and the rules in
