@@ -6,17 +6,18 @@
 //! writer connection:
 //!
 //! 1. `begin` seats a rule; it takes nothing yet. With its first statement the rule waits for
-//!    its turn on the writer (a fair mutex: in order of arrival), which first runs the writes
-//!    queued so far (3.) and opens the batch transaction (`BEGIN IMMEDIATE`) if none is open.
+//!    its turn on the writer (a fair mutex: in order of arrival) and opens the batch
+//!    transaction (`BEGIN IMMEDIATE`) if none is open.
 //! 2. The rule runs. Its savepoint opens in the same call as its first statement
 //!    ([`Seat::open_savepoint`]), and `WriteTxn::commit` releases it in the same call as its
 //!    last writes. `Seat::committed` then gives up the turn, wakes the committer and waits for
 //!    the batch's outcome.
 //! 3. A rule that sent nothing before its commit (it read nothing through the writer: a send
 //!    into a thread the process knows) does not take the turn at all: [`Seat::submit`] queues
-//!    its writes and wakes the committer. Whoever takes the turn next runs everything queued in
-//!    one call, each rule's writes after the one before, so a hundred such rules cost the
-//!    writer one call, not a hundred turns. Should that call fail (a rule's check found its
+//!    its writes and wakes the committer, which runs everything queued in one call, each rule's
+//!    writes after the one before, so a hundred such rules cost the writer one call, not a
+//!    hundred turns. Only the committer and the checkpointer (tasks of their own, which no
+//!    client can cancel) run queued writes. Should that call fail (a rule's check found its
 //!    thread changed, or a constraint refused a write), it is rolled back and each queued rule
 //!    runs alone, in its own savepoint, and learns its own outcome.
 //! 4. The committer queues for the turn behind every rule already waiting, so they join the
@@ -289,15 +290,16 @@ impl Batch {
 
 impl Seat {
     /// The batch's transaction, which the rule's statements go through. The first call waits
-    /// for the rule's turn on the writer, runs the writes queued before it and opens the batch
-    /// if none is open.
+    /// for the rule's turn on the writer and opens the batch if none is open. It leaves the
+    /// queued writes to the committer: a request's future may be dropped at any await (its
+    /// client went away), and other rules' writes must not be run, and their outcome lost,
+    /// inside it.
     pub(crate) async fn transaction(&self) -> Result<&DatabaseTransaction, DbErr> {
         let turn = self
             .turn
             .get_or_try_init(|| async {
                 let mut turn = self.group.batch.clone().lock_owned().await;
                 turn.settle().await;
-                turn.run_queued(&self.group).await;
                 let outcome = turn.open(&self.group).await?.1.subscribe();
                 *self.outcome.lock().expect("never poisoned") = Some(outcome);
                 Ok::<_, DbErr>(turn)
