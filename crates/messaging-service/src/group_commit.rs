@@ -155,11 +155,16 @@ impl Drop for GroupCommit {
 impl Batch {
     /// Rolls back the savepoint a failed rule left open. Should that fail, the batch fails
     /// whole: none of it is committed, and each of its rules learns so.
+    ///
+    /// The flag is cleared only once the rollback has run: a rule's future that is dropped
+    /// while it waits here (its client went away) leaves it for the next holder, which
+    /// finds the savepoint gone if the rollback did run.
     async fn settle(&mut self) {
-        if !std::mem::take(&mut self.rollback) {
+        if !self.rollback {
             return;
         }
         let Some((transaction, _)) = &self.open else {
+            self.rollback = false;
             return;
         };
         match transaction.execute_unprepared(ROLLBACK).await {
@@ -168,6 +173,7 @@ impl Batch {
             Err(err) if err.to_string().contains("no such savepoint") => {}
             Err(err) => self.fail(err).await,
         }
+        self.rollback = false;
     }
 
     /// Gives the open batch up: none of it is committed, and each of its rules learns why.
