@@ -88,8 +88,6 @@ struct Batch {
 pub(crate) struct Seat {
     group: Arc<Group>,
     turn: OnceCell<OwnedMutexGuard<Batch>>,
-    /// The batch's outcome, once the rule is in one.
-    outcome: std::sync::Mutex<Option<watch::Receiver<Outcome>>>,
     /// Whether the rule's savepoint has been sent (and not released).
     savepoint: AtomicBool,
 }
@@ -113,7 +111,6 @@ impl GroupCommit {
         Seat {
             group: self.group.clone(),
             turn: OnceCell::new(),
-            outcome: std::sync::Mutex::new(None),
             savepoint: AtomicBool::new(false),
         }
     }
@@ -213,12 +210,7 @@ impl Batch {
         let together = {
             let (transaction, outcome) = match self.open(group).await {
                 Ok(open) => open,
-                Err(err) => {
-                    for rule in queued {
-                        let _ = rule.answer.send(Err(DbErr::Custom(err.to_string())));
-                    }
-                    return;
-                }
+                Err(err) => return refuse(queued, &err),
             };
             let mut statements = vec![Statement::from_string(DbBackend::Sqlite, QUEUED)];
             for rule in &queued {
@@ -247,9 +239,7 @@ impl Batch {
                 }
             }
             Err(err) => {
-                for rule in queued {
-                    let _ = rule.answer.send(Err(DbErr::Custom(err.to_string())));
-                }
+                refuse(queued, &err);
                 self.fail(err).await;
             }
         }
@@ -306,8 +296,7 @@ impl Seat {
             .get_or_try_init(|| async {
                 let mut turn = self.group.batch.clone().lock_owned().await;
                 turn.settle().await;
-                let outcome = turn.open(&self.group).await?.1.subscribe();
-                *self.outcome.lock().expect("never poisoned") = Some(outcome);
+                turn.open(&self.group).await?;
                 Ok::<_, DbErr>(turn)
             })
             .await?;
@@ -371,8 +360,13 @@ impl Seat {
     /// and waits for nothing.
     pub(crate) async fn committed(mut self) -> Result<(), DbErr> {
         self.savepoint.store(false, Ordering::Relaxed);
+        // While the rule holds the turn, its batch is the open one.
+        let outcome = self
+            .turn
+            .get()
+            .and_then(|turn| turn.open.as_ref())
+            .map(|(_, outcome)| outcome.subscribe());
         self.leave();
-        let outcome = self.outcome.lock().expect("never poisoned").take();
         match outcome {
             Some(outcome) => wait_for(outcome).await,
             None => Ok(()),
@@ -388,6 +382,13 @@ impl Seat {
             drop(turn);
             self.group.finished.notify_one();
         }
+    }
+}
+
+/// Tells every queued rule that its writes did not run, and why.
+fn refuse(queued: Vec<Queued>, err: &DbErr) {
+    for rule in queued {
+        let _ = rule.answer.send(Err(DbErr::Custom(err.to_string())));
     }
 }
 
