@@ -1322,9 +1322,15 @@ async fn security_matrix(app: TestApp) {
     println!("{}", report.join("\n"));
     assert!(
         failed.is_empty(),
-        "{} of {} rows failed: the lines starting with FAIL above",
+        "{} of {} rows failed (all of them start the output above), the first ones:\n{}",
         failed.len(),
         report.len(),
+        failed
+            .iter()
+            .take(5)
+            .map(|line| line.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
     );
     // Every operation and its variants, each with every row.
     assert!(report.len() >= operations.len() * 8, "{}", report.len());
