@@ -4,8 +4,11 @@
 use std::num::NonZeroU32;
 
 use messaging_server::{HttpSettings, RateLimitSettings};
-use messaging_tests::{Backend, TestApp, both_backends, spawn_app, spawn_app_with};
+use messaging_tests::{
+    Backend, TestApp, both_backends, spawn_app, spawn_app_with, spawn_app_with_config,
+};
 use reqwest::{Method, StatusCode, header::CONTENT_TYPE};
+use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 
 /// Any bearer token gets past extraction; the service judges it later.
@@ -533,3 +536,45 @@ both_backends!(
         );
     }
 );
+
+/// `--database-max-connections` bounds what one replica opens on PostgreSQL, counted by
+/// PostgreSQL itself, and requests beyond it wait for a connection instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_opens_at_most_its_configured_postgres_connections() {
+    const LIMIT: u32 = 3;
+    let Some(app) = spawn_app_with_config(
+        Backend::Postgres,
+        HttpSettings::without_rate_limits(),
+        |config| config.postgres_max_connections = LIMIT,
+    )
+    .await
+    else {
+        return;
+    };
+    // Each `/healthz` holds a connection for its `SELECT 1`; 40 at once need more than 3.
+    let answers = futures::future::join_all((0..40).map(|_| {
+        let request = app.http().get(app.url("/healthz"));
+        async move { request.send().await.unwrap().status() }
+    }))
+    .await;
+    assert!(
+        answers.iter().all(|status| *status == StatusCode::OK),
+        "{answers:?}"
+    );
+    // Counted by PostgreSQL (this query's connection is one of the pool's).
+    let db = app.service.database();
+    let opened: i64 = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(*) AS opened FROM pg_stat_activity WHERE datname = current_database()",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "opened")
+        .unwrap();
+    assert!(
+        (1..=i64::from(LIMIT)).contains(&opened),
+        "{opened} connections"
+    );
+}

@@ -12,7 +12,8 @@ use messaging_server::{
     RedisBudgets, ServerConfig, init_tracing, run,
 };
 use messaging_service::{
-    EventFeedSettings, MessagingService, OtpDelivery, ServiceConfig, SmtpSender,
+    DEFAULT_POSTGRES_MAX_CONNECTIONS, EventFeedSettings, MessagingService, OtpDelivery,
+    ServiceConfig, SmtpSender,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -123,6 +124,17 @@ struct ServiceArgs {
     /// in the database.
     #[arg(long, env = "MESSAGING_SECRET", hide_env_values = true)]
     secret: Option<Secret>,
+
+    /// PostgreSQL only: the most connections this process opens, one of them kept for the event
+    /// feed's `LISTEN`. Replicas each open their own: keep replicas × this under PostgreSQL's
+    /// `max_connections` (100 by default), leaving room for migrations and administration.
+    #[arg(
+        long,
+        env = "MESSAGING_DATABASE_MAX_CONNECTIONS",
+        default_value_t = DEFAULT_POSTGRES_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(2..)
+    )]
+    database_max_connections: u32,
 }
 
 /// How one-time login codes reach customers.
@@ -360,7 +372,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut service = service_config(args.service.secret);
+    let mut service = service_config(&args.service);
     service.otp = args.otp.delivery()?;
     service.events = args.events.settings();
     if let Some(Schedule(schedule)) = args.webhooks.webhook_retry_schedule {
@@ -368,7 +380,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let config = ServerConfig {
         bind: args.bind,
-        database_url: args.service.database_url.0,
+        database_url: args.service.database_url.0.clone(),
         service,
         http: HttpSettings {
             max_body_bytes: args.max_body_bytes,
@@ -418,7 +430,7 @@ async fn stores(command: StoresCommand) -> anyhow::Result<()> {
 }
 
 async fn connect(args: ServiceArgs) -> anyhow::Result<MessagingService> {
-    MessagingService::connect(&args.database_url.0, service_config(args.secret))
+    MessagingService::connect(&args.database_url.0, service_config(&args))
         .await
         .context("could not start the messaging service")
 }
@@ -428,9 +440,10 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn service_config(secret: Option<Secret>) -> ServiceConfig {
+fn service_config(args: &ServiceArgs) -> ServiceConfig {
     ServiceConfig {
-        secret: secret.map(|s| s.0),
+        secret: args.secret.as_ref().map(|s| s.0.clone()),
+        postgres_max_connections: args.database_max_connections,
         ..ServiceConfig::default()
     }
 }
@@ -482,6 +495,28 @@ mod tests {
         );
         for bad in ["5", "s", "5d", "-1s", "5s,,1m"] {
             assert!(parse_schedule(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// PostgreSQL's pool needs one connection for the event feed's `LISTEN` and one for requests.
+    #[test]
+    fn the_postgres_pool_size_is_at_least_two() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["messaging-server"], args].concat());
+        let default = parse(&[]).unwrap().serve.service;
+        assert_eq!(
+            service_config(&default).postgres_max_connections,
+            DEFAULT_POSTGRES_MAX_CONNECTIONS
+        );
+        let four = parse(&["--database-max-connections", "4"]).unwrap();
+        assert_eq!(
+            service_config(&four.serve.service).postgres_max_connections,
+            4
+        );
+        for bad in ["0", "1", "-3", "many"] {
+            assert!(
+                parse(&["--database-max-connections", bad]).is_err(),
+                "{bad}"
+            );
         }
     }
 }

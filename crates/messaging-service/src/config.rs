@@ -27,7 +27,15 @@ pub struct ServiceConfig {
     pub events: crate::EventFeedSettings,
     /// How webhook deliveries are attempted and retried.
     pub webhooks: WebhookSettings,
+    /// The most connections this process opens to PostgreSQL; one of them stays open for the
+    /// event feed's `LISTEN`. Each replica opens its own pool, so the replicas together need
+    /// this many times their number (PostgreSQL allows 100 connections by default). SQLite's
+    /// connections are fixed: one writer and a few readers per core.
+    pub postgres_max_connections: u32,
 }
+
+/// Connections of a process's PostgreSQL pool unless configured (sqlx's own default).
+pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 10;
 
 /// How the webhook worker attempts deliveries. The defaults are the production settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +89,7 @@ impl Default for ServiceConfig {
             otp: OtpDelivery::Log,
             events: crate::EventFeedSettings::default(),
             webhooks: WebhookSettings::default(),
+            postgres_max_connections: DEFAULT_POSTGRES_MAX_CONNECTIONS,
         }
     }
 }
@@ -97,6 +106,7 @@ impl std::fmt::Debug for ServiceConfig {
             .field("otp", &self.otp)
             .field("events", &self.events)
             .field("webhooks", &self.webhooks)
+            .field("postgres_max_connections", &self.postgres_max_connections)
             .finish()
     }
 }

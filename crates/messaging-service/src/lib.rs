@@ -31,8 +31,8 @@ mod wire;
 pub use auth::ApiKeyParts;
 pub use channels::PUBLISHED_MESSAGES_METRIC;
 pub use config::{
-    OtpChannel, OtpDelivery, OtpMessage, OtpOutbox, ServiceConfig, SmtpConfigError, SmtpSender,
-    WEBHOOK_RETRY_SCHEDULE, WebhookSettings,
+    DEFAULT_POSTGRES_MAX_CONNECTIONS, OtpChannel, OtpDelivery, OtpMessage, OtpOutbox,
+    ServiceConfig, SmtpConfigError, SmtpSender, WEBHOOK_RETRY_SCHEDULE, WebhookSettings,
 };
 pub use error::{ServiceError, StartupError};
 pub use events::EventFeedSettings;
@@ -81,7 +81,7 @@ impl MessagingService {
     /// Connects to `database_url` (`sqlite://…`, `sqlite::memory:` or `postgres://…`), runs
     /// pending migrations and loads the server keys.
     pub async fn connect(database_url: &str, config: ServiceConfig) -> Result<Self, StartupError> {
-        let db = Database::connect(database_url).await?;
+        let db = Database::connect(database_url, config.postgres_max_connections).await?;
         migration::run(&db.writer)
             .await
             .map_err(StartupError::Migrate)?;
@@ -204,7 +204,10 @@ impl Database {
     /// every write goes through one connection: writers queue for it in the pool's fair queue
     /// and each finds the lock free. Reads run on their own read-only pool and, with WAL, never
     /// wait for the writer. PostgreSQL locks rows, not the database: one pool does both.
-    async fn connect(database_url: &str) -> Result<Self, StartupError> {
+    async fn connect(
+        database_url: &str,
+        postgres_max_connections: u32,
+    ) -> Result<Self, StartupError> {
         let Some(path) = sqlite_file_path(database_url) else {
             if database_url.starts_with("sqlite:") {
                 // Every connection to `sqlite::memory:` would see its own empty database.
@@ -217,7 +220,13 @@ impl Database {
                 });
             }
             return Ok(Self {
-                writer: open(database_url, Pool::Postgres).await?,
+                writer: open(
+                    database_url,
+                    Pool::Postgres {
+                        max_connections: postgres_max_connections,
+                    },
+                )
+                .await?,
                 reader: None,
                 group_commit: None,
                 _checkpoints: None,
@@ -254,7 +263,7 @@ impl Database {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pool {
     /// PostgreSQL: one pool for reads and writes.
-    Postgres,
+    Postgres { max_connections: u32 },
     /// `sqlite::memory:`: one connection for everything.
     Only,
     /// The one connection that writes to a SQLite file.
@@ -289,7 +298,8 @@ const WAL_SIZE_LIMIT: u64 = 128 << 20;
 async fn open(database_url: &str, pool: Pool) -> Result<DatabaseConnection, StartupError> {
     let mut options = sea_orm::ConnectOptions::new(database_url.to_owned());
     options.sqlx_logging(false);
-    if pool == Pool::Postgres {
+    if let Pool::Postgres { max_connections } = pool {
+        options.max_connections(max_connections);
         // A server, a proxy or a firewall may drop a connection that sat idle; a busy one is
         // known alive (sqlx also pings each connection as it returns to the pool). Ping only
         // those idle for a while, not on every checkout.
@@ -429,7 +439,7 @@ mod tests {
     /// single-row lookup) on each run; that was a third of getThread's time.
     #[tokio::test]
     async fn bundled_sqlite_is_compiled_with_the_workspace_flags() {
-        let db = super::Database::connect("sqlite::memory:")
+        let db = super::Database::connect("sqlite::memory:", 1)
             .await
             .unwrap()
             .writer;
