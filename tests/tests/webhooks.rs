@@ -1123,3 +1123,61 @@ with_webhooks!(
         let _ = std::fs::remove_dir_all(dir);
     }
 );
+
+/// On PostgreSQL a claim passes over a due delivery that another transaction holds (another
+/// replica's claim, or a store deleting the endpoint with its deliveries) instead of waiting
+/// for it, so the other endpoints' deliveries go out meanwhile and the two never wait for each
+/// other in a circle.
+#[tokio::test]
+async fn a_delivery_held_elsewhere_does_not_hold_up_the_others() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+    let Some(app) = spawn_fast_webhooks(Backend::Postgres).await else {
+        return;
+    };
+    let shop = Shop::open(app).await;
+    let receiver = Receiver::start().await;
+    receiver.always("held", Reply::Status(500));
+    // The open endpoint's first attempt fails too, so both are due again at about one time.
+    receiver.script("open", [Reply::Status(500)]);
+    let held = create(
+        &shop.store,
+        json!({"url": receiver.url("held"), "event_types": ["message.created"]}),
+    )
+    .await;
+    let open = create(
+        &shop.store,
+        json!({"url": receiver.url("open"), "event_types": ["message.created"]}),
+    )
+    .await;
+    let thread = open_thread(&shop.store, shop.jane.id).await;
+    send(&shop.store, thread.id, "Your parcel is out for delivery").await;
+    let delivery =
+        deliveries_until(&shop.store, held.id, |l| l.len() == 1 && l[0].attempts == 1).await[0].id;
+    deliveries_until(&shop.store, open.id, |l| l.len() == 1 && l[0].attempts == 1).await;
+    // Hold the held endpoint's delivery from the moment it is due again (300 ms after its
+    // first attempt), before the worker (polling every 100 ms) claims it. No new event may be
+    // needed from here on: an open transaction holds PostgreSQL's feed back.
+    let db = shop.app.service.database();
+    let deadline = std::time::Instant::now() + WAIT;
+    let holder = loop {
+        let holder = db.begin().await.unwrap();
+        let due = holder
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT id FROM webhook_deliveries WHERE id = $1 AND status = 'pending' \
+                 AND next_attempt_at <= now() FOR UPDATE SKIP LOCKED",
+                [delivery.into()],
+            ))
+            .await
+            .unwrap();
+        if due.is_some() {
+            break holder;
+        }
+        holder.rollback().await.unwrap();
+        assert!(std::time::Instant::now() < deadline, "never held it due");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // The open endpoint's retry is claimed beside the held one, and goes out.
+    receiver.wait_for("open", 2, Duration::from_secs(10)).await;
+    holder.rollback().await.unwrap();
+}

@@ -2,9 +2,11 @@
 //! the next one.
 //!
 //! Claiming is one conditional update: it moves `next_attempt_at` of due, pending rows to the end
-//! of a lease and stamps a fresh `lease_token`, `WHERE next_attempt_at <= now`. Of two replicas
-//! claiming the same row, PostgreSQL makes the second wait for the first and then re-check the
-//! condition, which no longer holds; SQLite has one writer. The attempt is recorded only by the
+//! of a lease and stamps a fresh `lease_token`, `WHERE next_attempt_at <= now`. On PostgreSQL it
+//! passes over rows another transaction holds (`FOR UPDATE SKIP LOCKED`): of two replicas
+//! claiming the same row, the second leaves it to the first, and a claim never waits for a store
+//! deleting an endpoint with its deliveries (waiting there, each could hold a row the other
+//! needs). SQLite has one writer. The attempt is recorded only by the
 //! holder of the lease token, and attempt numbers are unique per delivery, so every attempt is
 //! made and recorded by exactly one replica. A process that dies mid-attempt leaves the lease to
 //! expire, after which the delivery is due again: pending work lives in the database and
@@ -17,8 +19,10 @@
 use std::{collections::HashMap, time::Duration};
 
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait,
-    QueryFilter, Statement, sea_query::Expr,
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement,
+    sea_query::{Expr, LockBehavior, LockType, Query},
 };
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -133,6 +137,23 @@ impl MessagingService {
         }
         let lease = Uuid::now_v7();
         let lease_end = at + settings.timeout + LEASE_MARGIN;
+        let due = Condition::all()
+            .add(webhook_delivery::Column::Id.is_in(ids))
+            .add(webhook_delivery::Column::Status.eq("pending"))
+            .add(webhook_delivery::Column::NextAttemptAt.lte(at));
+        let claimable = match self.backend() {
+            // Rows another transaction holds (a replica's claim, an endpoint being deleted with
+            // its deliveries) are passed over, not waited for.
+            DbBackend::Postgres => webhook_delivery::Column::Id.in_subquery(
+                Query::select()
+                    .column(webhook_delivery::Column::Id)
+                    .from(webhook_delivery::Entity)
+                    .cond_where(due)
+                    .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+                    .to_owned(),
+            ),
+            _ => due.into(),
+        };
         let txn = self.begin_write().await?;
         webhook_delivery::Entity::update_many()
             .col_expr(
@@ -141,9 +162,7 @@ impl MessagingService {
             )
             .col_expr(webhook_delivery::Column::LeaseToken, Expr::value(lease))
             .col_expr(webhook_delivery::Column::UpdatedAt, Expr::value(at))
-            .filter(webhook_delivery::Column::Id.is_in(ids))
-            .filter(webhook_delivery::Column::Status.eq("pending"))
-            .filter(webhook_delivery::Column::NextAttemptAt.lte(at))
+            .filter(claimable)
             .exec(&txn)
             .await?;
         let claimed = webhook_delivery::Entity::find()
