@@ -513,6 +513,19 @@ macro_rules! with_webhooks {
 /// deliveries take longer than 15 s (the cause is not confirmed; this is the likely one).
 const WAIT: Duration = Duration::from_secs(60);
 
+/// An endpoint of the store for `message.created`, at `path` of `receiver`.
+async fn message_endpoint(
+    store: &messaging_client::Client,
+    receiver: &Receiver,
+    path: &str,
+) -> types::CreatedWebhookEndpoint {
+    create(
+        store,
+        json!({"url": receiver.url(path), "event_types": ["message.created"]}),
+    )
+    .await
+}
+
 /// The store opens a thread for `customer` (events `thread.created` and
 /// `channel.message_published`).
 async fn open_thread(store: &messaging_client::Client, customer: Uuid) -> types::Thread {
@@ -588,11 +601,7 @@ with_webhooks!(
     |shop| async move {
         let receiver = Receiver::start().await;
         let all = create(&shop.store, json!({"url": receiver.url("all")})).await;
-        let messages = create(
-            &shop.store,
-            json!({"url": receiver.url("messages"), "event_types": ["message.created"]}),
-        )
-        .await;
+        let messages = message_endpoint(&shop.store, &receiver, "messages").await;
         // Another store's endpoint on the same receiver hears nothing of Acme.
         let other = shop.app.create_store("Other").await;
         create(
@@ -785,16 +794,8 @@ with_webhooks!(
         let receiver = Receiver::start().await;
         receiver.script("flaky", [Reply::Status(500), Reply::Status(503)]);
         receiver.always("down", Reply::Status(500));
-        let flaky = create(
-            &shop.store,
-            json!({"url": receiver.url("flaky"), "event_types": ["message.created"]}),
-        )
-        .await;
-        let down = create(
-            &shop.store,
-            json!({"url": receiver.url("down"), "event_types": ["message.created"]}),
-        )
-        .await;
+        let flaky = message_endpoint(&shop.store, &receiver, "flaky").await;
+        let down = message_endpoint(&shop.store, &receiver, "down").await;
         let thread = open_thread(&shop.store, shop.jane.id).await;
         send(&shop.store, thread.id, "Any news?").await;
 
@@ -869,11 +870,7 @@ with_webhooks!(
 with_webhooks!(a_410_disables_the_endpoint, |shop| async move {
     let receiver = Receiver::start().await;
     receiver.script("gone", [Reply::Status(410)]);
-    let gone = create(
-        &shop.store,
-        json!({"url": receiver.url("gone"), "event_types": ["message.created"]}),
-    )
-    .await;
+    let gone = message_endpoint(&shop.store, &receiver, "gone").await;
     let thread = open_thread(&shop.store, shop.jane.id).await;
     send(&shop.store, thread.id, "First").await;
     receiver.wait_for("gone", 1, WAIT).await;
@@ -964,16 +961,8 @@ with_webhooks!(
     |shop| async move {
         let receiver = Receiver::start().await;
         receiver.always("slow", Reply::Hang(Duration::from_secs(30)));
-        let slow = create(
-            &shop.store,
-            json!({"url": receiver.url("slow"), "event_types": ["message.created"]}),
-        )
-        .await;
-        create(
-            &shop.store,
-            json!({"url": receiver.url("fast"), "event_types": ["message.created"]}),
-        )
-        .await;
+        let slow = message_endpoint(&shop.store, &receiver, "slow").await;
+        message_endpoint(&shop.store, &receiver, "fast").await;
         let thread = open_thread(&shop.store, shop.jane.id).await;
         let started = std::time::Instant::now();
         for i in 0..12 {
@@ -1139,16 +1128,8 @@ async fn a_delivery_held_elsewhere_does_not_hold_up_the_others() {
     receiver.always("held", Reply::Status(500));
     // The open endpoint's first attempt fails too, so both are due again at about one time.
     receiver.script("open", [Reply::Status(500)]);
-    let held = create(
-        &shop.store,
-        json!({"url": receiver.url("held"), "event_types": ["message.created"]}),
-    )
-    .await;
-    let open = create(
-        &shop.store,
-        json!({"url": receiver.url("open"), "event_types": ["message.created"]}),
-    )
-    .await;
+    let held = message_endpoint(&shop.store, &receiver, "held").await;
+    let open = message_endpoint(&shop.store, &receiver, "open").await;
     let thread = open_thread(&shop.store, shop.jane.id).await;
     send(&shop.store, thread.id, "Your parcel is out for delivery").await;
     let delivery =
