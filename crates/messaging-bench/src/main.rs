@@ -75,16 +75,9 @@ const THREAD_STRIDE: usize = 7_919;
 
 /// Targets the run missed: the benchmark's answer, not a failure of the program (printed
 /// without a backtrace, exit code 1).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct Missed(String);
-
-impl std::fmt::Display for Missed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Missed {}
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -380,7 +380,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let config = ServerConfig {
         bind: args.bind,
-        database_url: args.service.database_url.0.clone(),
+        database_url: args.service.database_url.0,
         service,
         http: HttpSettings {
             max_body_bytes: args.max_body_bytes,

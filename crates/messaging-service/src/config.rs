@@ -30,7 +30,7 @@ pub struct ServiceConfig {
     /// The most connections this process opens to PostgreSQL; one of them stays open for the
     /// event feed's `LISTEN`. Each replica opens its own pool, so the replicas together need
     /// this many times their number (PostgreSQL allows 100 connections by default). SQLite's
-    /// connections are fixed: one writer and a few readers per core.
+    /// connections are fixed: one writer, one checkpointer and two readers per core.
     pub postgres_max_connections: u32,
 }
 

@@ -439,10 +439,11 @@ mod tests {
     /// single-row lookup) on each run; that was a third of getThread's time.
     #[tokio::test]
     async fn bundled_sqlite_is_compiled_with_the_workspace_flags() {
-        let db = super::Database::connect("sqlite::memory:", 1)
-            .await
-            .unwrap()
-            .writer;
+        let db =
+            super::Database::connect("sqlite::memory:", super::DEFAULT_POSTGRES_MAX_CONNECTIONS)
+                .await
+                .unwrap()
+                .writer;
         let row = db
             .query_one_raw(Statement::from_string(
                 db.get_database_backend(),
