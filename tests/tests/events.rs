@@ -975,3 +975,61 @@ async fn commits_are_announced_after_them_on_postgres() {
     .await;
     assert_eq!(announced(&mut listener).await, process);
 }
+
+/// Under steady writes a process announces its commits at most once per
+/// `EventFeedSettings::coalesce`: one notification covers the commits since the one before it
+/// (`events/hub.rs`). Sent back to back, nearly every send was a `NOTIFY` of its own besides.
+#[tokio::test]
+async fn commits_in_a_burst_are_announced_together_on_postgres() {
+    use sea_orm::sqlx::{self, postgres::PgListener};
+
+    const COALESCE: Duration = Duration::from_millis(300);
+    const SENDS: usize = 24;
+    let Some(app) = spawn_app_with_config(
+        Backend::Postgres,
+        HttpSettings::without_rate_limits(),
+        |config| config.events.coalesce = COALESCE,
+    )
+    .await
+    else {
+        return;
+    };
+    let shop = Shop::open(app).await;
+    let conversation = start_conversation(&shop, &shop.jane, "Where is my order?").await;
+    let pool = sqlx::PgPool::connect(shop.app.database_url())
+        .await
+        .unwrap();
+    let mut listener = PgListener::connect_with(&pool).await.unwrap();
+    listener.listen("messaging_events").await.unwrap();
+    // What the conversation's commit announced is over before the burst.
+    tokio::time::sleep(COALESCE * 2).await;
+    while tokio::time::timeout(Duration::from_millis(50), listener.recv())
+        .await
+        .is_ok()
+    {}
+
+    let started = Instant::now();
+    let sends = (0..SENDS).map(|n| {
+        store_says(
+            &shop,
+            conversation.thread.id,
+            json!({ "message": format!("Update {n}") }),
+        )
+    });
+    futures::future::join_all(sends).await;
+    let burst = started.elapsed();
+    let mut notifications = 0;
+    while tokio::time::timeout(COALESCE * 3, listener.recv())
+        .await
+        .is_ok()
+    {
+        notifications += 1;
+    }
+    // One for each stretch of `COALESCE` the burst lasted, and one for its end.
+    let most = 2 + (burst.as_millis() / COALESCE.as_millis()) as usize;
+    assert!(
+        (1..=most).contains(&notifications),
+        "{SENDS} commits in {burst:?} were announced {notifications} times, at most {most} expected"
+    );
+    assert!(most < SENDS, "the burst took too long to tell: {burst:?}");
+}

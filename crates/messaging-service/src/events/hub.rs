@@ -6,13 +6,15 @@
 //! another process does (PostgreSQL `LISTEN messaging_events` on one connection per process),
 //! and every `reread_interval` anyway, so a lost notification delays an event but never loses
 //! it. When a wake-up finds nothing (an earlier transaction still running holds the frontier
-//! back), it reads again after 5 ms, 10 ms, 20 ms … up to `reread_interval`.
+//! back), it reads again after 5 ms, 10 ms, 20 ms … up to `reread_interval`. Reads are at least
+//! `coalesce` apart: under steady writes one read takes the commits of that stretch together.
 //!
 //! On PostgreSQL each process announces its own commits: after a commit that wrote events, its
-//! announcer sends `NOTIFY messaging_events` in a statement of its own, one at a time, so one
-//! notification covers every commit made while the previous one was on its way. A `NOTIFY`
-//! inside the writing transaction would take PostgreSQL's one notification lock, shared by the
-//! whole cluster, from before that transaction's commit until its commit record is flushed:
+//! announcer sends `NOTIFY messaging_events` in a statement of its own, one at a time and at
+//! least `coalesce` apart, so one notification covers every commit made since the previous one
+//! (sent back to back, they were a transaction, and a log flush, for nearly every send). A
+//! `NOTIFY` inside the writing transaction would take PostgreSQL's one notification lock, shared
+//! by the whole cluster, from before that transaction's commit until its commit record is flushed:
 //! every write of every replica would then commit alone, one log flush each (measured with
 //! `pgbench`, 16 clients inserting a row: 1 800 commits per second with the `NOTIFY` in the
 //! transaction, 4 100 without, 2 900 beside one client that notifies as fast as it can). The
@@ -25,9 +27,13 @@ use std::{
     time::Duration,
 };
 
+use futures::FutureExt;
 use messaging_api::{Event, SseEvent};
 use sea_orm::DbBackend;
-use tokio::sync::{Notify, broadcast};
+use tokio::{
+    sync::{Notify, broadcast},
+    time::Instant,
+};
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
@@ -43,6 +49,11 @@ pub struct EventFeedSettings {
     pub keep_alive: Duration,
     /// How often the tail reader reads the feed without being woken.
     pub reread_interval: Duration,
+    /// The shortest time between two reads of the tail, and between two announcements of this
+    /// process's commits (PostgreSQL): under steady writes one read or one `NOTIFY` then covers
+    /// the commits of this stretch, instead of one each. An event reaches its readers at most
+    /// this much later.
+    pub coalesce: Duration,
     /// How often retention prunes.
     pub prune_interval: Duration,
 }
@@ -53,6 +64,7 @@ impl Default for EventFeedSettings {
             retention: Duration::from_secs(7 * 24 * 60 * 60),
             keep_alive: Duration::from_secs(15),
             reread_interval: Duration::from_secs(1),
+            coalesce: Duration::from_millis(COALESCE_MS),
             prune_interval: Duration::from_secs(60),
         }
     }
@@ -94,6 +106,9 @@ pub(crate) type Batch = Arc<Vec<FeedEvent>>;
 /// Stretches read by the tail that a slow reader may fall behind by before it re-reads the
 /// database from its own position.
 const BACKLOG: usize = 1024;
+
+/// The default [`EventFeedSettings::coalesce`], in milliseconds.
+const COALESCE_MS: u64 = 5;
 
 /// Events the tail reads per query.
 const TAIL_PAGE: u64 = 500;
@@ -176,23 +191,29 @@ impl MessagingService {
     /// the next wake-up reads again from the same position, so nothing is lost.
     pub async fn run_event_feed(self) {
         let hub = self.inner.events.clone();
+        let coalesce = self.inner.config.events.coalesce;
         // PostgreSQL: hearing of the other processes' commits, and announcing this one's.
         let _replicas = (self.backend() == DbBackend::Postgres).then(|| {
             let pool = self.writer().get_postgres_connection_pool();
             (
                 AbortOnDropHandle::new(tokio::spawn(listen(pool.clone(), hub.clone()))),
-                AbortOnDropHandle::new(tokio::spawn(announce(pool.clone(), hub.clone()))),
+                AbortOnDropHandle::new(tokio::spawn(announce(pool.clone(), hub.clone(), coalesce))),
             )
         });
         let reread = self.inner.config.events.reread_interval;
         let mut position = hub.start;
         let mut retry: Option<Duration> = None;
+        let mut last_read = Instant::now();
         loop {
             let pause = retry.unwrap_or(reread);
             let woken = tokio::select! {
                 () = hub.wake.notified() => true,
                 () = tokio::time::sleep(pause) => false,
             };
+            // A wake-up that came during the pause stays: its events may be behind the
+            // frontier this read stops at, and the next read (or its retries) finds them.
+            tokio::time::sleep_until(last_read + coalesce).await;
+            last_read = Instant::now();
             match self.read_tail(&mut position).await {
                 Ok(0) if woken || retry.is_some() => {
                     let next = retry.map_or(Duration::from_millis(5), |d| d * 2);
@@ -238,9 +259,14 @@ impl MessagingService {
 
 /// The announcer: after this process commits events, `NOTIFY messaging_events` with the
 /// process's id, once for every commit made before it is sent (see the module).
-async fn announce(pool: sea_orm::sqlx::PgPool, hub: Arc<EventHub>) {
+async fn announce(pool: sea_orm::sqlx::PgPool, hub: Arc<EventHub>, coalesce: Duration) {
+    let mut last = Instant::now();
     loop {
         hub.announce.notified().await;
+        tokio::time::sleep_until(last + coalesce).await;
+        // The notification about to be sent covers the commits made during the pause.
+        let _ = hub.announce.notified().now_or_never();
+        last = Instant::now();
         let sent = sea_orm::sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(&hub.process)
