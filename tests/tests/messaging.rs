@@ -1370,11 +1370,11 @@ async fn concurrent_writers_on_a_sqlite_file_all_succeed() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-// On SQLite a process keeps what a send takes from a thread (its status, its channel) for the
-// threads it sent into, and a later send does not read the thread again: the kept state is
-// checked in the call that writes (`known_threads`). Each change here is made behind the
-// server's back, as another process would: without that check every send below would be
-// written as if nothing had changed. On PostgreSQL each send reads its thread under its lock.
+// A process keeps what a send takes from a thread (its status, its channel) for the threads it
+// sent into, and a later send does not read the thread again: the kept state is checked in the
+// statement that writes (`known_threads`; on PostgreSQL after the thread's lock). Each change
+// here is made behind the server's back, as another process would: without that check every
+// send below would be written as if nothing had changed.
 both_backends!(
     sends_see_what_changed_in_their_thread_since_the_last_send,
     |app| async move {

@@ -1,22 +1,23 @@
-//! Sends into threads this process already knows, without reading the thread first (SQLite).
+//! Sends into threads this process already knows, without reading the thread first.
 //!
-//! On SQLite every write waits its turn on the one writer connection (`group_commit`), and a
-//! send held the turn for two calls to that connection's thread: the read of its thread, then
-//! its writes. What a send takes from its thread ([`SendTarget`]: whose it is, its status, its
+//! A send read its thread before writing: on SQLite under the one writer connection's turn
+//! (`group_commit`), on PostgreSQL under the thread's lock, held from before that read to the
+//! commit. What a send takes from its thread ([`SendTarget`]: whose it is, its status, its
 //! channel) rarely changes, so each process keeps it for the threads it sent into last
-//! ([`KnownThreads`]). A send into a known thread reads nothing: its writes, behind a guard
+//! ([`KnownThreads`]). A send into a known thread reads nothing: its writes go behind a guard
 //! ([`SendTarget::guard`]) that fails them, before anything is written, unless the thread still
-//! is as kept, do not even take the turn: they are queued and run with the other queued writes
-//! in one call (`group_commit`). A send whose guard failed is rolled back and runs again the
-//! usual way, reading its thread under its turn.
+//! is as kept. On SQLite they do not even take the turn: they are queued and run with the other
+//! queued writes in one call (`group_commit`). On PostgreSQL the send takes the thread's lock
+//! and then sends the guard and its writes as one statement (`events::transaction`), which sees
+//! the thread as the writer before it left it: the lock is held for the writes and the commit,
+//! not for a read besides. A send whose guard failed is rolled back and runs again the usual
+//! way, reading its thread.
 //!
-//! What is kept is only a guess, checked by the database in the same call as the writes it
+//! What is kept is only a guess, checked by the database in the same statement as the writes it
 //! decided: so it is per process without harm, and nothing has to tell this process that another
-//! rule, another process (the CLI) or a rolled-back batch changed a thread. What never changes
+//! rule, another replica, the CLI or a rolled-back batch changed a thread. What never changes
 //! (the thread's store, mode, customer and resource) is not checked; what rules change (its
-//! status, its channel, and for a staff user its membership) is. PostgreSQL does not use it: a
-//! send there takes its thread's lock and then reads the thread (ARCHITECTURE.md, "The write
-//! path").
+//! status, its channel, and for a staff user its membership) is.
 
 use sea_orm::{
     ColumnTrait, DbBackend, DbErr, EntityName, Statement,
@@ -36,7 +37,9 @@ use crate::{
 /// bookkeeping included (measured with the benchmark's 100 000 threads).
 const CAPACITY: u64 = 100_000;
 
-/// The table a failed guard inserts into, on the writer connection ([`CREATE_GUARD_TABLE`]).
+/// The table a failed guard inserts into: on SQLite a temporary table of the writer connection
+/// ([`CREATE_GUARD_TABLE`]), on PostgreSQL a table of the schema (its migration
+/// `m20261130_000200_create_stale_reads`), empty in both.
 const GUARD_TABLE: &str = "stale_reads";
 /// The name of its constraint, which the error of a failed guard names.
 const GUARD_CONSTRAINT: &str = "stale_read";
@@ -80,7 +83,7 @@ impl SendTarget {
     /// A statement that fails ([`is_stale`]) unless the thread still has this status and
     /// channel and, when `author` is a staff user, the user is still one of its active
     /// subscribers (`subscribers::require_member`). It writes nothing.
-    pub fn guard(&self, author: &Participant) -> Statement {
+    pub fn guard(&self, author: &Participant, backend: DbBackend) -> Statement {
         let mut fresh = Query::select();
         fresh
             .expr(Expr::val(1))
@@ -109,7 +112,7 @@ impl SendTarget {
             .select_from(stale)
             .expect("one column, one value")
             .to_owned();
-        DbBackend::Sqlite.build(&insert)
+        backend.build(&insert)
     }
 }
 
@@ -147,6 +150,7 @@ impl KnownThreads {
 }
 
 /// Whether `err` is a guard's ([`SendTarget::guard`]): the thread changed since it was kept.
+/// PostgreSQL names the constraint in the error's fields, SQLite in its message.
 pub(crate) fn is_stale(err: &ServiceError) -> bool {
     let ServiceError::Internal(source) = err else {
         return false;
@@ -158,9 +162,11 @@ pub(crate) fn is_stale(err: &ServiceError) -> bool {
         return false;
     };
     sqlx.as_database_error().is_some_and(|db| {
-        db.message()
-            .strip_prefix("CHECK constraint failed: ")
-            .is_some_and(|name| name == GUARD_CONSTRAINT)
+        db.constraint() == Some(GUARD_CONSTRAINT)
+            || db
+                .message()
+                .strip_prefix("CHECK constraint failed: ")
+                .is_some_and(|name| name == GUARD_CONSTRAINT)
     })
 }
 
@@ -270,8 +276,6 @@ mod tests {
             self.service
                 .inner
                 .known_threads
-                .as_ref()
-                .expect("SQLite keeps known threads")
                 .get(&self.store, self.thread)
                 .is_some()
         }

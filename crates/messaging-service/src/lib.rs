@@ -61,8 +61,8 @@ struct Inner {
     key_cache: moka::sync::Cache<String, auth::Caller>,
     /// Whether a customer is a member of a channel (`channels.rs`, `customer_in_channel`).
     channel_membership: moka::sync::Cache<(uuid::Uuid, uuid::Uuid), bool>,
-    /// The threads this process sent into last (`known_threads`); on SQLite only.
-    known_threads: Option<known_threads::KnownThreads>,
+    /// The threads this process sent into last (`known_threads`).
+    known_threads: known_threads::KnownThreads,
     /// This process's fan-out of the event feed.
     events: Arc<events::EventHub>,
     /// Wakes this process's webhook worker when deliveries were queued here.
@@ -91,10 +91,6 @@ impl MessagingService {
         let feed_start = events::frontier(db.reader.as_ref().unwrap_or(&db.writer))
             .await
             .map_err(StartupError::EventFeed)?;
-        let known_threads = db
-            .group_commit
-            .is_some()
-            .then(known_threads::KnownThreads::new);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -105,7 +101,7 @@ impl MessagingService {
                     .time_to_live(KEY_CACHE_TTL)
                     .build(),
                 channel_membership: moka::sync::Cache::new(CHANNEL_MEMBERSHIP_CACHE),
-                known_threads,
+                known_threads: known_threads::KnownThreads::new(),
                 events: Arc::new(events::EventHub::new(feed_start)),
                 webhook_wakeup: Arc::new(tokio::sync::Notify::new()),
             }),

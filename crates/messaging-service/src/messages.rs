@@ -180,9 +180,9 @@ impl MessagingService {
     /// one transaction, with atomic increments so concurrent senders never lose a count. The
     /// message is in its thread at once and in its channel at once or when due.
     ///
-    /// Into a thread this process sent into before, on SQLite, the thread is not read: what the
-    /// send takes from it is checked in the call that writes (`known_threads`), and the send
-    /// runs again the usual way when that check fails.
+    /// Into a thread this process sent into before, the thread is not read: what the send takes
+    /// from it is checked in the statement that writes (`known_threads`), and the send runs again
+    /// the usual way when that check fails.
     pub(crate) async fn send_message(
         &self,
         caller: &Caller,
@@ -220,12 +220,12 @@ impl MessagingService {
             media_urls,
             publish_to_channel_at: body.publish_to_channel_at.map(truncate_micros),
         };
-        let known_threads = self.inner.known_threads.as_ref();
-        let known = match (known_threads, thread_ref) {
-            (Some(known_threads), ThreadRef::Id(id)) => known_threads.get(caller, *id),
-            _ => None,
+        let known_threads = &self.inner.known_threads;
+        let known = match thread_ref {
+            ThreadRef::Id(id) => known_threads.get(caller, *id),
+            ThreadRef::Resource(_) => None,
         };
-        if let (Some(known_threads), Some(known)) = (known_threads, known) {
+        if let Some(known) = known {
             let id = known.id;
             match self
                 .send_into(caller, thread_ref, Some(known), new.clone())
@@ -255,7 +255,10 @@ impl MessagingService {
         let kept = known.is_some();
         let thread = match known {
             Some(known) => {
-                txn.check_first(known.guard(&author));
+                // PostgreSQL: the thread's lock before the writes; the guard goes with them,
+                // so it sees the thread as the last writer before this one left it.
+                txn.lock_threads(&[known.id]).await?;
+                txn.check_first(known.guard(&author, txn.get_database_backend()));
                 known
             }
             None => {
@@ -336,10 +339,8 @@ impl MessagingService {
                 .await?;
         }
         self.commit(txn).await?;
-        if let Some(known_threads) = &self.inner.known_threads
-            && (!kept || reopens)
-        {
-            known_threads.remember(SendTarget {
+        if !kept || reopens {
+            self.inner.known_threads.remember(SendTarget {
                 status: if reopens {
                     ThreadStatus::Active.as_str().to_owned()
                 } else {

@@ -24,6 +24,7 @@ mod m20261129_000162_create_webhook_attempts;
 mod m20261129_000163_create_webhook_dispatch_positions;
 mod m20261130_000180_narrow_due_index;
 mod m20261130_000190_notify_after_commit;
+mod m20261130_000200_create_stale_reads;
 
 use sea_orm::{DatabaseConnection, DbBackend, DbErr, RuntimeErr, sqlx};
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
@@ -58,6 +59,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261129_000163_create_webhook_dispatch_positions::Migration),
             Box::new(m20261130_000180_narrow_due_index::Migration),
             Box::new(m20261130_000190_notify_after_commit::Migration),
+            Box::new(m20261130_000200_create_stale_reads::Migration),
         ]
     }
 }
