@@ -64,7 +64,7 @@ impl Default for EventFeedSettings {
             retention: Duration::from_secs(7 * 24 * 60 * 60),
             keep_alive: Duration::from_secs(15),
             reread_interval: Duration::from_secs(1),
-            coalesce: Duration::from_millis(COALESCE_MS),
+            coalesce: COALESCE,
             prune_interval: Duration::from_secs(60),
         }
     }
@@ -107,8 +107,8 @@ pub(crate) type Batch = Arc<Vec<FeedEvent>>;
 /// database from its own position.
 const BACKLOG: usize = 1024;
 
-/// The default [`EventFeedSettings::coalesce`], in milliseconds.
-const COALESCE_MS: u64 = 5;
+/// The default [`EventFeedSettings::coalesce`].
+const COALESCE: Duration = Duration::from_millis(5);
 
 /// Events the tail reads per query.
 const TAIL_PAGE: u64 = 500;
