@@ -1500,3 +1500,154 @@ both_backends!(
         assert_eq!(texts.len(), 9, "{texts:?}");
     }
 );
+
+/// On PostgreSQL the sends one process makes into one thread at the same time commit together
+/// (`thread_batches`): one transaction, one lock and one flush for all that queued while the
+/// one before ran. Here the first send is held at the thread's row (another connection locks
+/// it) and the others queue behind it.
+#[tokio::test]
+async fn concurrent_sends_into_one_thread_commit_together_on_postgres() {
+    use std::time::{Duration, Instant};
+
+    use sea_orm::sqlx::{self, Row};
+
+    const SENDS: usize = 8;
+    let Some(app) = messaging_tests::spawn_app_on(messaging_tests::Backend::Postgres).await else {
+        return;
+    };
+    let w = world(app).await;
+    let thread_id = w.jane_thread("Busy chat").await;
+    // Known to the process from here: the next sends read nothing before their commit.
+    w.store_reply(thread_id, "Hello Jane.").await;
+    let pool = sqlx::PgPool::connect(w.app.database_url()).await.unwrap();
+    let hold_thread = || async {
+        let mut blocker = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM threads WHERE id = $1 FOR UPDATE")
+            .bind(thread_id)
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        blocker
+    };
+    let hold = Duration::from_millis(500);
+
+    // Eight sends at once while the thread is held.
+    let since = Utc::now();
+    let blocker = hold_thread().await;
+    let started = Instant::now();
+    let w = &w;
+    let sends = futures::future::join_all((0..SENDS).map(|n| async move {
+        let sent = w
+            .store
+            .send_message()
+            .id(thread_id.to_string())
+            .body_map(|b| b.message(format!("Update {n}")))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| e.to_string());
+        (sent, started.elapsed())
+    }));
+    let release = async {
+        tokio::time::sleep(hold).await;
+        blocker.commit().await.unwrap();
+    };
+    let (sent, ()) = tokio::join!(sends, release);
+    assert!(sent.iter().all(|(s, _)| s == &Ok(201)), "{sent:?}");
+    assert!(
+        sent.iter().all(|(_, took)| *took >= hold),
+        "the sends were not held: {sent:?}"
+    );
+    let transactions: i64 = sqlx::query(
+        "SELECT count(DISTINCT xid) FROM events \
+         WHERE thread_id = $1 AND event_type = 'message.created' AND created_at >= $2",
+    )
+    .bind(thread_id)
+    .bind(since)
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get(0);
+    // The first alone, then the seven that queued behind it together.
+    assert_eq!(
+        transactions, 2,
+        "{SENDS} sends committed in {transactions} transactions"
+    );
+
+    // A batch with a send that may no longer be made: it alone is refused, the others are
+    // written. Sam sent before, so the process knows the thread for Sam too; then Sam is
+    // removed behind its back.
+    let path = format!("/v1/messaging/threads/{thread_id}/messages");
+    let send = |staff: bool, text: String| {
+        let mut request = w.raw(reqwest::Method::POST, &path, &w.secret_key, None);
+        if staff {
+            request = request.header("x-acting-user", "staff-7");
+        }
+        async move {
+            request
+                .json(&json!({ "message": text }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    w.store
+        .add_subscriber()
+        .id(thread_id.to_string())
+        .body(
+            serde_json::from_value::<types::AddSubscriberRequest>(
+                json!({"type": "user", "id": "staff-7", "name": "Sam"}),
+            )
+            .unwrap(),
+        )
+        .send()
+        .await
+        .expect("staff joins");
+    assert_eq!(send(true, "Sam here.".into()).await.status(), 201);
+    assert_eq!(send(true, "Sam again.".into()).await.status(), 201);
+    sqlx::query("UPDATE thread_subscribers SET is_archived = true WHERE subscriber_id = 'staff-7'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let blocker = hold_thread().await;
+    let first = send(false, "First in line.".into());
+    let queued = async {
+        // Behind the first, which waits for the thread: these queue as one batch.
+        tokio::time::sleep(hold / 4).await;
+        let stores = futures::future::join_all((0..4).map(|n| send(false, format!("Store {n}"))));
+        tokio::join!(stores, send(true, "Sam, removed.".into()))
+    };
+    let release = async {
+        tokio::time::sleep(hold).await;
+        blocker.commit().await.unwrap();
+    };
+    let (first, (stores, sam), ()) = tokio::join!(first, queued, release);
+    assert_eq!(first.status(), 201);
+    let statuses: Vec<u16> = stores.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(
+        statuses,
+        vec![201; 4],
+        "one send's refusal failed the others"
+    );
+    let (status, problem) = problem_of(sam).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (403, Some("not_a_subscriber"))
+    );
+    let texts: Vec<String> = w
+        .store
+        .get_thread_messages()
+        .id(thread_id.to_string())
+        .limit(page_size(50))
+        .send()
+        .await
+        .unwrap()
+        .into_inner()
+        .messages
+        .into_iter()
+        .map(|m| m.message_content)
+        .collect();
+    assert!(!texts.iter().any(|t| t == "Sam, removed."), "{texts:?}");
+    // The conversation's first message, the reply, eight updates, Sam's two, then five.
+    assert_eq!(texts.len(), 17, "{texts:?}");
+}

@@ -24,6 +24,7 @@ mod reactions;
 mod sqlite_memory;
 mod stores;
 mod subscribers;
+mod thread_batches;
 mod threads;
 mod webhooks;
 mod wire;
@@ -178,6 +179,19 @@ impl MessagingService {
         };
         Ok(events::WriteTxn::new(txn, self.inner.events.clone()))
     }
+
+    /// A write transaction for a send into `thread`, which this process knows
+    /// (`known_threads`). On PostgreSQL it is queued with the other sends into that thread
+    /// (`thread_batches`) and takes the thread's lock; on SQLite it is [`Self::begin_write`]'s.
+    async fn begin_send(&self, thread: uuid::Uuid) -> Result<events::WriteTxn, DbErr> {
+        match &self.inner.db.thread_batches {
+            Some(batches) => Ok(events::WriteTxn::new(
+                events::Txn::Queued(batches.begin(thread)),
+                self.inner.events.clone(),
+            )),
+            None => self.begin_write().await,
+        }
+    }
 }
 
 /// The connections: one that writes, and on a SQLite file a pool of read-only ones beside it.
@@ -186,6 +200,8 @@ struct Database {
     reader: Option<DatabaseConnection>,
     /// On SQLite, the batches write transactions commit in (`group_commit`).
     group_commit: Option<group_commit::GroupCommit>,
+    /// On PostgreSQL, the sends into one thread that commit together (`thread_batches`).
+    thread_batches: Option<Arc<thread_batches::ThreadBatches>>,
     /// On a SQLite file, the task that checkpoints the write-ahead log (`checkpoint`).
     _checkpoints: Option<AbortOnDropHandle<()>>,
 }
@@ -212,17 +228,20 @@ impl Database {
                     group_commit: Some(group_commit::GroupCommit::start(writer.clone())),
                     writer,
                     reader: None,
+                    thread_batches: None,
                     _checkpoints: None,
                 });
             }
+            let writer = open(
+                database_url,
+                Pool::Postgres {
+                    max_connections: postgres_max_connections,
+                },
+            )
+            .await?;
             return Ok(Self {
-                writer: open(
-                    database_url,
-                    Pool::Postgres {
-                        max_connections: postgres_max_connections,
-                    },
-                )
-                .await?,
+                thread_batches: Some(thread_batches::ThreadBatches::new(writer.clone())),
+                writer,
                 reader: None,
                 group_commit: None,
                 _checkpoints: None,
@@ -251,6 +270,7 @@ impl Database {
             group_commit: Some(group_commit),
             writer,
             reader: Some(reader),
+            thread_batches: None,
         })
     }
 }

@@ -250,14 +250,16 @@ impl MessagingService {
     ) -> Result<Message, ServiceError> {
         let author = new.author.clone();
         let sender_type = new.sender_type;
-        let txn = self.begin_write().await?;
+        let txn = match &known {
+            // PostgreSQL: queued with the other sends into the thread, under its lock; the
+            // guard goes with the writes, so it sees the thread as the last writer left it.
+            Some(known) => self.begin_send(known.id).await?,
+            None => self.begin_write().await?,
+        };
         // Whether the thread is as this process kept it (checked with the writes).
         let kept = known.is_some();
         let thread = match known {
             Some(known) => {
-                // PostgreSQL: the thread's lock before the writes; the guard goes with them,
-                // so it sees the thread as the last writer before this one left it.
-                txn.lock_threads(&[known.id]).await?;
                 txn.check_first(known.guard(&author, txn.get_database_backend()));
                 known
             }

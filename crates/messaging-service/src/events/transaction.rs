@@ -29,6 +29,7 @@ use super::EventHub;
 use crate::{
     entity::event,
     group_commit::{Seat, joined},
+    thread_batches::QueuedSend,
 };
 
 /// A database transaction that may record events.
@@ -50,6 +51,10 @@ pub(crate) enum Txn {
     /// On SQLite, its place in a batch of writes that commit together (`group_commit`): a
     /// savepoint in the batch's transaction, opened with the rule's first statement.
     Batch(Seat),
+    /// On PostgreSQL, a send into a thread the process knows: queued with the other sends into
+    /// that thread when it sends nothing before its commit, otherwise a transaction of its own
+    /// begun with the thread's lock at its first statement (`thread_batches`).
+    Queued(QueuedSend),
 }
 
 impl Txn {
@@ -58,6 +63,7 @@ impl Txn {
         match self {
             Self::Own(txn) => Ok(txn),
             Self::Batch(seat) => seat.transaction().await,
+            Self::Queued(send) => send.transaction().await,
         }
     }
 }
@@ -126,20 +132,25 @@ impl WriteTxn {
         )
     }
 
-    /// Sends `statements`: on SQLite as one call, on PostgreSQL as few statements as
-    /// `one_statement` allows.
-    async fn send(&self, mut statements: Vec<Statement>) -> Result<(), DbErr> {
-        if statements.len() > 1 {
-            statements = match self.get_database_backend() {
-                DbBackend::Sqlite => vec![joined(statements)],
-                DbBackend::Postgres => one_statement(statements),
-                _ => statements,
-            };
-        }
-        for statement in statements {
+    /// Sends `statements`.
+    async fn send(&self, statements: Vec<Statement>) -> Result<(), DbErr> {
+        for statement in self.combined(statements) {
             self.txn.connection().await?.execute_raw(statement).await?;
         }
         Ok(())
+    }
+
+    /// `statements` as few as they can be sent in: on SQLite one call, on PostgreSQL as few
+    /// statements as `one_statement` allows.
+    fn combined(&self, statements: Vec<Statement>) -> Vec<Statement> {
+        if statements.len() < 2 {
+            return statements;
+        }
+        match self.get_database_backend() {
+            DbBackend::Sqlite => vec![joined(statements)],
+            DbBackend::Postgres => one_statement(statements),
+            _ => statements,
+        }
     }
 
     /// A query, after what is due. On SQLite they are one call: the statements before it
@@ -229,6 +240,12 @@ impl WriteTxn {
                     seat.submit(writes).await?;
                 }
             }
+            // Likewise on PostgreSQL: queued with the other sends into its thread.
+            Txn::Queued(send) if !send.has_begun() => {
+                if !writes.is_empty() {
+                    send.submit(self.combined(writes)).await?;
+                }
+            }
             _ => {
                 // A rule that wrote nothing and read nothing in its savepoint sends nothing.
                 if let Txn::Batch(seat) = &self.txn
@@ -241,6 +258,7 @@ impl WriteTxn {
                 match self.txn {
                     Txn::Own(txn) => txn.commit().await?,
                     Txn::Batch(seat) => seat.committed().await?,
+                    Txn::Queued(send) => send.commit().await?,
                 }
             }
         }
@@ -318,7 +336,7 @@ fn shift_parameters(sql: &str, by: usize) -> String {
 
 /// The advisory lock key of a thread: its UUID folded to 64 bits. Two threads sharing a key
 /// only wait for each other.
-fn lock_key(id: Uuid) -> i64 {
+pub(crate) fn lock_key(id: Uuid) -> i64 {
     let (high, low) = id.as_u64_pair();
     (high ^ low) as i64
 }
@@ -329,6 +347,7 @@ impl ConnectionTrait for WriteTxn {
         match &self.txn {
             Txn::Own(txn) => txn.get_database_backend(),
             Txn::Batch(_) => DbBackend::Sqlite,
+            Txn::Queued(_) => DbBackend::Postgres,
         }
     }
 
@@ -359,6 +378,7 @@ impl ConnectionTrait for WriteTxn {
         match &self.txn {
             Txn::Own(txn) => txn.support_returning(),
             Txn::Batch(seat) => seat.support_returning(),
+            Txn::Queued(_) => true,
         }
     }
 }
