@@ -12,8 +12,8 @@
 //! with it) takes what is queued and runs it as one transaction: the thread's lock, each send's
 //! statement in the order they came (each guard sees the writes before it), one commit. Every
 //! send is answered after that commit, so nothing acknowledged is lost when the process dies.
-//! While it runs, the next sends queue, and the task takes them all next; it ends when none
-//! are left. When a statement fails (a stale guard, a constraint) the transaction is rolled
+//! While it runs, the next sends queue, and the task takes them next (up to
+//! [`MOST_PER_BATCH`] at a time); it ends when none are left. When a statement fails (a stale guard, a constraint) the transaction is rolled
 //! back and each send runs again alone, in a transaction of its own, and gets its own outcome:
 //! one send's error never fails another. A failed commit fails every send in it, none half.
 //!
@@ -35,6 +35,10 @@ use tokio::sync::{OnceCell, oneshot};
 use uuid::Uuid;
 
 use crate::events::lock_key;
+
+/// The most sends one transaction takes: it holds the thread's lock, and its rows, for all of
+/// their statements, one after another, while other replicas' writers to the thread wait.
+const MOST_PER_BATCH: usize = 64;
 
 /// Each thread's queued sends, while a task commits them (per process).
 pub(crate) struct ThreadBatches {
@@ -142,7 +146,8 @@ impl Batcher {
         }
     }
 
-    /// What was queued since the last batch; `None`, letting go of the thread, when nothing was.
+    /// The sends queued longest, up to [`MOST_PER_BATCH`]; `None`, letting go of the thread,
+    /// when nothing is queued.
     fn next(&mut self) -> Option<Vec<Queued>> {
         let mut queues = self.batches.lock_queues();
         let queued = queues.get_mut(&self.thread)?;
@@ -151,7 +156,8 @@ impl Batcher {
             self.done = true;
             return None;
         }
-        Some(std::mem::take(queued))
+        let taken = queued.len().min(MOST_PER_BATCH);
+        Some(queued.drain(..taken).collect())
     }
 
     async fn commit(&self, batch: Vec<Queued>) {
