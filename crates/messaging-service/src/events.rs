@@ -28,7 +28,7 @@ mod transaction;
 
 pub use hub::EventFeedSettings;
 pub(crate) use hub::{EventHub, Gate};
-pub(crate) use transaction::{Txn, WriteTxn, lock_key};
+pub(crate) use transaction::{Txn, WriteTxn, lock_statement};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};

@@ -13,9 +13,9 @@
 //! statement in the order they came (each guard sees the writes before it), one commit. Every
 //! send is answered after that commit, so nothing acknowledged is lost when the process dies.
 //! While it runs, the next sends queue, and the task takes them next (up to
-//! [`MOST_PER_BATCH`] at a time); it ends when none are left. When a statement fails (a stale guard, a constraint) the transaction is rolled
-//! back and each send runs again alone, in a transaction of its own, and gets its own outcome:
-//! one send's error never fails another. A failed commit fails every send in it, none half.
+//! [`MOST_PER_BATCH`] at a time); it ends when none are left. When a statement fails (a stale
+//! guard, a constraint) the transaction is rolled back and each send runs again alone, in a
+//! transaction of its own, and gets its own outcome: one send's error never fails another. A failed commit fails every send in it, none half.
 //!
 //! Per process: each replica batches its own sends and its batches queue on the thread's lock
 //! like any other writer. A rule that sends a statement before its commit (an idempotent
@@ -28,13 +28,12 @@ use std::{
 };
 
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, Statement, TransactionTrait,
 };
 use tokio::sync::{OnceCell, oneshot};
 use uuid::Uuid;
 
-use crate::events::lock_key;
+use crate::events::lock_statement;
 
 /// The most sends one transaction takes: it holds the thread's lock, and its rows, for all of
 /// their statements, one after another, while other replicas' writers to the thread wait.
@@ -112,12 +111,7 @@ impl ThreadBatches {
     /// A transaction holding `thread`'s lock.
     async fn locked(&self, thread: Uuid) -> Result<DatabaseTransaction, DbErr> {
         let txn = self.db.begin().await?;
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock($1)",
-            [lock_key(thread).into()],
-        ))
-        .await?;
+        txn.execute_raw(lock_statement(&[thread])).await?;
         Ok(txn)
     }
 }

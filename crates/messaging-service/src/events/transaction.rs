@@ -185,25 +185,8 @@ impl WriteTxn {
         if self.get_database_backend() != DbBackend::Postgres || threads.is_empty() {
             return Ok(false);
         }
-        let mut keys: Vec<i64> = threads.iter().map(|id| lock_key(*id)).collect();
-        // One order for everyone: no two transactions wait for each other in a circle.
-        keys.sort_unstable();
-        keys.dedup();
-        // The keys are parameters: the statement's text depends only on their count, so the
-        // connection prepares it once, not once per thread.
-        let placeholders = (1..=keys.len())
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(",");
         let row = self
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                format!(
-                    "SELECT (pg_current_xact_id_if_assigned() IS NULL) AS fresh, count(*) AS locked \
-                     FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{placeholders}]::bigint[]) AS k) AS locks"
-                ),
-                keys.into_iter().map(sea_orm::Value::from),
-            ))
+            .query_one_raw(lock_statement(threads))
             .await?
             .ok_or_else(|| DbErr::RecordNotFound("thread locks".to_owned()))?;
         let fresh: bool = row.try_get("", "fresh")?;
@@ -334,9 +317,32 @@ fn shift_parameters(sql: &str, by: usize) -> String {
     out
 }
 
+/// Takes the advisory locks of `threads` for the rest of the transaction, in one order for
+/// everyone (no two transactions wait for each other in a circle). Its row tells whether the
+/// transaction had written before (`fresh` false).
+pub(crate) fn lock_statement(threads: &[Uuid]) -> Statement {
+    let mut keys: Vec<i64> = threads.iter().map(|id| lock_key(*id)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    // The keys are parameters: the statement's text depends only on their count, so the
+    // connection prepares it once, not once per thread.
+    let placeholders = (1..=keys.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        format!(
+            "SELECT (pg_current_xact_id_if_assigned() IS NULL) AS fresh, count(*) AS locked \
+             FROM (SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{placeholders}]::bigint[]) AS k) AS locks"
+        ),
+        keys.into_iter().map(sea_orm::Value::from),
+    )
+}
+
 /// The advisory lock key of a thread: its UUID folded to 64 bits. Two threads sharing a key
 /// only wait for each other.
-pub(crate) fn lock_key(id: Uuid) -> i64 {
+fn lock_key(id: Uuid) -> i64 {
     let (high, low) = id.as_u64_pair();
     (high ^ low) as i64
 }
