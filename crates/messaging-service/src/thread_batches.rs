@@ -15,7 +15,8 @@
 //! While it runs, the next sends queue, and the task takes them next (up to
 //! [`MOST_PER_BATCH`] at a time); it ends when none are left. When a statement fails (a stale
 //! guard, a constraint) the transaction is rolled back and each send runs again alone, in a
-//! transaction of its own, and gets its own outcome: one send's error never fails another. A failed commit fails every send in it, none half.
+//! transaction of its own, and gets its own outcome: one send's error never fails another. A
+//! failed commit fails every send in it, none half.
 //!
 //! Per process: each replica batches its own sends and its batches queue on the thread's lock
 //! like any other writer. A rule that sends a statement before its commit (an idempotent
