@@ -66,6 +66,22 @@ impl World {
             .message
     }
 
+    /// The texts of the thread's first 50 live messages, oldest first, as the store reads them.
+    async fn texts(&self, thread: Uuid) -> Vec<String> {
+        self.store
+            .get_thread_messages()
+            .id(thread.to_string())
+            .limit(page_size(50))
+            .send()
+            .await
+            .expect("the thread's messages")
+            .into_inner()
+            .messages
+            .into_iter()
+            .map(|m| m.message_content)
+            .collect()
+    }
+
     async fn jane_says(&self, thread: Uuid, text: &str) -> types::Message {
         self.public
             .send_message()
@@ -1478,19 +1494,7 @@ both_backends!(
             (403, Some("not_a_subscriber"))
         );
 
-        let texts: Vec<String> = w
-            .store
-            .get_thread_messages()
-            .id(thread_id.to_string())
-            .limit(page_size(50))
-            .send()
-            .await
-            .unwrap()
-            .into_inner()
-            .messages
-            .into_iter()
-            .map(|m| m.message_content)
-            .collect();
+        let texts = w.texts(thread_id).await;
         assert!(
             !texts
                 .iter()
@@ -1634,19 +1638,7 @@ async fn concurrent_sends_into_one_thread_commit_together_on_postgres() {
         (status, problem["code"].as_str()),
         (403, Some("not_a_subscriber"))
     );
-    let texts: Vec<String> = w
-        .store
-        .get_thread_messages()
-        .id(thread_id.to_string())
-        .limit(page_size(50))
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .messages
-        .into_iter()
-        .map(|m| m.message_content)
-        .collect();
+    let texts = w.texts(thread_id).await;
     assert!(!texts.iter().any(|t| t == "Sam, removed."), "{texts:?}");
     // The conversation's first message, the reply, eight updates, Sam's two, then five.
     assert_eq!(texts.len(), 17, "{texts:?}");
