@@ -1534,6 +1534,11 @@ async fn concurrent_sends_into_one_thread_commit_together_on_postgres() {
         blocker
     };
     let hold = Duration::from_millis(500);
+    // Lets go of the thread once the sends have queued behind it.
+    let release_after = move |blocker: sqlx::Transaction<'static, sqlx::Postgres>| async move {
+        tokio::time::sleep(hold).await;
+        blocker.commit().await.unwrap();
+    };
 
     // Eight sends at once while the thread is held.
     let since = Utc::now();
@@ -1552,10 +1557,7 @@ async fn concurrent_sends_into_one_thread_commit_together_on_postgres() {
             .map_err(|e| e.to_string());
         (sent, started.elapsed())
     }));
-    let release = async {
-        tokio::time::sleep(hold).await;
-        blocker.commit().await.unwrap();
-    };
+    let release = release_after(blocker);
     let (sent, ()) = tokio::join!(sends, release);
     assert!(sent.iter().all(|(s, _)| s == &Ok(201)), "{sent:?}");
     assert!(
@@ -1621,10 +1623,7 @@ async fn concurrent_sends_into_one_thread_commit_together_on_postgres() {
         let stores = futures::future::join_all((0..4).map(|n| send(false, format!("Store {n}"))));
         tokio::join!(stores, send(true, "Sam, removed.".into()))
     };
-    let release = async {
-        tokio::time::sleep(hold).await;
-        blocker.commit().await.unwrap();
-    };
+    let release = release_after(blocker);
     let (first, (stores, sam), ()) = tokio::join!(first, queued, release);
     assert_eq!(first.status(), 201);
     let statuses: Vec<u16> = stores.iter().map(|r| r.status().as_u16()).collect();
@@ -1642,4 +1641,32 @@ async fn concurrent_sends_into_one_thread_commit_together_on_postgres() {
     assert!(!texts.iter().any(|t| t == "Sam, removed."), "{texts:?}");
     // The conversation's first message, the reply, eight updates, Sam's two, then five.
     assert_eq!(texts.len(), 17, "{texts:?}");
+
+    // A transaction takes at most 64 sends: a hundred queued behind a held thread commit in
+    // more than one, the largest holding 64. (Sam's refused send made the process forget the
+    // thread; one send makes it known again, so the burst is queued.)
+    const MANY: usize = 100;
+    assert_eq!(send(false, "Known again.".into()).await.status(), 201);
+    let since = Utc::now();
+    let blocker = hold_thread().await;
+    let sends = futures::future::join_all((0..MANY).map(|n| send(false, format!("Burst {n}"))));
+    let release = release_after(blocker);
+    let (sent, ()) = tokio::join!(sends, release);
+    let statuses: Vec<u16> = sent.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, vec![201; MANY]);
+    let sizes: Vec<i64> = sqlx::query(
+        "SELECT count(*) FROM events \
+         WHERE thread_id = $1 AND event_type = 'message.created' AND created_at >= $2 \
+         GROUP BY xid ORDER BY count(*) DESC",
+    )
+    .bind(thread_id)
+    .bind(since)
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| row.get(0))
+    .collect();
+    assert_eq!(sizes.iter().sum::<i64>(), MANY as i64, "{sizes:?}");
+    assert_eq!(sizes.first(), Some(&64), "sends per transaction: {sizes:?}");
 }
